@@ -1,0 +1,1258 @@
+//! The async QMP client (Python: `QMPClient`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, trace, warn, Instrument};
+
+use crate::address::ToAddress;
+use crate::error::{Error, ExecuteError, ProtocolError, Result};
+use crate::events::{EventListener, ListenOptions, Registry};
+use crate::framing::{Decoder, JsonObject, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::message::{self, request_command, Greeting, Message, Response, AUTO_ID_PREFIX};
+use crate::runstate::Runstate;
+use crate::transport::{dup_fd, Listener, Stream, Writer};
+
+/// QEMU queues at most this many in-band commands per monitor once OOB is on; when the
+/// queue is full it stops reading, and an `exec-oob` could not get through.
+const QEMU_INBAND_QUEUE: usize = 8;
+
+/// How long `disconnect()` waits for queued writes to drain before closing anyway.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Settings of a [`Client`]; build one with [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    name: Option<String>,
+    max_message_size: usize,
+    await_greeting: bool,
+    negotiate: bool,
+    enable_oob: bool,
+    connect_timeout: Option<Duration>,
+    command_timeout: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            await_greeting: true,
+            negotiate: true,
+            enable_oob: true,
+            connect_timeout: Some(Duration::from_secs(30)),
+            command_timeout: None,
+        }
+    }
+}
+
+/// Builds a [`Client`].
+///
+/// ```no_run
+/// # async fn f() -> qemu_qmp::Result<()> {
+/// use std::time::Duration;
+/// let qmp = qemu_qmp::Client::builder()
+///     .name("vm1")
+///     .command_timeout(Duration::from_secs(10))
+///     .connect("/run/vm1/qmp.sock")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ClientBuilder {
+    config: Config,
+}
+
+impl ClientBuilder {
+    /// A name for the connection, used in every log line (Python: `nickname`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = Some(name.into());
+        self
+    }
+
+    /// The largest message accepted from the peer (default 10 MiB). A larger one ends
+    /// the session with [`ProtocolError::TooLarge`].
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes.max(64);
+        self
+    }
+
+    /// Wait for the greeting when connecting (default true). Turn off, together with
+    /// [`negotiate`](Self::negotiate), for the guest agent, which sends none.
+    pub fn await_greeting(mut self, yes: bool) -> Self {
+        self.config.await_greeting = yes;
+        self
+    }
+
+    /// Send `qmp_capabilities` when connecting (default true; implies awaiting the
+    /// greeting).
+    pub fn negotiate(mut self, yes: bool) -> Self {
+        self.config.negotiate = yes;
+        self
+    }
+
+    /// Enable out-of-band execution when the server offers it (default true).
+    pub fn enable_oob(mut self, yes: bool) -> Self {
+        self.config.enable_oob = yes;
+        self
+    }
+
+    /// One deadline for connecting, reading the greeting and negotiating (default 30 s;
+    /// `None` waits for ever, still cancellable by dropping the future).
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.connect_timeout = timeout.into();
+        self
+    }
+
+    /// The default deadline for each command's reply (default: none). A command's own
+    /// [`Request::timeout`] overrides it.
+    pub fn command_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.command_timeout = timeout.into();
+        self
+    }
+
+    /// An idle client with these settings.
+    pub fn build(self) -> Client {
+        Client::with_config(self.config)
+    }
+
+    /// Build and connect.
+    pub async fn connect(self, address: impl ToAddress) -> Result<Client> {
+        let c = self.build();
+        c.connect_to(address).await?;
+        Ok(c)
+    }
+}
+
+/// An async QMP client (Python: `QMPClient`).
+///
+/// Cheap to clone: clones share one connection, and any number of commands may be in
+/// flight at once from any of them. When the last clone is dropped, the connection is
+/// closed and its tasks stop.
+///
+/// ```no_run
+/// # async fn f() -> qemu_qmp::Result<()> {
+/// use qemu_qmp::Client;
+/// let qmp = Client::connect("/run/vm1/qmp.sock").await?;
+/// let status = qmp.execute("query-status", None).await?;
+/// println!("{}", status["status"]);
+/// let mut stops = qmp.listen(["STOP", "RESUME"]);
+/// qmp.execute("stop", None).await?;
+/// let event = stops.recv().await;
+/// qmp.disconnect().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    label: Arc<str>,
+    state: Arc<watch::Sender<Runstate>>,
+    registry: Arc<Registry>,
+    slot: Mutex<Slot>,
+}
+
+enum Slot {
+    Idle,
+    /// A connect or accept is in progress.
+    Connecting,
+    /// `start_server` has bound a listener; `accept` has not been called yet.
+    Listening(Listener),
+    Session(Arc<Session>),
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.inner.config.name)
+            .field("runstate", &self.runstate())
+            .finish()
+    }
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client::new()
+    }
+}
+
+impl Client {
+    /// An idle client with default settings.
+    pub fn new() -> Client {
+        Client::with_config(Config::default())
+    }
+
+    /// Settings for a new client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    fn with_config(config: Config) -> Client {
+        let label: Arc<str> = config.name.as_deref().unwrap_or("qmp").into();
+        Client {
+            inner: Arc::new(Inner {
+                config,
+                label,
+                state: Arc::new(watch::channel(Runstate::Idle).0),
+                registry: Arc::new(Registry::default()),
+                slot: Mutex::new(Slot::Idle),
+            }),
+        }
+    }
+
+    /// Connect to a QMP server with default settings: read the greeting, negotiate
+    /// capabilities (enabling OOB when offered), and return the running client.
+    pub async fn connect(address: impl ToAddress) -> Result<Client> {
+        Client::builder().connect(address).await
+    }
+
+    /// The connection's name, as given to [`ClientBuilder::name`].
+    pub fn name(&self) -> Option<&str> {
+        self.inner.config.name.as_deref()
+    }
+
+    /// The current run state.
+    pub fn runstate(&self) -> Runstate {
+        *self.inner.state.borrow()
+    }
+
+    /// Wait for the next change of run state and return the new state.
+    pub async fn runstate_changed(&self) -> Runstate {
+        let mut rx = self.inner.state.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we wait.
+        let _ = rx.changed().await;
+        let s = *rx.borrow();
+        s
+    }
+
+    /// A watch on the run state, for callers that want every change.
+    pub fn runstate_watch(&self) -> watch::Receiver<Runstate> {
+        self.inner.state.subscribe()
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.inner.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn session(&self) -> Result<Arc<Session>> {
+        match &*self.slot() {
+            Slot::Session(s) => Ok(s.clone()),
+            _ => Err(self.runstate().state_error(Runstate::Running)),
+        }
+    }
+
+    /// The greeting of the current session (None when not connected, or when the
+    /// greeting was not awaited).
+    pub fn greeting(&self) -> Option<Greeting> {
+        self.session().ok().and_then(|s| s.greeting.clone())
+    }
+
+    /// True if out-of-band execution was negotiated on the current session.
+    pub fn oob_enabled(&self) -> bool {
+        self.session().map(|s| s.oob).unwrap_or(false)
+    }
+
+    /// What ended the current session, if it has ended: `None` while it runs or after
+    /// a deliberate `disconnect()`. Reading it does not change the state.
+    pub fn disconnect_cause(&self) -> Option<Error> {
+        self.session().ok().and_then(|s| s.cause())
+    }
+
+    /// Wait until the current session ends (the peer hangs up, a protocol error, or
+    /// `disconnect()`), returning what ended it. Returns at once when not connected.
+    pub async fn wait_disconnected(&self) -> Option<Error> {
+        let Ok(s) = self.session() else { return None };
+        s.wait_ended().await;
+        s.cause()
+    }
+
+    // ---- connecting -------------------------------------------------------------
+
+    /// Move from Idle to Connecting, or say why not.
+    fn begin_connecting(&self) -> Result<ConnectingGuard> {
+        let mut slot = self.slot();
+        if !matches!(*slot, Slot::Idle) {
+            return Err(self.runstate().state_error(Runstate::Idle));
+        }
+        *slot = Slot::Connecting;
+        self.inner.state.send_replace(Runstate::Connecting);
+        Ok(ConnectingGuard {
+            client: self.clone(),
+            armed: true,
+        })
+    }
+
+    /// Connect this (idle) client to a QMP server. On failure the client is idle
+    /// again, and the error says which step failed.
+    pub async fn connect_to(&self, address: impl ToAddress) -> Result<()> {
+        let address = address.to_address()?;
+        let guard = self.begin_connecting()?;
+        let target = address.to_string();
+        let deadline = self.inner.config.connect_timeout;
+        let fut = async {
+            debug!(name = %self.inner.label, "connecting to {target}");
+            let stream = Stream::connect(address).await.map_err(|e| Error::Connect {
+                target: target.clone(),
+                source: Arc::new(e),
+            })?;
+            self.establish(stream).await
+        };
+        let session = match deadline {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| Error::timeout(format!("connecting to {target}"), t))??,
+            None => fut.await?,
+        };
+        guard.succeed(session);
+        Ok(())
+    }
+
+    /// Listen on an address for a QMP server to connect to us (server mode: QEMU is
+    /// started with a client-mode `-qmp` socket). Returns once listening; call
+    /// [`accept`](Self::accept) to wait for the peer. A Unix socket file created here
+    /// is removed after the accept, on `disconnect()`, and when the client is dropped.
+    pub async fn start_server(&self, address: impl ToAddress) -> Result<()> {
+        let address = address.to_address()?;
+        let guard = self.begin_connecting()?;
+        let listener = Listener::bind(&address).map_err(|e| Error::Accept {
+            target: address.to_string(),
+            source: Arc::new(e),
+        })?;
+        self.listening(guard, listener);
+        Ok(())
+    }
+
+    /// Like [`start_server`](Self::start_server), on a listening Unix socket made by
+    /// the caller (its file is left for the caller to remove).
+    pub async fn start_server_with_listener(
+        &self,
+        listener: std::os::unix::net::UnixListener,
+    ) -> Result<()> {
+        let guard = self.begin_connecting()?;
+        let l = Listener::from_std_unix(listener).map_err(|e| Error::Accept {
+            target: "unix listener".into(),
+            source: Arc::new(e),
+        })?;
+        self.listening(guard, l);
+        Ok(())
+    }
+
+    /// Like [`start_server`](Self::start_server), on a listening TCP socket made by the
+    /// caller.
+    pub async fn start_server_with_tcp_listener(&self, listener: std::net::TcpListener) -> Result<()> {
+        let guard = self.begin_connecting()?;
+        let l = Listener::from_std_tcp(listener).map_err(|e| Error::Accept {
+            target: "tcp listener".into(),
+            source: Arc::new(e),
+        })?;
+        self.listening(guard, l);
+        Ok(())
+    }
+
+    fn listening(&self, mut guard: ConnectingGuard, listener: Listener) {
+        debug!(name = %self.inner.label, "listening on {}", listener.describe());
+        *self.slot() = Slot::Listening(listener);
+        guard.armed = false;
+    }
+
+    /// The local address of a TCP server started with port 0.
+    pub fn server_tcp_address(&self) -> Option<std::net::SocketAddr> {
+        match &*self.slot() {
+            Slot::Listening(l) => l.local_tcp_addr(),
+            _ => None,
+        }
+    }
+
+    /// Wait (at most `timeout`, if given) for the peer to connect to the server started
+    /// by [`start_server`](Self::start_server), then read its greeting and negotiate.
+    /// One connection is accepted; the listener is closed afterwards. On failure or
+    /// timeout the client is idle again.
+    pub async fn accept(&self, timeout: Option<Duration>) -> Result<()> {
+        let listener = {
+            let mut slot = self.slot();
+            match std::mem::replace(&mut *slot, Slot::Connecting) {
+                Slot::Listening(l) => l,
+                other => {
+                    *slot = other;
+                    let state = self.runstate();
+                    return Err(if state == Runstate::Idle || state == Runstate::Connecting {
+                        Error::InvalidRequest("accept() needs start_server() first".into())
+                    } else {
+                        state.state_error(Runstate::Connecting)
+                    });
+                }
+            }
+        };
+        let guard = ConnectingGuard {
+            client: self.clone(),
+            armed: true,
+        };
+        let target = listener.describe();
+        let fut = async {
+            let stream = listener.accept().await.map_err(|e| Error::Accept {
+                target: target.clone(),
+                source: Arc::new(e),
+            })?;
+            debug!(name = %self.inner.label, "accepted a connection on {target}");
+            drop(listener);
+            self.establish(stream).await
+        };
+        let session = match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| Error::timeout(format!("a connection on {target}"), t))??,
+            None => fut.await?,
+        };
+        guard.succeed(session);
+        Ok(())
+    }
+
+    /// [`start_server`](Self::start_server) then [`accept`](Self::accept).
+    pub async fn start_server_and_accept(
+        &self,
+        address: impl ToAddress,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.start_server(address).await?;
+        self.accept(timeout).await
+    }
+
+    /// Greeting and negotiation on a fresh stream, then start the reader and flusher.
+    async fn establish(&self, stream: Stream) -> Result<Arc<Session>> {
+        let config = &self.inner.config;
+        let mut decoder = Decoder::new(config.max_message_size);
+        let mut reader = MessageReader::default();
+        let mut greeting = None;
+        if config.await_greeting || config.negotiate {
+            let obj = match reader.next(&stream, &mut decoder).await {
+                Ok(Some(obj)) => obj,
+                Ok(None) => {
+                    return Err(Error::Greeting {
+                        reason: "the peer closed the connection before sending a greeting".into(),
+                        received: None,
+                    })
+                }
+                Err(Error::Protocol(p)) => {
+                    return Err(Error::Greeting {
+                        reason: p.to_string(),
+                        received: None,
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            let g = Greeting::from_object(obj).map_err(|(reason, obj)| Error::Greeting {
+                reason,
+                received: Some(Box::new(obj)),
+            })?;
+            debug!(name = %self.inner.label, "greeting: QEMU {} capabilities {:?}", g.version.qemu, g.capabilities);
+            greeting = Some(g);
+        }
+        let mut oob = false;
+        if config.negotiate {
+            let offered = greeting.as_ref().is_some_and(|g| g.has_capability("oob"));
+            oob = offered && config.enable_oob;
+            let args = if oob {
+                serde_json::json!({"enable": ["oob"]})
+            } else {
+                serde_json::json!({})
+            };
+            let req = message::make_request("qmp_capabilities", Some(args), false, None);
+            write_all(&stream, &message::encode(&req))
+                .await
+                .map_err(|e| Error::Negotiation {
+                    reason: format!("could not send qmp_capabilities: {e}"),
+                    received: None,
+                })?;
+            loop {
+                let obj = match reader.next(&stream, &mut decoder).await {
+                    Ok(Some(obj)) => obj,
+                    Ok(None) => {
+                        return Err(Error::Negotiation {
+                            reason: "the peer closed the connection during negotiation".into(),
+                            received: None,
+                        })
+                    }
+                    Err(Error::Protocol(p)) => {
+                        return Err(Error::Negotiation {
+                            reason: p.to_string(),
+                            received: None,
+                        })
+                    }
+                    Err(e) => return Err(e),
+                };
+                match Message::classify(obj) {
+                    Message::Event(e) => self.inner.registry.dispatch(&e),
+                    Message::Response(r) => {
+                        let reason = match r.error_info() {
+                            Ok(None) if r.return_value().is_some() => break,
+                            Ok(None) => "the reply has no 'return' member".to_owned(),
+                            Ok(Some(info)) => format!("the server refused: {info}"),
+                            Err(why) => format!("malformed error reply: {why}"),
+                        };
+                        return Err(Error::Negotiation {
+                            reason,
+                            received: Some(Box::new(r.raw)),
+                        });
+                    }
+                    Message::Greeting(g) => {
+                        return Err(Error::Negotiation {
+                            reason: "unexpected second greeting".into(),
+                            received: Some(Box::new(g.raw)),
+                        })
+                    }
+                    Message::Request(o) | Message::Other(o) => {
+                        return Err(Error::Negotiation {
+                            reason: "unexpected message in place of the reply to qmp_capabilities"
+                                .into(),
+                            received: Some(Box::new(o)),
+                        })
+                    }
+                }
+            }
+            debug!(name = %self.inner.label, "negotiated (oob {})", if oob { "on" } else { "off" });
+        }
+        Ok(Session::start(
+            stream,
+            decoder,
+            reader,
+            greeting,
+            oob,
+            self.inner.label.clone(),
+            self.inner.registry.clone(),
+            self.inner.state.clone(),
+        ))
+    }
+
+    /// End the session (Python: `disconnect()`): flush what is queued, close the
+    /// connection, fail every command still waiting with [`Error::Disconnected`], end
+    /// every listener's stream, and return to Idle.
+    ///
+    /// Returns the error that ended the session, if the peer or the protocol ended it
+    /// with one before this call. A peer that simply hung up is not an error. Calling
+    /// it when idle is harmless.
+    pub async fn disconnect(&self) -> Result<()> {
+        let prev = {
+            let mut slot = self.slot();
+            if matches!(*slot, Slot::Connecting) {
+                return Err(Runstate::Connecting.state_error(Runstate::Running));
+            }
+            std::mem::replace(&mut *slot, Slot::Connecting)
+        };
+        self.inner.state.send_replace(Runstate::Disconnecting);
+        let result = match prev {
+            Slot::Session(s) => {
+                let cause = s.close().await;
+                match cause {
+                    None | Some(Error::ConnectionClosed { mid_message: false }) => Ok(()),
+                    Some(e) => Err(e),
+                }
+            }
+            // Dropping the listener closes it and removes its socket file.
+            Slot::Listening(_) | Slot::Idle | Slot::Connecting => Ok(()),
+        };
+        *self.slot() = Slot::Idle;
+        self.inner.state.send_replace(Runstate::Idle);
+        result
+    }
+
+    // ---- events ----------------------------------------------------------------
+
+    /// A listener for the named events (no names: every event).
+    ///
+    /// Create it before the command whose events you want, so none is missed.
+    pub fn listen<I, S>(&self, names: I) -> EventListener
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.listen_with(ListenOptions::new().names(names))
+    }
+
+    /// A listener for every event.
+    pub fn listen_all(&self) -> EventListener {
+        self.listen_with(ListenOptions::new())
+    }
+
+    /// A listener with names, a filter and a capacity of your choice.
+    pub fn listen_with(&self, options: ListenOptions) -> EventListener {
+        self.inner.registry.register(options)
+    }
+
+    // ---- commands --------------------------------------------------------------
+
+    /// Execute a command and return its `return` value (Python: `execute()`).
+    ///
+    /// An error reply becomes [`Error::Execute`], which keeps the QMP error class and
+    /// description, the request and the reply. Dropping the future is safe: the reply
+    /// is dropped (and logged) when it arrives.
+    pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
+        self.request(command).arguments_opt(arguments).send().await
+    }
+
+    /// Execute a command out of band (`exec-oob`), bypassing the in-band queue.
+    pub async fn execute_oob(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
+        self.request(command).arguments_opt(arguments).oob().send().await
+    }
+
+    /// A command with options: arguments, a timeout, OOB, file descriptors.
+    ///
+    /// ```no_run
+    /// # async fn f(qmp: qemu_qmp::Client, file: std::fs::File) -> qemu_qmp::Result<()> {
+    /// use std::time::Duration;
+    /// qmp.request("getfd")
+    ///     .arg("fdname", "disk0")
+    ///     .fd(&file)
+    ///     .timeout(Duration::from_secs(5))
+    ///     .send()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn request(&self, command: &str) -> Request<'_> {
+        Request {
+            client: self,
+            command: command.to_owned(),
+            arguments: None,
+            oob: false,
+            timeout: self.inner.config.command_timeout,
+            fds: Vec::new(),
+            fd_error: None,
+        }
+    }
+
+    /// Execute a request object as given and return the whole reply, error replies
+    /// included (Python: `_raw()` / legacy `cmd_obj()`). For tools such as a shell.
+    ///
+    /// An `id` in the message is kept and the reply is matched by it; without one, the
+    /// reply is matched as the one id-less command in flight (only one may be).
+    pub async fn execute_raw(&self, message: JsonObject, timeout: Option<Duration>) -> Result<Response> {
+        if let Some(id) = message.get("id") {
+            if id.as_str().is_some_and(|s| s.starts_with(AUTO_ID_PREFIX)) {
+                return Err(Error::InvalidRequest(format!(
+                    "ids starting with '{AUTO_ID_PREFIX}' are reserved for the library"
+                )));
+            }
+        }
+        let session = self.session()?;
+        let timeout = timeout.or(self.inner.config.command_timeout);
+        session.call(message, false, Vec::new(), timeout).await
+    }
+
+    /// Send a file descriptor with `SCM_RIGHTS` alongside a single space, the way
+    /// Python's `send_fd_scm()` does; a following `getfd` or `add-fd` picks it up.
+    /// Needs a Unix socket. The caller keeps its descriptor.
+    pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
+        let session = self.session()?;
+        let dup = dup_fd(fd.as_fd()).map_err(|e| Error::io("duplicating a descriptor", e))?;
+        session
+            .writer
+            .send(b" ".to_vec(), vec![dup])
+            .map_err(|e| session.write_error(None, e))
+    }
+
+    /// How many commands are waiting for replies (late replies to abandoned commands
+    /// included).
+    pub fn pending_commands(&self) -> usize {
+        self.session().map(|s| s.pending().map.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let slot = std::mem::replace(
+            self.slot.get_mut().unwrap_or_else(|p| p.into_inner()),
+            Slot::Idle,
+        );
+        if let Slot::Session(s) = slot {
+            s.abort();
+        }
+    }
+}
+
+/// Sets the client back to Idle unless the connection attempt succeeded; this also
+/// covers a connect future that is dropped half-way.
+struct ConnectingGuard {
+    client: Client,
+    armed: bool,
+}
+
+impl ConnectingGuard {
+    fn succeed(mut self, session: Arc<Session>) {
+        self.armed = false;
+        *self.client.slot() = Slot::Session(session);
+        self.client.inner.state.send_replace(Runstate::Running);
+    }
+}
+
+impl Drop for ConnectingGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.client.slot() = Slot::Idle;
+            self.client.inner.state.send_replace(Runstate::Disconnecting);
+            self.client.inner.state.send_replace(Runstate::Idle);
+        }
+    }
+}
+
+/// A command being built; see [`Client::request`].
+#[must_use = "a request does nothing until sent"]
+pub struct Request<'a> {
+    client: &'a Client,
+    command: String,
+    arguments: Option<Value>,
+    oob: bool,
+    timeout: Option<Duration>,
+    fds: Vec<OwnedFd>,
+    fd_error: Option<io::Error>,
+}
+
+impl Request<'_> {
+    /// Set all arguments at once (a JSON object).
+    pub fn arguments(mut self, arguments: Value) -> Self {
+        self.arguments = Some(arguments);
+        self
+    }
+
+    /// Set the arguments if given.
+    pub fn arguments_opt(mut self, arguments: Option<Value>) -> Self {
+        self.arguments = arguments;
+        self
+    }
+
+    /// Add one argument.
+    pub fn arg(mut self, key: &str, value: impl Into<Value>) -> Self {
+        match &mut self.arguments {
+            Some(Value::Object(m)) => {
+                m.insert(key.to_owned(), value.into());
+            }
+            _ => {
+                let mut m = JsonObject::new();
+                m.insert(key.to_owned(), value.into());
+                self.arguments = Some(Value::Object(m));
+            }
+        }
+        self
+    }
+
+    /// Execute out of band (`exec-oob`).
+    pub fn oob(mut self) -> Self {
+        self.oob = true;
+        self
+    }
+
+    /// Deadline for the reply (overrides the client's default).
+    pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.timeout = timeout.into();
+        self
+    }
+
+    /// Send a file descriptor with the command (`SCM_RIGHTS`, Unix sockets only), for
+    /// `getfd` and `add-fd`. The descriptor is duplicated; the caller keeps its own.
+    pub fn fd(mut self, fd: impl AsFd) -> Self {
+        match dup_fd(fd.as_fd()) {
+            Ok(d) => self.fds.push(d),
+            Err(e) => self.fd_error = Some(e),
+        }
+        self
+    }
+
+    /// Send and return the whole reply, error replies included.
+    pub async fn send_raw(self) -> Result<Response> {
+        if let Some(e) = self.fd_error {
+            return Err(Error::io("duplicating a descriptor", e));
+        }
+        let session = self.client.session()?;
+        let msg = message::make_request(&self.command, self.arguments, self.oob, None);
+        session.call(msg, true, self.fds, self.timeout).await
+    }
+
+    /// Send and return the `return` value; an error reply becomes [`Error::Execute`].
+    pub async fn send(self) -> Result<Value> {
+        if let Some(e) = self.fd_error {
+            return Err(Error::io("duplicating a descriptor", e));
+        }
+        let session = self.client.session()?;
+        let msg = message::make_request(&self.command, self.arguments, self.oob, None);
+        let (sent, reply) = session
+            .call_keep_request(msg, true, self.fds, self.timeout)
+            .await?;
+        into_return(sent, reply)
+    }
+}
+
+/// Turn a reply into the `return` value or the matching error.
+pub(crate) fn into_return(sent: JsonObject, reply: Response) -> Result<Value> {
+    let command = request_command(&sent).unwrap_or("").to_owned();
+    match reply.error_info() {
+        Ok(Some(error)) => Err(ExecuteError {
+            error,
+            sent,
+            received: reply.raw,
+        }
+        .into()),
+        Err(reason) => Err(ProtocolError::BadReply {
+            command,
+            reason,
+            received: Box::new(reply.raw),
+        }
+        .into()),
+        Ok(None) => {
+            let mut raw = reply.raw;
+            match raw.shift_remove("return") {
+                Some(v) => Ok(v),
+                None => Err(ProtocolError::BadReply {
+                    command,
+                    reason: "the reply has neither 'return' nor 'error'".into(),
+                    received: Box::new(raw),
+                }
+                .into()),
+            }
+        }
+    }
+}
+
+/// Reads whole messages from a stream into a decoder.
+#[derive(Default)]
+pub(crate) struct MessageReader {
+    idle: bool,
+}
+
+impl MessageReader {
+    /// The next message, `None` at a clean end of stream.
+    pub(crate) async fn next(&mut self, stream: &Stream, decoder: &mut Decoder) -> Result<Option<JsonObject>> {
+        loop {
+            if let Some(obj) = decoder.decode(self.idle)? {
+                return Ok(Some(obj));
+            }
+            match stream.try_read_buf(decoder.buffer_mut()) {
+                Ok(0) => {
+                    // Let the decoder finish a final message that had no newline.
+                    if let Some(obj) = decoder.decode(true)? {
+                        return Ok(Some(obj));
+                    }
+                    if decoder.has_partial() {
+                        return Err(Error::ConnectionClosed { mid_message: true });
+                    }
+                    return Ok(None);
+                }
+                Ok(_) => self.idle = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.idle {
+                        self.idle = true;
+                        continue;
+                    }
+                    stream
+                        .readable()
+                        .await
+                        .map_err(|e| Error::io("waiting for data", e))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("reading from the peer", e)),
+            }
+        }
+    }
+}
+
+async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match stream.try_write(data, &[]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ---- the session ---------------------------------------------------------------
+
+/// One connection: the socket, the writer, the commands waiting for replies, and the
+/// reader and flusher tasks.
+struct Session {
+    label: Arc<str>,
+    stream: Arc<Stream>,
+    writer: Arc<Writer>,
+    greeting: Option<Greeting>,
+    oob: bool,
+    /// Bounds in-band commands in flight when OOB is on.
+    inband: Option<Arc<Semaphore>>,
+    next_id: AtomicU64,
+    pending: Mutex<Pending>,
+    ended: Notify,
+    registry: Arc<Registry>,
+    state: Arc<watch::Sender<Runstate>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Keyed by the JSON text of the id; `None` for an id-less command.
+    map: HashMap<Option<String>, Entry>,
+    ended: bool,
+    cause: Option<Error>,
+}
+
+struct Entry {
+    tx: oneshot::Sender<Result<Response>>,
+    command: String,
+    /// Held until the reply arrives, even if the caller stops waiting: the command
+    /// still occupies the server's queue until then.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        stream: Stream,
+        decoder: Decoder,
+        reader: MessageReader,
+        greeting: Option<Greeting>,
+        oob: bool,
+        label: Arc<str>,
+        registry: Arc<Registry>,
+        state: Arc<watch::Sender<Runstate>>,
+    ) -> Arc<Session> {
+        let stream = Arc::new(stream);
+        let writer = Arc::new(Writer::new(stream.clone()));
+        let session = Arc::new(Session {
+            label: label.clone(),
+            stream,
+            writer: writer.clone(),
+            greeting,
+            oob,
+            inband: oob.then(|| Arc::new(Semaphore::new(QEMU_INBAND_QUEUE - 1))),
+            next_id: AtomicU64::new(0),
+            pending: Mutex::new(Pending::default()),
+            ended: Notify::new(),
+            registry,
+            state,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let span = tracing::debug_span!("qmp", name = %label);
+        let s = session.clone();
+        let read_task = tokio::spawn(
+            async move {
+                let cause = s.read_loop(decoder, reader).await;
+                s.end(Some(cause));
+            }
+            .instrument(span.clone()),
+        );
+        let s = session.clone();
+        let flush_task = tokio::spawn(
+            async move {
+                if let Err(e) = writer.run_flusher().await {
+                    let err = Error::io("writing to the peer", e);
+                    s.end(Some(err));
+                }
+            }
+            .instrument(span),
+        );
+        session
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([read_task, flush_task]);
+        session
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cause(&self) -> Option<Error> {
+        self.pending().cause.clone()
+    }
+
+    async fn wait_ended(&self) {
+        let notified = self.ended.notified();
+        if self.pending().ended {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Read and route messages until the connection ends; returns why it ended.
+    async fn read_loop(&self, mut decoder: Decoder, mut reader: MessageReader) -> Error {
+        loop {
+            match reader.next(&self.stream, &mut decoder).await {
+                Ok(Some(obj)) => {
+                    if let Err(e) = self.route(obj) {
+                        error!("{e}");
+                        return e;
+                    }
+                }
+                Ok(None) => {
+                    info!("the peer closed the connection");
+                    return Error::ConnectionClosed { mid_message: false };
+                }
+                Err(e) => {
+                    // A closed connection is routine; anything else is worth an error.
+                    if e.is_disconnected() {
+                        info!("{e}");
+                    } else {
+                        error!("session ended: {e}");
+                    }
+                    return e;
+                }
+            }
+        }
+    }
+
+    fn route(&self, obj: JsonObject) -> Result<()> {
+        match Message::classify(obj) {
+            Message::Event(e) => {
+                trace!("<-- event {}", e.name());
+                self.registry.dispatch(&e);
+                Ok(())
+            }
+            Message::Response(r) => self.deliver(r),
+            Message::Greeting(g) => {
+                warn!("unexpected greeting dropped: {}", serde_json::Value::Object(g.raw));
+                Ok(())
+            }
+            Message::Request(o) | Message::Other(o) => {
+                warn!("message that is neither a reply nor an event dropped: {}", serde_json::Value::Object(o));
+                Ok(())
+            }
+        }
+    }
+
+    fn deliver(&self, reply: Response) -> Result<()> {
+        let key = reply.id().map(|id| id.to_string());
+        let entry = {
+            let mut p = self.pending();
+            match p.map.remove(&key) {
+                Some(e) => Some(e),
+                // A peer that does not echo ids: the reply belongs to the only command
+                // in flight.
+                None if key.is_none() && p.map.len() == 1 => {
+                    let k = p.map.keys().next().cloned();
+                    k.and_then(|k| p.map.remove(&k))
+                }
+                None => None,
+            }
+        };
+        match entry {
+            Some(e) => {
+                trace!("<-- reply to '{}'", e.command);
+                if let Err(Ok(r)) = e.tx.send(Ok(reply)) {
+                    debug!(
+                        "late reply to '{}' dropped (its caller stopped waiting): {}",
+                        e.command,
+                        serde_json::Value::Object(r.raw)
+                    );
+                }
+                Ok(())
+            }
+            None if key.is_none() && reply.is_error() => {
+                let info = reply.error_info().ok().flatten();
+                Err(ProtocolError::ServerParse {
+                    class: info.as_ref().map(|i| i.class.clone()).unwrap_or_default(),
+                    desc: info.map(|i| i.desc).unwrap_or_default(),
+                }
+                .into())
+            }
+            None => {
+                warn!(
+                    "reply with unknown id {} dropped: {}",
+                    key.as_deref().unwrap_or("(none)"),
+                    serde_json::Value::Object(reply.raw)
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Send a request and wait for its reply.
+    async fn call(
+        &self,
+        msg: JsonObject,
+        assign_id: bool,
+        fds: Vec<OwnedFd>,
+        timeout: Option<Duration>,
+    ) -> Result<Response> {
+        self.call_keep_request(msg, assign_id, fds, timeout)
+            .await
+            .map(|(_, r)| r)
+    }
+
+    async fn call_keep_request(
+        &self,
+        msg: JsonObject,
+        assign_id: bool,
+        fds: Vec<OwnedFd>,
+        timeout: Option<Duration>,
+    ) -> Result<(JsonObject, Response)> {
+        match timeout {
+            None => self.call_inner(msg, assign_id, fds).await,
+            Some(t) => {
+                let what = format!(
+                    "the reply to '{}'",
+                    request_command(&msg).unwrap_or("(no command)")
+                );
+                tokio::time::timeout(t, self.call_inner(msg, assign_id, fds))
+                    .await
+                    .map_err(|_| Error::timeout(what, t))?
+            }
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        mut msg: JsonObject,
+        assign_id: bool,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(JsonObject, Response)> {
+        let command = request_command(&msg).unwrap_or("").to_owned();
+        let oob = msg.contains_key("exec-oob");
+        let permit = match (&self.inband, oob) {
+            (Some(sem), false) => Some(
+                sem.clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| self.disconnected(Some(&command)))?,
+            ),
+            _ => None,
+        };
+        let key = if assign_id {
+            let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{AUTO_ID_PREFIX}{n:05}");
+            let key = format!("\"{id}\"");
+            msg.insert("id".into(), Value::String(id));
+            Some(key)
+        } else {
+            msg.get("id").map(|v| v.to_string())
+        };
+        let bytes = message::encode(&msg);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.pending();
+            if p.ended {
+                let cause = p.cause.clone();
+                return Err(Error::Disconnected {
+                    command: Some(command),
+                    cause: cause.map(Box::new),
+                });
+            }
+            if p.map.contains_key(&key) {
+                return Err(Error::InvalidRequest(match &key {
+                    Some(k) => format!("id {k} is already in use by a command in flight"),
+                    None => "another command without an id is already in flight; give this one an id".into(),
+                }));
+            }
+            p.map.insert(
+                key.clone(),
+                Entry {
+                    tx,
+                    command: command.clone(),
+                    _permit: permit,
+                },
+            );
+        }
+        trace!(name = %self.label, "--> {command}");
+        if let Err(e) = self.writer.send(bytes, fds) {
+            self.pending().map.remove(&key);
+            return Err(self.write_error(Some(&command), e));
+        }
+        match rx.await {
+            Ok(Ok(reply)) => Ok((msg, reply)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(self.disconnected(Some(&command))),
+        }
+    }
+
+    fn disconnected(&self, command: Option<&str>) -> Error {
+        Error::Disconnected {
+            command: command.map(str::to_owned),
+            cause: self.cause().map(Box::new),
+        }
+    }
+
+    fn write_error(&self, command: Option<&str>, e: io::Error) -> Error {
+        if e.kind() == io::ErrorKind::Unsupported {
+            return Error::InvalidRequest(e.to_string());
+        }
+        if self.pending().ended || e.kind() == io::ErrorKind::NotConnected {
+            return self.disconnected(command);
+        }
+        let err = Error::io("writing to the peer", e);
+        self.end(Some(err.clone()));
+        err
+    }
+
+    /// The session is over: fail every waiting command, end every listener, stop
+    /// writing. Idempotent; the first cause wins.
+    fn end(&self, cause: Option<Error>) {
+        let entries = {
+            let mut p = self.pending();
+            if p.ended {
+                return;
+            }
+            p.ended = true;
+            p.cause = cause.clone();
+            std::mem::take(&mut p.map)
+        };
+        for (_, e) in entries {
+            let _ = e.tx.send(Err(Error::Disconnected {
+                command: Some(e.command),
+                cause: cause.clone().map(Box::new),
+            }));
+        }
+        if let Some(sem) = &self.inband {
+            sem.close();
+        }
+        self.registry.close_all(cause.as_ref());
+        self.writer.close();
+        self.state.send_if_modified(|s| {
+            if *s == Runstate::Running {
+                *s = Runstate::Disconnecting;
+                true
+            } else {
+                false
+            }
+        });
+        self.ended.notify_waiters();
+    }
+
+    /// Graceful close: flush, end, stop the tasks. Returns what ended the session
+    /// before this call, if anything did.
+    async fn close(&self) -> Option<Error> {
+        if !self.writer.is_flushed() {
+            let flushed = tokio::time::timeout(FLUSH_TIMEOUT, self.writer.flush()).await;
+            match flushed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(name = %self.label, "could not flush before disconnecting: {e}"),
+                Err(_) => warn!(name = %self.label, "disconnecting with unsent data: the peer did not read it within {FLUSH_TIMEOUT:?}"),
+            }
+        }
+        let cause = self.cause();
+        self.abort();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        debug!(name = %self.label, "disconnected");
+        cause
+    }
+
+    /// Immediate close, usable from `Drop`.
+    fn abort(&self) {
+        self.end(None);
+        self.stream.shutdown();
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            t.abort();
+        }
+    }
+}

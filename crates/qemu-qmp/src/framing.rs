@@ -1,0 +1,1234 @@
+//! Incremental decoding of a QMP JSON stream into messages.
+//!
+//! QMP peers send JSON objects back to back, and the framing varies:
+//!
+//! * QEMU ends every message with `\r\n`;
+//! * monitors created with `pretty=on` send multi-line JSON;
+//! * some clients (e.g. Python's `qemu.qmp`) send objects with no trailing
+//!   newline at all;
+//! * the guest agent may send a `0xFF` byte before a message.
+//!
+//! Bytes arrive in arbitrary chunks, so a message may be split over several
+//! reads and one read may hold several messages. [`Decoder`] handles all of
+//! these while touching each byte as little as possible: in the common case
+//! (one message per line) every byte is seen only by `memchr` and by a
+//! single `serde_json` parse.
+//!
+//! # How it works
+//!
+//! * **Newline path.** The decoder searches for `'\n'` (never searching the
+//!   same bytes twice) and, when it finds one, parses the buffered bytes up
+//!   to and including it. The first JSON value found is the message; bytes
+//!   after it stay buffered for the next call, so several messages on one
+//!   line work.
+//! * **Scanner.** If that parse runs out of input (the message spans several
+//!   lines), or if the caller is idle (no more bytes are coming for now) and
+//!   the buffered tail could end a message, or if more than the size limit
+//!   is buffered, an incremental structural scanner finds where the
+//!   top-level value ends, respecting strings and escapes. It resumes where
+//!   it stopped, so it never scans a byte twice for one message.
+
+use std::fmt;
+
+use memchr::{memchr, memchr2, memchr3};
+use serde_json::error::Category;
+use serde_json::Value;
+
+/// Default limit on the size of a single message, in bytes (10 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
+
+/// A JSON object, the shape of every QMP message.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// Spare capacity guaranteed by [`Decoder::buffer_mut`].
+const MIN_SPARE: usize = 64 * 1024;
+
+/// When the buffer is empty and its capacity exceeds this, it is shrunk so
+/// that one huge message does not pin memory for the rest of a session.
+const SHRINK_THRESHOLD: usize = 4 * 1024 * 1024;
+
+/// Maximum number of bytes of the offending input quoted in errors.
+const EXCERPT_LEN: usize = 200;
+
+/// How many trailing whitespace bytes the idle heuristic looks through
+/// before giving up and simply running the scanner.
+const TAIL_LOOKBACK: usize = 64;
+
+/// Errors produced while decoding a QMP stream.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// A message (complete or still incomplete) is longer than the limit.
+    #[error(
+        "QMP message exceeds the size limit: at least {size} bytes buffered, limit is {limit} bytes"
+    )]
+    TooLarge {
+        /// Size of the message, or of the incomplete message buffered so far.
+        size: usize,
+        /// The configured limit ([`Decoder::max_message_size`]).
+        limit: usize,
+    },
+    /// Bytes that are not valid JSON.
+    #[error("malformed JSON in QMP stream: {source}; input starts with \"{excerpt}\"")]
+    Malformed {
+        /// The JSON parser's error.
+        source: serde_json::Error,
+        /// The start of the offending bytes (at most about 200 characters),
+        /// lossily decoded as UTF-8 and escaped.
+        excerpt: String,
+    },
+    /// Valid JSON that is not an object.
+    #[error("QMP message is a JSON {kind}, not an object: \"{excerpt}\"")]
+    NotAnObject {
+        /// The kind of JSON value received: `"array"`, `"string"`,
+        /// `"number"`, `"boolean"` or `"null"`.
+        kind: &'static str,
+        /// The start of the value (at most about 200 characters), lossily
+        /// decoded as UTF-8 and escaped.
+        excerpt: String,
+    },
+}
+
+/// A decoding failure, remembered so that [`Decoder::decode`] keeps failing
+/// until [`Decoder::resync`]. Lengths are relative to `Decoder::start`,
+/// which does not move while a failure is recorded (compaction only drops
+/// bytes before it).
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    TooLarge { size: usize },
+    Malformed { len: usize },
+    NotAnObject { kind: &'static str, len: usize },
+}
+
+/// Incremental state of the structural scanner for the current message.
+#[derive(Debug, Default, Clone, Copy)]
+struct Scanner {
+    /// The scanner has been initialised for the message at `start`.
+    active: bool,
+    /// Absolute index of the next byte to scan.
+    pos: usize,
+    /// Nesting depth of `open`/`close` brackets.
+    depth: usize,
+    /// Inside a string.
+    in_string: bool,
+    /// The previous byte was a backslash inside a string.
+    escape: bool,
+    /// The message is a top-level scalar (number, `true`, ...).
+    scalar: bool,
+    /// Opening bracket of the top-level container (`{` or `[`).
+    open: u8,
+    /// Closing bracket of the top-level container (`}` or `]`).
+    close: u8,
+    /// The newline path ran out of input for this message: it spans lines,
+    /// so only the scanner is used until it ends.
+    multiline: bool,
+}
+
+/// Incremental decoder for a stream of QMP messages.
+///
+/// Feed bytes with [`buffer_mut`](Self::buffer_mut) or
+/// [`extend`](Self::extend), then call [`decode`](Self::decode) until it
+/// returns `Ok(None)`.
+///
+/// ```ignore
+/// let mut decoder = Decoder::new(DEFAULT_MAX_MESSAGE_SIZE);
+/// decoder.extend(b"{\"return\": {}}\r\n");
+/// let msg = decoder.decode(false)?.expect("a complete message");
+/// assert!(msg.contains_key("return"));
+/// ```
+pub struct Decoder {
+    buf: Vec<u8>,
+    /// Start of the current message (bytes before it are consumed).
+    start: usize,
+    /// No `'\n'` lies in `start..nl_pos` (when `nl_pos >= start`).
+    nl_pos: usize,
+    scan: Scanner,
+    max: usize,
+    failure: Option<Failure>,
+    /// Total bytes examined by the scanner (for tests of the fast path).
+    #[cfg(test)]
+    scanned: usize,
+}
+
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("buffered", &self.buffered())
+            .field("max_message_size", &self.max)
+            .field("failed", &self.failure.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Decoder {
+    /// A decoder with the [`DEFAULT_MAX_MESSAGE_SIZE`] limit.
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_MESSAGE_SIZE)
+    }
+}
+
+impl Decoder {
+    /// Creates a decoder that rejects messages longer than
+    /// `max_message_size` bytes.
+    pub fn new(max_message_size: usize) -> Self {
+        Decoder {
+            buf: Vec::new(),
+            start: 0,
+            nl_pos: 0,
+            scan: Scanner::default(),
+            max: max_message_size,
+            failure: None,
+            #[cfg(test)]
+            scanned: 0,
+        }
+    }
+
+    /// The size limit for one message, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    /// Buffer to read into: compacts already-consumed bytes when worthwhile
+    /// (amortised O(1), never O(n²)), and guarantees at least 64 KiB of spare
+    /// capacity. Callers append bytes (e.g. tokio's
+    /// `try_read_buf(decoder.buffer_mut())`); they must not modify or remove
+    /// bytes already in it.
+    pub fn buffer_mut(&mut self) -> &mut Vec<u8> {
+        self.compact();
+        if self.buf.is_empty() && self.buf.capacity() > SHRINK_THRESHOLD {
+            self.buf.shrink_to(MIN_SPARE);
+        }
+        self.buf.reserve(MIN_SPARE);
+        &mut self.buf
+    }
+
+    /// Appends bytes (convenience for tests and simple callers).
+    pub fn extend(&mut self, data: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes buffered and not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// True if non-whitespace bytes of an unfinished message are buffered
+    /// (for "EOF in the middle of a message" errors). Call it after
+    /// [`decode`](Self::decode) has returned `Ok(None)` with `idle` set:
+    /// bytes of a complete message that has not been decoded yet also count.
+    pub fn has_partial(&self) -> bool {
+        self.buf[self.start..].iter().any(|&b| !is_skippable(b))
+    }
+
+    /// After a [`FrameError::Malformed`] or [`FrameError::NotAnObject`]
+    /// error, drops the offending bytes so decoding can continue (used by
+    /// servers, which answer a parse error and go on): discards up to and
+    /// including the next `'\n'`, or everything buffered if there is none,
+    /// and resets the scanning state.
+    pub fn resync(&mut self) {
+        self.start = match memchr(b'\n', &self.buf[self.start..]) {
+            Some(off) => self.start + off + 1,
+            None => self.buf.len(),
+        };
+        self.nl_pos = self.start;
+        self.scan = Scanner::default();
+        self.failure = None;
+    }
+
+    /// Returns the next complete message, if any.
+    ///
+    /// `idle` is true when the caller knows no more bytes are immediately
+    /// available (its last read would block, or it is at EOF). Only then are
+    /// messages that are not followed by a newline looked for. (As an
+    /// optimisation, an idle call looks for them only if the buffered bytes,
+    /// ignoring trailing whitespace, end with a byte that can end the
+    /// current message, e.g. `}` for an object; a complete message followed
+    /// by part of the next one, with no newline in between, is therefore
+    /// returned once that next message is complete.) Messages terminated by
+    /// a newline are returned whatever `idle` is.
+    ///
+    /// After an error, every call returns an error until
+    /// [`resync`](Self::resync) is called. [`FrameError::TooLarge`] should be
+    /// treated as fatal.
+    pub fn decode(&mut self, idle: bool) -> Result<Option<JsonObject>, FrameError> {
+        if let Some(failure) = self.failure {
+            return Err(self.make_error(failure, None));
+        }
+        match self.decode_inner(idle) {
+            Ok(msg) => Ok(msg),
+            Err((failure, source)) => {
+                self.failure = Some(failure);
+                Err(self.make_error(failure, source))
+            }
+        }
+    }
+
+    fn decode_inner(
+        &mut self,
+        idle: bool,
+    ) -> Result<Option<JsonObject>, (Failure, Option<serde_json::Error>)> {
+        let len = self.buf.len();
+        if !self.scan.active {
+            // 1. Skip whitespace and 0xFF between messages.
+            match self.buf[self.start..]
+                .iter()
+                .position(|&b| !is_skippable(b))
+            {
+                Some(off) => self.start += off,
+                None => {
+                    // Everything consumed: reset for free.
+                    self.buf.clear();
+                    self.start = 0;
+                    self.nl_pos = 0;
+                    return Ok(None);
+                }
+            }
+            if !can_start_value(self.buf[self.start]) {
+                let rest = &self.buf[self.start..];
+                let line = memchr(b'\n', rest).unwrap_or(rest.len());
+                let err = parse_first(&rest[..line.max(1)]).err();
+                return Err((Failure::Malformed { len: line.max(1) }, err));
+            }
+        }
+        let start = self.start;
+        if self.nl_pos < start {
+            self.nl_pos = start;
+        }
+
+        // 2. Newline path.
+        if !self.scan.multiline {
+            match memchr(b'\n', &self.buf[self.nl_pos..]) {
+                Some(off) => {
+                    // Keep nl_pos at the newline: the rest of the line may
+                    // hold further messages that end at the same newline.
+                    let nl = self.nl_pos + off;
+                    self.nl_pos = nl;
+                    match parse_first(&self.buf[start..=nl]) {
+                        Ok((value, used)) => return self.finish(value, used),
+                        Err(e) if e.classify() == Category::Eof => self.scan.multiline = true,
+                        Err(e) => {
+                            return Err((
+                                Failure::Malformed {
+                                    len: nl + 1 - start,
+                                },
+                                Some(e),
+                            ))
+                        }
+                    }
+                }
+                None => self.nl_pos = len,
+            }
+        }
+
+        // 3. Scanner.
+        let pending = len - start;
+        let over_limit = pending > self.max;
+        if !(self.scan.multiline || over_limit || (idle && self.tail_may_end_message())) {
+            return Ok(None);
+        }
+        match self.run_scanner() {
+            Some(end) => {
+                let size = end - start;
+                if size > self.max {
+                    return Err((Failure::TooLarge { size }, None));
+                }
+                match parse_first(&self.buf[start..end]) {
+                    Ok((value, used)) => self.finish(value, used),
+                    Err(e) => Err((Failure::Malformed { len: size }, Some(e))),
+                }
+            }
+            // 4. Size cap for an incomplete message.
+            None if over_limit => Err((Failure::TooLarge { size: pending }, None)),
+            None => Ok(None),
+        }
+    }
+
+    /// Accepts a parsed value of `used` bytes starting at `start`.
+    fn finish(
+        &mut self,
+        value: Value,
+        used: usize,
+    ) -> Result<Option<JsonObject>, (Failure, Option<serde_json::Error>)> {
+        if used > self.max {
+            return Err((Failure::TooLarge { size: used }, None));
+        }
+        match value {
+            Value::Object(map) => {
+                self.start += used;
+                self.scan = Scanner::default();
+                Ok(Some(map))
+            }
+            other => Err((
+                Failure::NotAnObject {
+                    kind: kind_of(&other),
+                    len: used,
+                },
+                None,
+            )),
+        }
+    }
+
+    /// Whether the buffered bytes, ignoring trailing whitespace, end with a
+    /// byte that could end the current top-level value. Used to avoid
+    /// scanning on idle calls when the message cannot be complete yet.
+    fn tail_may_end_message(&self) -> bool {
+        let want = match self.buf[self.start] {
+            b'{' => b'}',
+            b'[' => b']',
+            b'"' => b'"',
+            _ => return true,
+        };
+        let tail = &self.buf[self.start..];
+        for (i, &b) in tail.iter().rev().enumerate() {
+            if i >= TAIL_LOOKBACK {
+                return true;
+            }
+            if !is_skippable(b) {
+                return b == want;
+            }
+        }
+        false
+    }
+
+    /// Advances the structural scanner over the new bytes. Returns the
+    /// absolute end (exclusive) of the top-level value at `start`, if it is
+    /// complete.
+    fn run_scanner(&mut self) -> Option<usize> {
+        let buf = &self.buf[..];
+        let len = buf.len();
+        let s = &mut self.scan;
+        if !s.active {
+            *s = Scanner {
+                active: true,
+                pos: self.start + 1,
+                multiline: s.multiline,
+                ..Scanner::default()
+            };
+            match buf.get(self.start) {
+                Some(b'{') => {
+                    s.open = b'{';
+                    s.close = b'}';
+                    s.depth = 1;
+                }
+                Some(b'[') => {
+                    s.open = b'[';
+                    s.close = b']';
+                    s.depth = 1;
+                }
+                Some(b'"') => s.in_string = true,
+                _ => s.scalar = true,
+            }
+        }
+        #[cfg(test)]
+        let begin = s.pos;
+        let mut i = s.pos;
+        let end = if s.scalar {
+            // A scalar ends at the first byte serde accepts after one.
+            match buf[i..].iter().position(|&b| is_scalar_delimiter(b)) {
+                Some(off) => {
+                    i += off;
+                    Some(i)
+                }
+                None => {
+                    i = len;
+                    None
+                }
+            }
+        } else {
+            // Only `"`, `\` and the top-level bracket pair matter: other
+            // brackets cannot close the top-level value in valid JSON, and
+            // invalid JSON is reported by serde once the end is found.
+            loop {
+                if i >= len {
+                    break None;
+                }
+                if s.in_string {
+                    if s.escape {
+                        s.escape = false;
+                        i += 1;
+                        continue;
+                    }
+                    match memchr2(b'"', b'\\', &buf[i..]) {
+                        None => {
+                            i = len;
+                            break None;
+                        }
+                        Some(off) => {
+                            let j = i + off;
+                            i = j + 1;
+                            if buf[j] == b'\\' {
+                                s.escape = true;
+                            } else {
+                                s.in_string = false;
+                                if s.depth == 0 {
+                                    break Some(i);
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    match memchr3(b'"', s.open, s.close, &buf[i..]) {
+                        None => {
+                            i = len;
+                            break None;
+                        }
+                        Some(off) => {
+                            let j = i + off;
+                            i = j + 1;
+                            let b = buf[j];
+                            if b == b'"' {
+                                s.in_string = true;
+                            } else if b == s.open {
+                                s.depth += 1;
+                            } else {
+                                s.depth = s.depth.saturating_sub(1);
+                                if s.depth == 0 {
+                                    break Some(i);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        s.pos = i;
+        #[cfg(test)]
+        {
+            self.scanned += i - begin;
+        }
+        end
+    }
+
+    /// Drops consumed bytes when that costs no more than the bytes consumed
+    /// since the last compaction (amortised O(1) per byte).
+    fn compact(&mut self) {
+        if self.start == 0 {
+            return;
+        }
+        let remaining = self.buf.len() - self.start;
+        if remaining == 0 {
+            self.buf.clear();
+        } else if self.start >= remaining {
+            self.buf.drain(..self.start);
+        } else {
+            return;
+        }
+        let shift = self.start;
+        self.start = 0;
+        self.nl_pos = self.nl_pos.saturating_sub(shift);
+        self.scan.pos = self.scan.pos.saturating_sub(shift);
+    }
+
+    fn make_error(&self, failure: Failure, source: Option<serde_json::Error>) -> FrameError {
+        let slice = |len: usize| {
+            let end = self.start.saturating_add(len).min(self.buf.len());
+            self.buf.get(self.start..end).unwrap_or(&[])
+        };
+        match failure {
+            Failure::TooLarge { size } => FrameError::TooLarge {
+                size,
+                limit: self.max,
+            },
+            Failure::Malformed { len } => {
+                let bytes = slice(len);
+                // Re-parsing the same bytes reproduces the same error.
+                let source = source
+                    .or_else(|| parse_first(bytes).err())
+                    .unwrap_or_else(|| {
+                        <serde_json::Error as serde::de::Error>::custom("malformed JSON")
+                    });
+                FrameError::Malformed {
+                    source,
+                    excerpt: excerpt(bytes),
+                }
+            }
+            Failure::NotAnObject { kind, len } => FrameError::NotAnObject {
+                kind,
+                excerpt: excerpt(slice(len)),
+            },
+        }
+    }
+}
+
+/// Parses the first JSON value in `bytes`, returning it and the number of
+/// bytes it spans.
+fn parse_first(bytes: &[u8]) -> Result<(Value, usize), serde_json::Error> {
+    let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+    match stream.next() {
+        Some(Ok(value)) => Ok((value, stream.byte_offset())),
+        Some(Err(e)) => Err(e),
+        // Only whitespace: callers never pass that, but stay total.
+        None => Err(<serde_json::Error as serde::de::Error>::custom(
+            "expected a JSON value",
+        )),
+    }
+}
+
+/// Bytes skipped between messages.
+fn is_skippable(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0xFF)
+}
+
+/// Bytes that can start a JSON value.
+fn can_start_value(b: u8) -> bool {
+    matches!(
+        b,
+        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+    )
+}
+
+/// Bytes that end a top-level scalar (as serde's stream deserializer sees it).
+fn is_scalar_delimiter(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'[' | b']' | b'{' | b'}' | b',' | b':'
+    )
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(EXCERPT_LEN)];
+    let mut out: String = String::from_utf8_lossy(cut).escape_debug().collect();
+    if cut.len() < bytes.len() {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn obj(v: Value) -> JsonObject {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    /// Decodes everything currently decodable.
+    fn drain(d: &mut Decoder, idle: bool) -> Vec<JsonObject> {
+        let mut out = Vec::new();
+        while let Some(m) = d.decode(idle).expect("decode error") {
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn single_message_crlf() {
+        let mut d = Decoder::new(DEFAULT_MAX_MESSAGE_SIZE);
+        d.extend(b"{\"return\": {}}\r\n");
+        assert_eq!(d.decode(false).unwrap(), Some(obj(json!({"return": {}}))));
+        assert_eq!(d.decode(false).unwrap(), None);
+        assert_eq!(d.decode(true).unwrap(), None);
+        assert!(!d.has_partial());
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.scanned, 0);
+    }
+
+    #[test]
+    fn many_in_one_buffer() {
+        let mut d = Decoder::default();
+        let mut data = Vec::new();
+        for i in 0..100 {
+            data.extend_from_slice(format!("{{\"id\":{i}}}\r\n").as_bytes());
+        }
+        d.extend(&data);
+        let got = drain(&mut d, false);
+        assert_eq!(got.len(), 100);
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m["id"], json!(i));
+        }
+        assert_eq!(d.scanned, 0);
+    }
+
+    const TWO: &[u8] = b"{\"a\":\"x}{\\\"\",\"b\":[1,{}]}\r\n{\"c\":null}\r\n";
+
+    fn two_expected() -> Vec<JsonObject> {
+        vec![
+            obj(json!({"a": "x}{\"", "b": [1, {}]})),
+            obj(json!({"c": null})),
+        ]
+    }
+
+    #[test]
+    fn split_at_every_position() {
+        for k in 0..=TWO.len() {
+            for idle in [false, true] {
+                let mut d = Decoder::default();
+                d.extend(&TWO[..k]);
+                let mut got = drain(&mut d, idle);
+                d.extend(&TWO[k..]);
+                got.extend(drain(&mut d, idle));
+                got.extend(drain(&mut d, true));
+                assert_eq!(got, two_expected(), "split at {k}, idle {idle}");
+                assert!(!d.has_partial());
+            }
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_idle() {
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for &b in TWO {
+            d.extend(&[b]);
+            got.extend(drain(&mut d, true));
+        }
+        assert_eq!(got, two_expected());
+        assert!(d.scanned <= TWO.len());
+    }
+
+    #[test]
+    fn byte_at_a_time_not_idle() {
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for &b in TWO {
+            d.extend(&[b]);
+            got.extend(drain(&mut d, false));
+        }
+        got.extend(drain(&mut d, true));
+        assert_eq!(got, two_expected());
+        assert_eq!(d.scanned, 0);
+    }
+
+    #[test]
+    fn pretty_multiline() {
+        let v = json!({"return": [{"name": "a", "x": {"y": [1, 2, "}\n"]}}, {}]});
+        let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
+        let mut d = Decoder::default();
+        // Fed in one piece.
+        d.extend(text.as_bytes());
+        assert_eq!(drain(&mut d, false), vec![obj(v.clone())]);
+        // Fed one byte at a time, never idle.
+        let mut got = Vec::new();
+        for &b in text.as_bytes() {
+            d.extend(&[b]);
+            got.extend(drain(&mut d, false));
+        }
+        assert_eq!(got, vec![obj(v.clone())]);
+        // Without the final newline, idle at the end.
+        let mut d = Decoder::default();
+        d.extend(text.trim_end().as_bytes());
+        assert_eq!(drain(&mut d, false), vec![obj(v)]);
+    }
+
+    #[test]
+    fn pretty_scanner_is_incremental() {
+        let v = json!({"return": (0..500).map(|i| json!({"n": i, "s": "a\"b\\c{"})).collect::<Vec<_>>()});
+        let text = serde_json::to_string_pretty(&v).unwrap();
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for chunk in text.as_bytes().chunks(7) {
+            d.extend(chunk);
+            got.extend(drain(&mut d, true));
+        }
+        assert_eq!(got, vec![obj(v)]);
+        assert!(d.scanned <= text.len(), "{} > {}", d.scanned, text.len());
+    }
+
+    #[test]
+    fn no_trailing_newline_needs_idle() {
+        let mut d = Decoder::default();
+        d.extend(b"{\"execute\":\"qmp_capabilities\"}");
+        assert_eq!(d.decode(false).unwrap(), None);
+        assert!(d.has_partial());
+        assert_eq!(
+            d.decode(true).unwrap(),
+            Some(obj(json!({"execute": "qmp_capabilities"})))
+        );
+        assert_eq!(d.decode(true).unwrap(), None);
+        assert!(!d.has_partial());
+    }
+
+    #[test]
+    fn no_trailing_newline_back_to_back() {
+        let mut d = Decoder::default();
+        d.extend(b"{\"a\":1}{\"b\":2} \r");
+        assert_eq!(d.decode(false).unwrap(), None);
+        assert_eq!(
+            drain(&mut d, true),
+            vec![obj(json!({"a": 1})), obj(json!({"b": 2}))]
+        );
+    }
+
+    #[test]
+    fn idle_incomplete_is_none() {
+        let mut d = Decoder::default();
+        d.extend(b"{\"a\":{\"b\":1}");
+        assert_eq!(d.decode(true).unwrap(), None);
+        assert!(d.has_partial());
+        d.extend(b"}");
+        assert_eq!(d.decode(true).unwrap(), Some(obj(json!({"a": {"b": 1}}))));
+    }
+
+    #[test]
+    fn tricky_strings() {
+        let cases = [
+            r#"{"s":"}"}"#,
+            r#"{"s":"{"}"#,
+            r#"{"s":"\""}"#,
+            r#"{"s":"\\"}"#,
+            r#"{"s":"\\\""}"#,
+            r#"{"s":"a\nb"}"#,
+            r#"{"s":"h\u00e9llo \ud83d\ude00"}"#,
+            "{\"s\":\"héllo 😀 ünïcode\"}",
+            r#"{"s\"}{":"]["}"#,
+        ];
+        for case in cases {
+            let expected: JsonObject = serde_json::from_str(case).unwrap();
+            for (idle, suffix) in [(false, "\r\n"), (true, ""), (true, "\n")] {
+                let mut d = Decoder::default();
+                let text = format!("{case}{suffix}");
+                // Byte-at-a-time to exercise escapes split across reads.
+                let mut got = Vec::new();
+                for &b in text.as_bytes() {
+                    d.extend(&[b]);
+                    got.extend(drain(&mut d, idle));
+                }
+                got.extend(drain(&mut d, true));
+                assert_eq!(got, vec![expected.clone()], "{case:?} {suffix:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ff_prefix_skipped() {
+        let mut d = Decoder::default();
+        d.extend(b"\xff{\"return\":{}}\n\xff\xff  {\"a\":1}");
+        assert_eq!(
+            drain(&mut d, true),
+            vec![obj(json!({"return": {}})), obj(json!({"a": 1}))]
+        );
+        d.extend(b"\xff");
+        assert!(!d.has_partial());
+        assert_eq!(d.decode(true).unwrap(), None);
+    }
+
+    #[test]
+    fn two_objects_one_line() {
+        let mut d = Decoder::default();
+        d.extend(b"{\"a\":1}{\"b\":2}\n");
+        assert_eq!(d.decode(false).unwrap(), Some(obj(json!({"a": 1}))));
+        assert_eq!(d.decode(false).unwrap(), Some(obj(json!({"b": 2}))));
+        assert_eq!(d.decode(false).unwrap(), None);
+        assert_eq!(d.scanned, 0);
+    }
+
+    #[test]
+    fn too_large_complete() {
+        let mut d = Decoder::new(64);
+        let big = format!("{{\"a\":\"{}\"}}\r\n", "x".repeat(100));
+        d.extend(big.as_bytes());
+        match d.decode(false) {
+            Err(FrameError::TooLarge { size, limit }) => {
+                assert_eq!(limit, 64);
+                assert_eq!(size, big.len() - 2);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Sticky.
+        assert!(matches!(d.decode(true), Err(FrameError::TooLarge { .. })));
+        // Exactly at the limit is fine.
+        let mut d = Decoder::new(64);
+        let fits = format!("{{\"a\":\"{}\"}}\n", "x".repeat(64 - 8));
+        assert_eq!(fits.len(), 65);
+        d.extend(fits.as_bytes());
+        assert!(d.decode(false).unwrap().is_some());
+    }
+
+    #[test]
+    fn too_large_incomplete() {
+        let mut d = Decoder::new(64);
+        d.extend(b"{\"a\":\"");
+        assert_eq!(d.decode(false).unwrap(), None);
+        let mut err = None;
+        for _ in 0..100 {
+            d.extend(b"xxxxxxxxxx");
+            match d.decode(false) {
+                Ok(None) => {}
+                Ok(Some(m)) => panic!("unexpected message {m:?}"),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        match err {
+            Some(e @ FrameError::TooLarge { size, limit: 64 }) => {
+                assert!(size > 64 && size <= 64 + 10, "size {size}");
+                assert!(e.to_string().contains("exceeds the size limit"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Pretty (multi-line) incomplete message too.
+        let mut d = Decoder::new(64);
+        d.extend(b"{\n");
+        assert_eq!(d.decode(false).unwrap(), None);
+        for _ in 0..10 {
+            d.extend(b"  \"key\": 1,\n");
+        }
+        assert!(matches!(d.decode(false), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn over_limit_buffer_of_small_messages_is_fine() {
+        let mut d = Decoder::new(64);
+        for _ in 0..10 {
+            d.extend(b"{\"a\":1}");
+        }
+        let mut got = drain(&mut d, false);
+        got.extend(drain(&mut d, true));
+        assert_eq!(got.len(), 10);
+    }
+
+    #[test]
+    fn malformed_object() {
+        let mut d = Decoder::default();
+        d.extend(b"{\"a\":}\n");
+        match d.decode(false) {
+            Err(e @ FrameError::Malformed { .. }) => {
+                let FrameError::Malformed { excerpt, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(excerpt, "{\\\"a\\\":}\\n");
+                let msg = e.to_string();
+                assert!(msg.contains("malformed JSON"), "{msg}");
+                assert!(msg.contains(excerpt.as_str()), "{msg}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Sticky, with the same message, whatever `idle` is.
+        let first = d.decode(true).unwrap_err().to_string();
+        assert_eq!(first, d.decode(false).unwrap_err().to_string());
+    }
+
+    #[test]
+    fn malformed_garbage() {
+        for input in [&b"xyz"[..], b"xyz\n", b"}", b"]\n", b",", b"\x00"] {
+            let mut d = Decoder::default();
+            d.extend(input);
+            assert!(
+                matches!(d.decode(false), Err(FrameError::Malformed { .. })),
+                "{input:?}"
+            );
+        }
+        // Malformed found by the scanner (no newline, idle).
+        let mut d = Decoder::default();
+        d.extend(b"{\"a\" 1}");
+        assert!(matches!(d.decode(true), Err(FrameError::Malformed { .. })));
+        let mut d = Decoder::default();
+        d.extend(b"{\"a\":[1}");
+        assert!(matches!(d.decode(true), Err(FrameError::Malformed { .. })));
+    }
+
+    #[test]
+    fn excerpt_is_bounded() {
+        let mut d = Decoder::default();
+        let mut bad = b"{\"a\":".to_vec();
+        bad.extend(std::iter::repeat(b'x').take(10_000));
+        bad.push(b'\n');
+        d.extend(&bad);
+        match d.decode(false) {
+            Err(FrameError::Malformed { excerpt, .. }) => {
+                assert!(excerpt.len() <= EXCERPT_LEN + 3, "{}", excerpt.len())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn not_an_object() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"[1,2]\n", "array"),
+            (b"42\n", "number"),
+            (b"-1.5e3\r\n", "number"),
+            (b"\"s\"\n", "string"),
+            (b"true\n", "boolean"),
+            (b"false\n", "boolean"),
+            (b"null\n", "null"),
+        ];
+        for (input, want) in cases {
+            let mut d = Decoder::default();
+            d.extend(input);
+            match d.decode(false) {
+                Err(e @ FrameError::NotAnObject { kind, .. }) => {
+                    assert_eq!(kind, want);
+                    assert!(e.to_string().contains(want));
+                }
+                other => panic!("{input:?}: unexpected {other:?}"),
+            }
+        }
+        // Found by the scanner.
+        for (input, want) in [
+            (&b"[1,2]"[..], "array"),
+            (b"\"s\"", "string"),
+            (b"42 ", "number"),
+        ] {
+            let mut d = Decoder::default();
+            d.extend(input);
+            assert_eq!(d.decode(false).unwrap(), None, "{input:?}");
+            match d.decode(true) {
+                Err(FrameError::NotAnObject { kind, .. }) => assert_eq!(kind, want),
+                other => panic!("{input:?}: unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn resync_continues() {
+        let mut d = Decoder::default();
+        d.extend(b"{\"a\":}\n{\"b\":1}\n[1]\n{\"c\":2}\r\nxyz");
+        assert!(matches!(d.decode(false), Err(FrameError::Malformed { .. })));
+        assert!(d.decode(false).is_err());
+        d.resync();
+        assert_eq!(d.decode(false).unwrap(), Some(obj(json!({"b": 1}))));
+        assert!(matches!(
+            d.decode(false),
+            Err(FrameError::NotAnObject { .. })
+        ));
+        d.resync();
+        assert_eq!(d.decode(false).unwrap(), Some(obj(json!({"c": 2}))));
+        assert!(matches!(d.decode(false), Err(FrameError::Malformed { .. })));
+        d.resync();
+        assert_eq!(d.buffered(), 0);
+        d.extend(b"{\"d\":3}\n");
+        assert_eq!(d.decode(false).unwrap(), Some(obj(json!({"d": 3}))));
+    }
+
+    #[test]
+    fn compaction_keeps_data() {
+        let mut stream = Vec::new();
+        let n = 20_000;
+        for i in 0..n {
+            let pad = "p".repeat(i % 37);
+            match i % 3 {
+                0 => stream
+                    .extend_from_slice(format!("{{\"id\":{i},\"p\":\"{pad}\"}}\r\n").as_bytes()),
+                1 => stream.extend_from_slice(
+                    serde_json::to_string_pretty(&json!({"id": i, "p": pad}))
+                        .unwrap()
+                        .as_bytes(),
+                ),
+                _ => {
+                    stream.push(0xFF);
+                    stream.extend_from_slice(format!("{{\"id\":{i},\"p\":\"{pad}\"}}").as_bytes());
+                }
+            }
+        }
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        let mut max_cap = 0;
+        for (k, chunk) in stream.chunks(777).enumerate() {
+            let buf = d.buffer_mut();
+            assert!(buf.capacity() - buf.len() >= MIN_SPARE);
+            buf.extend_from_slice(chunk);
+            max_cap = max_cap.max(d.buf.capacity());
+            got.extend(drain(&mut d, k % 5 == 0));
+        }
+        got.extend(drain(&mut d, true));
+        assert_eq!(got.len(), n);
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m["id"], json!(i));
+            assert_eq!(m["p"], json!("p".repeat(i % 37)));
+        }
+        assert!(max_cap < 4 * MIN_SPARE, "buffer grew to {max_cap}");
+    }
+
+    #[test]
+    fn large_single_line_uses_no_scanner() {
+        let mut map = JsonObject::new();
+        let mut i = 0;
+        while serde_json::to_vec(&map).unwrap().len() < 1024 * 1024 {
+            map.insert(
+                format!("key-{i}"),
+                json!({"name": format!("v{i}"), "meta-type": "object", "members": [{"name": "x", "type": "int"}], "esc": "}\"{"}),
+            );
+            i += 1;
+        }
+        let mut stream = serde_json::to_vec(&map).unwrap();
+        stream.extend_from_slice(b"\r\n");
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for chunk in stream.chunks(64 * 1024) {
+            d.buffer_mut().extend_from_slice(chunk);
+            got.extend(drain(&mut d, false));
+        }
+        got.extend(drain(&mut d, true));
+        assert_eq!(got, vec![map]);
+        assert_eq!(d.scanned, 0);
+    }
+
+    #[test]
+    fn zero_limit_never_panics() {
+        let mut d = Decoder::new(0);
+        assert_eq!(d.max_message_size(), 0);
+        d.extend(b"{}\n");
+        assert!(matches!(d.decode(false), Err(FrameError::TooLarge { .. })));
+        d.resync();
+        assert_eq!(d.decode(true).unwrap(), None);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let mut d = Decoder::default();
+        let mut s = "[".repeat(100_000);
+        s.push('\n');
+        d.extend(s.as_bytes());
+        assert!(d.decode(true).is_err());
+        let mut d = Decoder::default();
+        let mut s = "{\"a\":".repeat(50_000);
+        s.push_str(&"}".repeat(50_000));
+        d.extend(s.as_bytes());
+        assert!(d.decode(true).is_err());
+    }
+
+    // ---- property tests ----
+
+    fn arb_string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    '{', '}', '[', ']', '"', '\\', '\n', '\r', 'a', 'é', '😀', ' ', ':', ',',
+                    '\u{ff}'
+                ]),
+                0..12
+            )
+            .prop_map(|v| v.into_iter().collect()),
+        ]
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            arb_string().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(arb_string(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_object() -> impl Strategy<Value = JsonObject> {
+        prop::collection::btree_map(arb_string(), arb_value(), 0..5)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![
+                any::<u8>(),
+                prop::sample::select(b"{}[]\"\\:,\n\r \t0123456789-tfnulrea\xff".to_vec()),
+            ],
+            0..400,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            data in arb_bytes(),
+            cuts in prop::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 0..30),
+            limit in prop::sample::select(vec![0usize, 1, 16, 64, 1024, DEFAULT_MAX_MESSAGE_SIZE]),
+        ) {
+            let mut points: Vec<(usize, bool)> =
+                cuts.iter().map(|(i, idle)| (i.index(data.len() + 1), *idle)).collect();
+            points.push((data.len(), true));
+            points.sort();
+            let mut d = Decoder::new(limit);
+            let mut prev = 0;
+            for (pos, idle) in points {
+                d.extend(&data[prev..pos]);
+                prev = pos;
+                for _ in 0..1000 {
+                    match d.decode(idle) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = e.to_string();
+                            d.resync();
+                        }
+                    }
+                }
+                let _ = d.has_partial();
+                let _ = d.buffered();
+                let _ = d.buffer_mut();
+            }
+        }
+
+        #[test]
+        fn random_objects_roundtrip(
+            msgs in prop::collection::vec(
+                (arb_object(), any::<bool>(), 0u8..3, 0u8..3),
+                0..8,
+            ),
+            cuts in prop::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 0..20),
+        ) {
+            let mut stream = Vec::new();
+            let mut forced_idle = Vec::new();
+            for (m, pretty, term, prefix) in &msgs {
+                match prefix {
+                    0 => {}
+                    1 => stream.push(0xFF),
+                    _ => stream.extend_from_slice(b" \t"),
+                }
+                let text = if *pretty {
+                    serde_json::to_vec_pretty(m).unwrap()
+                } else {
+                    serde_json::to_vec(m).unwrap()
+                };
+                stream.extend_from_slice(&text);
+                match term {
+                    0 => stream.extend_from_slice(b"\r\n"),
+                    1 => stream.push(b'\n'),
+                    _ => forced_idle.push(stream.len()),
+                }
+            }
+            let mut points: BTreeMap<usize, bool> = BTreeMap::new();
+            for p in forced_idle {
+                points.insert(p, true);
+            }
+            for (i, idle) in &cuts {
+                *points.entry(i.index(stream.len() + 1)).or_insert(false) |= *idle;
+            }
+            points.insert(stream.len(), true);
+
+            let mut d = Decoder::default();
+            let mut got = Vec::new();
+            let mut prev = 0;
+            for (pos, idle) in points {
+                d.extend(&stream[prev..pos]);
+                prev = pos;
+                while let Some(m) = d.decode(idle).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    got.push(m);
+                }
+            }
+            let expected: Vec<JsonObject> = msgs.into_iter().map(|(m, ..)| m).collect();
+            prop_assert_eq!(got, expected);
+            prop_assert!(!d.has_partial());
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! QMP messages: greeting, requests, replies and events.
+//!
+//! Incoming messages are decoded into a JSON object first and then viewed through the
+//! types here. Unknown members are never an error: each type keeps the whole object it
+//! was made from, so nothing the peer sent is lost.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A JSON object, the shape of every QMP message.
+pub type JsonObject = serde_json::Map<String, Value>;
+
+/// The prefix of the ids this library assigns (the same as Python's `qemu.qmp`).
+/// User-chosen ids must not start with it.
+pub const AUTO_ID_PREFIX: &str = "__qmp#";
+
+/// The QMP greeting: `{"QMP": {"version": {...}, "capabilities": [...]}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Greeting {
+    /// The `version` member, typed.
+    pub version: VersionInfo,
+    /// The capabilities the server offers (`"oob"` is the only one QEMU defines).
+    pub capabilities: Vec<String>,
+    /// The whole greeting as received.
+    pub raw: JsonObject,
+}
+
+/// The `version` member of the greeting and of `query-version`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The numeric version.
+    #[serde(default)]
+    pub qemu: VersionTriple,
+    /// The distribution's package string, e.g. `Debian 1:7.2+dfsg-7`.
+    #[serde(default)]
+    pub package: String,
+}
+
+/// A `major.minor.micro` version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VersionTriple {
+    /// Major version.
+    #[serde(default)]
+    pub major: u64,
+    /// Minor version.
+    #[serde(default)]
+    pub minor: u64,
+    /// Micro version.
+    #[serde(default)]
+    pub micro: u64,
+}
+
+impl fmt::Display for VersionTriple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
+    }
+}
+
+impl Greeting {
+    /// Validate and view a message as a greeting. The error says what is missing.
+    pub fn from_object(raw: JsonObject) -> Result<Greeting, (String, JsonObject)> {
+        let Some(Value::Object(qmp)) = raw.get("QMP") else {
+            return Err(("the message has no 'QMP' object member".into(), raw));
+        };
+        let version = match qmp.get("version") {
+            Some(v @ Value::Object(_)) => match VersionInfo::deserialize(v) {
+                Ok(v) => v,
+                Err(e) => return Err((format!("'version' is malformed: {e}"), raw)),
+            },
+            Some(_) => return Err(("'QMP.version' is not an object".into(), raw)),
+            None => return Err(("'QMP' has no 'version' member".into(), raw)),
+        };
+        let capabilities = match qmp.get("capabilities") {
+            Some(Value::Array(caps)) => caps
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect(),
+            Some(_) => return Err(("'QMP.capabilities' is not an array".into(), raw)),
+            None => return Err(("'QMP' has no 'capabilities' member".into(), raw)),
+        };
+        Ok(Greeting {
+            version,
+            capabilities,
+            raw,
+        })
+    }
+
+    /// True if the server offers the capability, e.g. `"oob"`.
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.iter().any(|c| c == name)
+    }
+
+    /// Build a greeting (for servers).
+    pub fn new(version: VersionInfo, capabilities: Vec<String>) -> Greeting {
+        let mut qmp = JsonObject::new();
+        qmp.insert(
+            "version".into(),
+            serde_json::to_value(&version).unwrap_or(Value::Null),
+        );
+        qmp.insert(
+            "capabilities".into(),
+            Value::Array(capabilities.iter().cloned().map(Value::String).collect()),
+        );
+        let mut raw = JsonObject::new();
+        raw.insert("QMP".into(), Value::Object(qmp));
+        Greeting {
+            version,
+            capabilities,
+            raw,
+        }
+    }
+}
+
+/// The `error` member of an error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    /// The error class, e.g. `GenericError`.
+    pub class: String,
+    /// The human-readable description.
+    pub desc: String,
+}
+
+impl fmt::Display for ErrorInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.desc, self.class)
+    }
+}
+
+/// A reply to a command: `{"return": ...}` or `{"error": {...}}`, with the request's id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// The whole reply as received.
+    pub raw: JsonObject,
+}
+
+impl Response {
+    /// The `id` member, if any.
+    pub fn id(&self) -> Option<&Value> {
+        self.raw.get("id")
+    }
+
+    /// The `return` member, if this is a success reply.
+    pub fn return_value(&self) -> Option<&Value> {
+        self.raw.get("return")
+    }
+
+    /// True if the reply has an `error` member.
+    pub fn is_error(&self) -> bool {
+        self.raw.contains_key("error")
+    }
+
+    /// The parsed `error` member: `Ok(None)` when there is none, `Err(reason)` when it
+    /// is malformed.
+    pub fn error_info(&self) -> Result<Option<ErrorInfo>, String> {
+        let Some(err) = self.raw.get("error") else {
+            return Ok(None);
+        };
+        let Value::Object(err) = err else {
+            return Err("'error' is not an object".into());
+        };
+        let class = match err.get("class") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err("'error.class' is missing or not a string".into()),
+        };
+        let desc = match err.get("desc") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err("'error.desc' is missing or not a string".into()),
+        };
+        Ok(Some(ErrorInfo { class, desc }))
+    }
+}
+
+/// A timestamp of an event, as QEMU sends it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Seconds since the epoch.
+    pub seconds: i64,
+    /// Microseconds within the second.
+    pub microseconds: i64,
+}
+
+/// An asynchronous event: `{"event": name, "data": {...}, "timestamp": {...}}`.
+///
+/// Cheap to clone: every listener that receives an event gets a handle to the same
+/// immutable message.
+#[derive(Clone, PartialEq)]
+pub struct Event(Arc<EventInner>);
+
+#[derive(PartialEq)]
+struct EventInner {
+    name: String,
+    raw: JsonObject,
+}
+
+impl Event {
+    /// View a message as an event; `None` if it has no string `event` member.
+    pub fn from_object(raw: JsonObject) -> Result<Event, JsonObject> {
+        let name = match raw.get("event") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(raw),
+        };
+        Ok(Event(Arc::new(EventInner { name, raw })))
+    }
+
+    /// Build an event (for servers and tests), timestamped now.
+    pub fn new(name: impl Into<String>, data: Option<Value>) -> Event {
+        let name = name.into();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut raw = JsonObject::new();
+        raw.insert("event".into(), Value::String(name.clone()));
+        if let Some(d) = data {
+            raw.insert("data".into(), d);
+        }
+        raw.insert(
+            "timestamp".into(),
+            serde_json::json!({"seconds": now.as_secs(), "microseconds": now.subsec_micros()}),
+        );
+        Event(Arc::new(EventInner { name, raw }))
+    }
+
+    /// The event name, e.g. `STOP`.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The `data` member (`Value::Null` when absent).
+    pub fn data(&self) -> &Value {
+        self.0.raw.get("data").unwrap_or(&Value::Null)
+    }
+
+    /// The `timestamp` member, if present and well-formed.
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        self.0
+            .raw
+            .get("timestamp")
+            .and_then(|t| Timestamp::deserialize(t).ok())
+    }
+
+    /// The whole event as received, unknown members included.
+    pub fn as_object(&self) -> &JsonObject {
+        &self.0.raw
+    }
+
+    /// The event as a JSON value (a copy).
+    pub fn to_value(&self) -> Value {
+        Value::Object(self.0.raw.clone())
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Event({})", Value::Object(self.0.raw.clone()))
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", Value::Object(self.0.raw.clone()))
+    }
+}
+
+/// An incoming message, classified.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A greeting.
+    Greeting(Greeting),
+    /// A reply to a command.
+    Response(Response),
+    /// An event.
+    Event(Event),
+    /// A request (what a server receives).
+    Request(JsonObject),
+    /// Anything else.
+    Other(JsonObject),
+}
+
+impl Message {
+    /// Classify a decoded JSON object.
+    pub fn classify(obj: JsonObject) -> Message {
+        if obj.contains_key("event") {
+            return match Event::from_object(obj) {
+                Ok(e) => Message::Event(e),
+                Err(obj) => Message::Other(obj),
+            };
+        }
+        if obj.contains_key("return") || obj.contains_key("error") {
+            return Message::Response(Response { raw: obj });
+        }
+        if obj.contains_key("execute") || obj.contains_key("exec-oob") {
+            return Message::Request(obj);
+        }
+        if obj.contains_key("QMP") {
+            return match Greeting::from_object(obj) {
+                Ok(g) => Message::Greeting(g),
+                Err((_, obj)) => Message::Other(obj),
+            };
+        }
+        Message::Other(obj)
+    }
+}
+
+/// Build a request object: `{"execute" | "exec-oob": cmd, "arguments"?: args, "id"?: id}`
+/// (Python: `QMPClient.make_execute_msg`).
+pub fn make_request(cmd: &str, arguments: Option<Value>, oob: bool, id: Option<Value>) -> JsonObject {
+    let mut m = JsonObject::new();
+    let key = if oob { "exec-oob" } else { "execute" };
+    m.insert(key.into(), Value::String(cmd.to_owned()));
+    if let Some(a) = arguments {
+        m.insert("arguments".into(), a);
+    }
+    if let Some(id) = id {
+        m.insert("id".into(), id);
+    }
+    m
+}
+
+/// The command name of a request object, if it has one.
+pub fn request_command(req: &JsonObject) -> Option<&str> {
+    req.get("execute")
+        .or_else(|| req.get("exec-oob"))
+        .and_then(Value::as_str)
+}
+
+/// Serialise a message the way QMP peers expect: compact JSON, ASCII only (non-ASCII
+/// characters escaped), followed by CRLF.
+pub fn encode(obj: &JsonObject) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    // Writing into a Vec cannot fail, and a Map<String, Value> always serialises.
+    let _ = serde_json::to_writer(&mut AsciiWriter(&mut out), obj);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Escapes non-ASCII characters as `\uXXXX` on the fly. serde_json emits UTF-8; only
+/// string contents can hold non-ASCII bytes, so escaping each multi-byte character is
+/// valid JSON.
+struct AsciiWriter<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for AsciiWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_ascii() {
+            self.0.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        // serde_json writes whole UTF-8 sequences in one call.
+        match std::str::from_utf8(buf) {
+            Ok(s) => {
+                for ch in s.chars() {
+                    if ch.is_ascii() {
+                        self.0.push(ch as u8);
+                    } else {
+                        let mut units = [0u16; 2];
+                        for u in ch.encode_utf16(&mut units) {
+                            self.0.extend_from_slice(format!("\\u{u:04x}").as_bytes());
+                        }
+                    }
+                }
+            }
+            Err(_) => self.0.extend_from_slice(buf),
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> JsonObject {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn greeting_parses_and_keeps_unknown_members() {
+        let g = Greeting::from_object(obj(json!({"QMP": {
+            "version": {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "Debian"},
+            "capabilities": ["oob"], "future": 1}, "extra": true})))
+        .unwrap();
+        assert_eq!(g.version.qemu.to_string(), "7.2.22");
+        assert!(g.has_capability("oob"));
+        assert_eq!(g.raw["extra"], json!(true));
+    }
+
+    #[test]
+    fn greeting_errors_say_what_is_missing() {
+        let (e, _) = Greeting::from_object(obj(json!({"return": {}}))).unwrap_err();
+        assert!(e.contains("'QMP'"), "{e}");
+        let (e, _) = Greeting::from_object(obj(json!({"QMP": {"version": {}}}))).unwrap_err();
+        assert!(e.contains("capabilities"), "{e}");
+        let (e, _) =
+            Greeting::from_object(obj(json!({"QMP": {"version": 1, "capabilities": []}})))
+                .unwrap_err();
+        assert!(e.contains("version"), "{e}");
+    }
+
+    #[test]
+    fn classify_and_views() {
+        let m = Message::classify(obj(json!({"event": "STOP", "timestamp":
+            {"seconds": 1, "microseconds": 2}, "x": 1})));
+        let Message::Event(e) = m else { panic!() };
+        assert_eq!(e.name(), "STOP");
+        assert_eq!(e.data(), &Value::Null);
+        assert_eq!(e.timestamp(), Some(Timestamp { seconds: 1, microseconds: 2 }));
+        assert_eq!(e.as_object()["x"], json!(1));
+
+        let Message::Response(r) = Message::classify(obj(json!({"error":
+            {"class": "GenericError", "desc": "boom"}, "id": 3})))
+        else {
+            panic!()
+        };
+        assert_eq!(r.id(), Some(&json!(3)));
+        assert_eq!(r.error_info().unwrap().unwrap().class, "GenericError");
+        let r = Response { raw: obj(json!({"error": {"class": 1}})) };
+        assert!(r.error_info().is_err());
+    }
+
+    #[test]
+    fn encode_is_compact_ascii_crlf() {
+        let m = make_request("x", Some(json!({"s": "é😀"})), false, Some(json!("id")));
+        let bytes = encode(&m);
+        assert!(bytes.is_ascii());
+        assert!(bytes.ends_with(b"\r\n"));
+        let back: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back["arguments"]["s"], json!("é😀"));
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            "{\"execute\":\"x\",\"arguments\":{\"s\":\"\\u00e9\\ud83d\\ude00\"},\"id\":\"id\"}\r\n"
+        );
+    }
+}
