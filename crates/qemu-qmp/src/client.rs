@@ -350,7 +350,10 @@ impl Client {
 
     /// Like [`start_server`](Self::start_server), on a listening TCP socket made by the
     /// caller.
-    pub async fn start_server_with_tcp_listener(&self, listener: std::net::TcpListener) -> Result<()> {
+    pub async fn start_server_with_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> Result<()> {
         let guard = self.begin_connecting()?;
         let l = Listener::from_std_tcp(listener).map_err(|e| Error::Accept {
             target: "tcp listener".into(),
@@ -386,11 +389,13 @@ impl Client {
                 other => {
                     *slot = other;
                     let state = self.runstate();
-                    return Err(if state == Runstate::Idle || state == Runstate::Connecting {
-                        Error::InvalidRequest("accept() needs start_server() first".into())
-                    } else {
-                        state.state_error(Runstate::Connecting)
-                    });
+                    return Err(
+                        if state == Runstate::Idle || state == Runstate::Connecting {
+                            Error::InvalidRequest("accept() needs start_server() first".into())
+                        } else {
+                            state.state_error(Runstate::Connecting)
+                        },
+                    );
                 }
             }
         };
@@ -602,7 +607,11 @@ impl Client {
 
     /// Execute a command out of band (`exec-oob`), bypassing the in-band queue.
     pub async fn execute_oob(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
-        self.request(command).arguments_opt(arguments).oob().send().await
+        self.request(command)
+            .arguments_opt(arguments)
+            .oob()
+            .send()
+            .await
     }
 
     /// A command with options: arguments, a timeout, OOB, file descriptors.
@@ -635,7 +644,11 @@ impl Client {
     ///
     /// An `id` in the message is kept and the reply is matched by it; without one, the
     /// reply is matched as the one id-less command in flight (only one may be).
-    pub async fn execute_raw(&self, message: JsonObject, timeout: Option<Duration>) -> Result<Response> {
+    pub async fn execute_raw(
+        &self,
+        message: JsonObject,
+        timeout: Option<Duration>,
+    ) -> Result<Response> {
         if let Some(id) = message.get("id") {
             if id.as_str().is_some_and(|s| s.starts_with(AUTO_ID_PREFIX)) {
                 return Err(Error::InvalidRequest(format!(
@@ -698,7 +711,10 @@ impl Drop for ConnectingGuard {
     fn drop(&mut self) {
         if self.armed {
             *self.client.slot() = Slot::Idle;
-            self.client.inner.state.send_replace(Runstate::Disconnecting);
+            self.client
+                .inner
+                .state
+                .send_replace(Runstate::Disconnecting);
             self.client.inner.state.send_replace(Runstate::Idle);
         }
     }
@@ -829,7 +845,11 @@ pub(crate) struct MessageReader {
 
 impl MessageReader {
     /// The next message, `None` at a clean end of stream.
-    pub(crate) async fn next(&mut self, stream: &Stream, decoder: &mut Decoder) -> Result<Option<JsonObject>> {
+    pub(crate) async fn next(
+        &mut self,
+        stream: &Stream,
+        decoder: &mut Decoder,
+    ) -> Result<Option<JsonObject>> {
         loop {
             if let Some(obj) = decoder.decode(self.idle)? {
                 return Ok(Some(obj));
@@ -857,6 +877,14 @@ impl MessageReader {
                         .map_err(|e| Error::io("waiting for data", e))?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A reset is how a peer that exits with unread input hangs up.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return if decoder.has_partial() {
+                        Err(Error::ConnectionClosed { mid_message: true })
+                    } else {
+                        Ok(None)
+                    };
+                }
                 Err(e) => return Err(Error::io("reading from the peer", e)),
             }
         }
@@ -1019,11 +1047,17 @@ impl Session {
             }
             Message::Response(r) => self.deliver(r),
             Message::Greeting(g) => {
-                warn!("unexpected greeting dropped: {}", serde_json::Value::Object(g.raw));
+                warn!(
+                    "unexpected greeting dropped: {}",
+                    serde_json::Value::Object(g.raw)
+                );
                 Ok(())
             }
             Message::Request(o) | Message::Other(o) => {
-                warn!("message that is neither a reply nor an event dropped: {}", serde_json::Value::Object(o));
+                warn!(
+                    "message that is neither a reply nor an event dropped: {}",
+                    serde_json::Value::Object(o)
+                );
                 Ok(())
             }
         }
@@ -1149,7 +1183,10 @@ impl Session {
             if p.map.contains_key(&key) {
                 return Err(Error::InvalidRequest(match &key {
                     Some(k) => format!("id {k} is already in use by a command in flight"),
-                    None => "another command without an id is already in flight; give this one an id".into(),
+                    None => {
+                        "another command without an id is already in flight; give this one an id"
+                            .into()
+                    }
                 }));
             }
             p.map.insert(
@@ -1233,8 +1270,12 @@ impl Session {
             let flushed = tokio::time::timeout(FLUSH_TIMEOUT, self.writer.flush()).await;
             match flushed {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(name = %self.label, "could not flush before disconnecting: {e}"),
-                Err(_) => warn!(name = %self.label, "disconnecting with unsent data: the peer did not read it within {FLUSH_TIMEOUT:?}"),
+                Ok(Err(e)) => {
+                    debug!(name = %self.label, "could not flush before disconnecting: {e}")
+                }
+                Err(_) => {
+                    warn!(name = %self.label, "disconnecting with unsent data: the peer did not read it within {FLUSH_TIMEOUT:?}")
+                }
             }
         }
         let cause = self.cause();

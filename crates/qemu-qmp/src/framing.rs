@@ -209,7 +209,7 @@ impl Decoder {
 
     /// Bytes buffered and not yet consumed.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.len().saturating_sub(self.start)
     }
 
     /// True if non-whitespace bytes of an unfinished message are buffered
@@ -217,7 +217,7 @@ impl Decoder {
     /// [`decode`](Self::decode) has returned `Ok(None)` with `idle` set:
     /// bytes of a complete message that has not been decoded yet also count.
     pub fn has_partial(&self) -> bool {
-        self.buf[self.start..].iter().any(|&b| !is_skippable(b))
+        self.unconsumed().iter().any(|&b| !is_skippable(b))
     }
 
     /// After a [`FrameError::Malformed`] or [`FrameError::NotAnObject`]
@@ -226,7 +226,7 @@ impl Decoder {
     /// including the next `'\n'`, or everything buffered if there is none,
     /// and resets the scanning state.
     pub fn resync(&mut self) {
-        self.start = match memchr(b'\n', &self.buf[self.start..]) {
+        self.start = match memchr(b'\n', self.unconsumed()) {
             Some(off) => self.start + off + 1,
             None => self.buf.len(),
         };
@@ -263,11 +263,23 @@ impl Decoder {
         }
     }
 
+    /// The bytes not consumed yet.
+    fn unconsumed(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or(&[])
+    }
+
     fn decode_inner(
         &mut self,
         idle: bool,
     ) -> Result<Option<JsonObject>, (Failure, Option<serde_json::Error>)> {
         let len = self.buf.len();
+        if self.start > len || self.nl_pos > len || self.scan.pos > len {
+            // The caller shrank the buffer it got from `buffer_mut`, which it
+            // must not do; recover instead of indexing out of bounds.
+            self.start = self.start.min(len);
+            self.nl_pos = self.start;
+            self.scan = Scanner::default();
+        }
         if !self.scan.active {
             // 1. Skip whitespace and 0xFF between messages.
             match self.buf[self.start..]
@@ -598,8 +610,19 @@ fn kind_of(value: &Value) -> &'static str {
 
 fn excerpt(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(EXCERPT_LEN)];
-    let mut out: String = String::from_utf8_lossy(cut).escape_debug().collect();
-    if cut.len() < bytes.len() {
+    let mut out = String::new();
+    let mut chars = 0;
+    let mut truncated = cut.len() < bytes.len();
+    for c in String::from_utf8_lossy(cut).chars() {
+        let escaped = c.escape_debug();
+        if chars + escaped.len() > EXCERPT_LEN {
+            truncated = true;
+            break;
+        }
+        chars += escaped.len();
+        out.extend(escaped);
+    }
+    if truncated {
         out.push_str("...");
     }
     out
@@ -940,7 +963,7 @@ mod tests {
     fn excerpt_is_bounded() {
         let mut d = Decoder::default();
         let mut bad = b"{\"a\":".to_vec();
-        bad.extend(std::iter::repeat(b'x').take(10_000));
+        bad.extend_from_slice(&[b'x'; 10_000]);
         bad.push(b'\n');
         d.extend(&bad);
         match d.decode(false) {
@@ -1053,13 +1076,15 @@ mod tests {
     fn large_single_line_uses_no_scanner() {
         let mut map = JsonObject::new();
         let mut i = 0;
-        while serde_json::to_vec(&map).unwrap().len() < 1024 * 1024 {
-            map.insert(
-                format!("key-{i}"),
-                json!({"name": format!("v{i}"), "meta-type": "object", "members": [{"name": "x", "type": "int"}], "esc": "}\"{"}),
-            );
+        let mut size = 0;
+        while size < 1024 * 1024 {
+            let key = format!("key-{i}");
+            let value = json!({"name": format!("v{i}"), "meta-type": "object", "members": [{"name": "x", "type": "int"}], "esc": "}\"{"});
+            size += key.len() + serde_json::to_vec(&value).unwrap().len() + 4;
+            map.insert(key, value);
             i += 1;
         }
+        assert!(size >= 1024 * 1024);
         let mut stream = serde_json::to_vec(&map).unwrap();
         stream.extend_from_slice(b"\r\n");
         let mut d = Decoder::default();

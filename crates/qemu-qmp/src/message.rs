@@ -306,7 +306,12 @@ impl Message {
 
 /// Build a request object: `{"execute" | "exec-oob": cmd, "arguments"?: args, "id"?: id}`
 /// (Python: `QMPClient.make_execute_msg`).
-pub fn make_request(cmd: &str, arguments: Option<Value>, oob: bool, id: Option<Value>) -> JsonObject {
+pub fn make_request(
+    cmd: &str,
+    arguments: Option<Value>,
+    oob: bool,
+    id: Option<Value>,
+) -> JsonObject {
     let mut m = JsonObject::new();
     let key = if oob { "exec-oob" } else { "execute" };
     m.insert(key.into(), Value::String(cmd.to_owned()));
@@ -326,12 +331,22 @@ pub fn request_command(req: &JsonObject) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// Serialise a message the way QMP peers expect: compact JSON, ASCII only (non-ASCII
-/// characters escaped), followed by CRLF.
+/// Serialise a message the way a QMP client sends it: compact JSON, ASCII only
+/// (non-ASCII characters escaped), with no trailing newline, like Python's `qemu.qmp`.
+///
+/// QEMU's JSON stream parser needs no delimiter. A trailing newline would be left
+/// unread in QEMU's socket buffer after a final `quit`, and closing a Unix socket with
+/// unread data makes the kernel reset the connection.
 pub fn encode(obj: &JsonObject) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     // Writing into a Vec cannot fail, and a Map<String, Value> always serialises.
     let _ = serde_json::to_writer(&mut AsciiWriter(&mut out), obj);
+    out
+}
+
+/// Serialise a message the way QEMU sends it: like [`encode`], followed by CRLF.
+pub fn encode_line(obj: &JsonObject) -> Vec<u8> {
+    let mut out = encode(obj);
     out.extend_from_slice(b"\r\n");
     out
 }
@@ -400,9 +415,8 @@ mod tests {
         assert!(e.contains("'QMP'"), "{e}");
         let (e, _) = Greeting::from_object(obj(json!({"QMP": {"version": {}}}))).unwrap_err();
         assert!(e.contains("capabilities"), "{e}");
-        let (e, _) =
-            Greeting::from_object(obj(json!({"QMP": {"version": 1, "capabilities": []}})))
-                .unwrap_err();
+        let (e, _) = Greeting::from_object(obj(json!({"QMP": {"version": 1, "capabilities": []}})))
+            .unwrap_err();
         assert!(e.contains("version"), "{e}");
     }
 
@@ -413,7 +427,13 @@ mod tests {
         let Message::Event(e) = m else { panic!() };
         assert_eq!(e.name(), "STOP");
         assert_eq!(e.data(), &Value::Null);
-        assert_eq!(e.timestamp(), Some(Timestamp { seconds: 1, microseconds: 2 }));
+        assert_eq!(
+            e.timestamp(),
+            Some(Timestamp {
+                seconds: 1,
+                microseconds: 2
+            })
+        );
         assert_eq!(e.as_object()["x"], json!(1));
 
         let Message::Response(r) = Message::classify(obj(json!({"error":
@@ -423,21 +443,24 @@ mod tests {
         };
         assert_eq!(r.id(), Some(&json!(3)));
         assert_eq!(r.error_info().unwrap().unwrap().class, "GenericError");
-        let r = Response { raw: obj(json!({"error": {"class": 1}})) };
+        let r = Response {
+            raw: obj(json!({"error": {"class": 1}})),
+        };
         assert!(r.error_info().is_err());
     }
 
     #[test]
-    fn encode_is_compact_ascii_crlf() {
+    fn encode_is_compact_ascii() {
         let m = make_request("x", Some(json!({"s": "é😀"})), false, Some(json!("id")));
+        assert!(encode_line(&m).ends_with(b"}\r\n"));
         let bytes = encode(&m);
         assert!(bytes.is_ascii());
-        assert!(bytes.ends_with(b"\r\n"));
+        assert!(bytes.ends_with(b"}"));
         let back: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back["arguments"]["s"], json!("é😀"));
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            "{\"execute\":\"x\",\"arguments\":{\"s\":\"\\u00e9\\ud83d\\ude00\"},\"id\":\"id\"}\r\n"
+            "{\"execute\":\"x\",\"arguments\":{\"s\":\"\\u00e9\\ud83d\\ude00\"},\"id\":\"id\"}"
         );
     }
 }

