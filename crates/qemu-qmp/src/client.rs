@@ -36,6 +36,7 @@ pub struct Config {
     await_greeting: bool,
     negotiate: bool,
     enable_oob: bool,
+    agent_sync: bool,
     connect_timeout: Option<Duration>,
     command_timeout: Option<Duration>,
 }
@@ -48,6 +49,7 @@ impl Default for Config {
             await_greeting: true,
             negotiate: true,
             enable_oob: true,
+            agent_sync: false,
             connect_timeout: Some(Duration::from_secs(30)),
             command_timeout: None,
         }
@@ -96,6 +98,16 @@ impl ClientBuilder {
     /// greeting).
     pub fn negotiate(mut self, yes: bool) -> Self {
         self.config.negotiate = yes;
+        self
+    }
+
+    /// Speak the guest agent's dialect (`qemu-ga`): no greeting, no negotiation, and
+    /// on connect the `guest-sync-delimited` handshake with a `0xFF` marker, which
+    /// discards whatever stale bytes or replies a previous client left in the channel.
+    pub fn guest_agent(mut self) -> Self {
+        self.config.await_greeting = false;
+        self.config.negotiate = false;
+        self.config.agent_sync = true;
         self
     }
 
@@ -527,6 +539,10 @@ impl Client {
             }
             debug!(name = %self.inner.label, "negotiated (oob {})", if oob { "on" } else { "off" });
         }
+        if config.agent_sync {
+            agent_sync(&stream, &mut decoder, &mut reader).await?;
+            debug!(name = %self.inner.label, "synchronised with the guest agent");
+        }
         Ok(Session::start(
             stream,
             decoder,
@@ -891,6 +907,68 @@ impl MessageReader {
     }
 }
 
+/// The guest agent's resynchronisation: send `0xFF` (which resets the agent's parser)
+/// and `guest-sync-delimited` with a fresh id; the agent answers with `0xFF` followed by
+/// the reply. Everything before that marker, and any reply with another id, is stale.
+async fn agent_sync(
+    stream: &Stream,
+    decoder: &mut Decoder,
+    reader: &mut MessageReader,
+) -> Result<()> {
+    let fail = |reason: String| Error::Negotiation {
+        reason: format!("guest agent synchronisation failed: {reason}"),
+        received: None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let id = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0x7fff_ffff;
+    let req = message::make_request(
+        "guest-sync-delimited",
+        Some(serde_json::json!({ "id": id })),
+        false,
+        None,
+    );
+    let mut bytes = vec![0xFF];
+    bytes.extend(message::encode(&req));
+    write_all(stream, &bytes)
+        .await
+        .map_err(|e| fail(format!("could not send guest-sync-delimited: {e}")))?;
+    let mut raw = Vec::with_capacity(4096);
+    loop {
+        raw.clear();
+        match stream.try_read_buf(&mut raw) {
+            Ok(0) => return Err(fail("the agent closed the connection".into())),
+            Ok(_) => {
+                if let Some(p) = memchr::memchr(0xFF, &raw) {
+                    decoder.extend(&raw[p + 1..]);
+                    break;
+                }
+                debug!("discarded {} stale bytes from the guest agent", raw.len());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream
+                .readable()
+                .await
+                .map_err(|e| Error::io("waiting for the guest agent", e))?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("reading from the guest agent", e)),
+        }
+    }
+    loop {
+        let obj = reader
+            .next(stream, decoder)
+            .await?
+            .ok_or_else(|| fail("the agent closed the connection".into()))?;
+        match obj.get("return") {
+            Some(v) if v.as_u64() == Some(u64::from(id)) => return Ok(()),
+            _ => debug!(
+                "stale message from the guest agent dropped: {}",
+                serde_json::Value::Object(obj)
+            ),
+        }
+    }
+}
+
 async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match stream.try_write(data, &[]) {
@@ -1241,6 +1319,15 @@ impl Session {
             p.cause = cause.clone();
             std::mem::take(&mut p.map)
         };
+        // Publish the state first, so that whoever is woken below sees it.
+        self.state.send_if_modified(|s| {
+            if *s == Runstate::Running {
+                *s = Runstate::Disconnecting;
+                true
+            } else {
+                false
+            }
+        });
         for (_, e) in entries {
             let _ = e.tx.send(Err(Error::Disconnected {
                 command: Some(e.command),
@@ -1252,14 +1339,6 @@ impl Session {
         }
         self.registry.close_all(cause.as_ref());
         self.writer.close();
-        self.state.send_if_modified(|s| {
-            if *s == Runstate::Running {
-                *s = Runstate::Disconnecting;
-                true
-            } else {
-                false
-            }
-        });
         self.ended.notify_waiters();
     }
 

@@ -529,3 +529,68 @@ async fn connect_errors_say_what_failed() {
     let err = Client::connect("127.0.0.1:1").await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
 }
+
+/// Every guest-agent command that would change the machine it runs on: the agent
+/// started here acts on the test machine itself.
+const AGENT_BLOCKED: &str = "guest-shutdown,guest-suspend-disk,guest-suspend-ram,guest-suspend-hybrid,\
+guest-fsfreeze-freeze,guest-fsfreeze-freeze-list,guest-fsfreeze-thaw,guest-fstrim,guest-exec,\
+guest-set-time,guest-set-user-password,guest-ssh-add-authorized-keys,guest-ssh-remove-authorized-keys,\
+guest-set-vcpus,guest-set-memory-blocks,guest-file-open,guest-file-write,guest-file-close,\
+guest-file-read,guest-file-seek,guest-file-flush,guest-network-get-interfaces";
+
+/// `qemu-ga` listening on a socket we bound, handed over by socket activation
+/// (`LISTEN_FDS`), so it is connectable as soon as it starts.
+fn start_agent() -> Option<(QemuProcess, std::path::PathBuf, tempfile::TempDir)> {
+    let ga = common::qemu_ga()?;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qga.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let script = format!(
+        "exec 3<&{fd} {fd}<&-; LISTEN_FDS=1 LISTEN_PID=$$ exec {} -m unix-listen -p {} -t {} -f {} -b {AGENT_BLOCKED}",
+        ga.display(),
+        path.display(),
+        dir.path().display(),
+        dir.path().join("qga.pid").display(),
+    );
+    let agent = QemuProcess::spawn(
+        std::path::Path::new("/bin/bash"),
+        &["-c", &script],
+        &[listener.as_fd()],
+    );
+    Some((agent, path, dir))
+}
+
+#[tokio::test]
+async fn guest_agent_dialect_resynchronises() {
+    let Some((agent, path, _dir)) = start_agent() else {
+        return;
+    };
+    // A previous client that left half a command in the agent's parser.
+    {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.write_all(br#"{"execute": "guest-ping", "argu"#).unwrap();
+    }
+    let ga = Client::builder()
+        .guest_agent()
+        .connect_timeout(T)
+        .command_timeout(T)
+        .connect(&path)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert!(ga.greeting().is_none());
+    assert_eq!(ga.execute("guest-ping", None).await.unwrap(), json!({}));
+    let info = ga.execute("guest-info", None).await.unwrap();
+    assert!(info["version"].as_str().is_some());
+    let blocked = info["supported_commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "guest-shutdown")
+        .unwrap();
+    assert_eq!(blocked["enabled"], false);
+    let err = ga.execute("guest-shutdown", None).await.unwrap_err();
+    assert!(err.error_class().is_some(), "{err}");
+    ga.disconnect().await.unwrap();
+}

@@ -1,0 +1,573 @@
+//! [`QemuMachine`]: a running QEMU and everything it owns.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use qemu_qmp::{Client, Event, Response, Runstate, Value};
+use rustix::process::Signal;
+use tempfile::TempDir;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::builder::MachineBuilder;
+use crate::console::Console;
+use crate::error::{MachineError, Result, ShutdownCause};
+use crate::events::{describe, EventQueue, NoEvent};
+use crate::process::{python_exit_code, Process};
+
+/// How long a hard shutdown waits for the kernel to tear QEMU down after SIGKILL.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the console may take to deliver QEMU's last output once QEMU exited.
+const CONSOLE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything a launch hands over to the machine.
+pub(crate) struct MachineParts {
+    pub(crate) name: String,
+    pub(crate) command_line: Vec<String>,
+    pub(crate) temp_dir: TempDir,
+    pub(crate) log_path: PathBuf,
+    pub(crate) qmp_enabled: bool,
+    pub(crate) conv_keys: bool,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) qmp: Client,
+    pub(crate) events: EventQueue,
+    pub(crate) console: Option<Console>,
+    pub(crate) process: Process,
+}
+
+/// What is removed or read at cleanup.
+#[derive(Debug)]
+struct Files {
+    temp_dir: Option<TempDir>,
+    /// QEMU's output, read at cleanup.
+    log: Option<String>,
+}
+
+/// A running QEMU (Python: `QEMUMachine`), made by [`MachineBuilder::launch`].
+///
+/// It owns the process, its QMP connection, its console and its temporary directory,
+/// and never leaks any of them: [`shutdown`](Self::shutdown) stops QEMU (gracefully,
+/// falling back to SIGKILL) and cleans everything up; dropping the machine kills
+/// QEMU with SIGKILL, reaps it and removes its files, also while unwinding from a
+/// panic; and if this whole process dies, the kernel kills QEMU
+/// (`PR_SET_PDEATHSIG`).
+///
+/// Every method takes `&self` and may be called in any state: before or after
+/// shutdown, after QEMU died on its own, twice. Share a machine between tasks with an
+/// `Arc`. It must be used inside the tokio runtime that launched it.
+///
+/// ```no_run
+/// # async fn f() -> qemu_machine::Result<()> {
+/// use std::time::Duration;
+/// use qemu_machine::QemuMachine;
+/// use serde_json::json;
+///
+/// let vm = QemuMachine::builder("qemu-system-x86_64")
+///     .machine_type("none")
+///     .launch()
+///     .await?;
+/// let status = vm.command("query-status", None).await?;
+/// println!("{}", status["status"]);
+/// vm.command("stop", None).await?;
+/// let stop = vm.event_wait("STOP", Duration::from_secs(5), None).await?;
+/// vm.command("quit", None).await?;
+/// let shutdown = vm
+///     .event_wait("SHUTDOWN", Duration::from_secs(5), Some(json!({"data": {"guest": false}})))
+///     .await?;
+/// vm.shutdown().await?;
+/// assert_eq!(vm.exit_code(), Some(0));
+/// # Ok(()) }
+/// ```
+pub struct QemuMachine {
+    name: String,
+    command_line: Vec<String>,
+    temp_dir_path: PathBuf,
+    log_path: PathBuf,
+    qmp_enabled: bool,
+    conv_keys: bool,
+    shutdown_timeout: Duration,
+    qmp: Client,
+    events: tokio::sync::Mutex<EventQueue>,
+    console: Option<Console>,
+    /// Set once `quit` was sent (by us or through [`QemuMachine::command`]).
+    quit_issued: AtomicBool,
+    /// Serialises shutdown, wait and kill.
+    lifecycle: tokio::sync::Mutex<()>,
+    files: Mutex<Files>,
+    /// Dropped (QEMU killed and reaped) before the temporary directory is removed.
+    process: Process,
+}
+
+impl std::fmt::Debug for QemuMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuMachine")
+            .field("name", &self.name)
+            .field("pid", &self.process.pid())
+            .field("exit_status", &self.exit_status())
+            .field("qmp", &self.qmp.runstate())
+            .field("temp_dir", &self.temp_dir_path)
+            .finish()
+    }
+}
+
+impl QemuMachine {
+    /// Settings for launching `binary` (a path, or a name looked up in `PATH`).
+    pub fn builder(binary: impl Into<PathBuf>) -> MachineBuilder {
+        MachineBuilder::new(binary)
+    }
+
+    pub(crate) fn new(p: MachineParts) -> QemuMachine {
+        QemuMachine {
+            name: p.name,
+            command_line: p.command_line,
+            temp_dir_path: p.temp_dir.path().to_owned(),
+            log_path: p.log_path,
+            qmp_enabled: p.qmp_enabled,
+            conv_keys: p.conv_keys,
+            shutdown_timeout: p.shutdown_timeout,
+            qmp: p.qmp,
+            events: tokio::sync::Mutex::new(p.events),
+            console: p.console,
+            quit_issued: AtomicBool::new(false),
+            lifecycle: tokio::sync::Mutex::new(()),
+            files: Mutex::new(Files {
+                temp_dir: Some(p.temp_dir),
+                log: None,
+            }),
+            process: p.process,
+        }
+    }
+
+    fn files(&self) -> MutexGuard<'_, Files> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- identity and state --------------------------------------------------------
+
+    /// The machine's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The whole command line, wrapper included.
+    pub fn command_line(&self) -> &[String] {
+        &self.command_line
+    }
+
+    /// QEMU's pid while it runs; `None` once it has exited and been reaped (the pid
+    /// may then belong to another process).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.status().is_none().then(|| self.process.pid())
+    }
+
+    /// True until QEMU has exited (Python: `is_running()`).
+    pub fn is_running(&self) -> bool {
+        self.process.status().is_none()
+    }
+
+    /// How QEMU exited, once it has.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.process.status()
+    }
+
+    /// QEMU's exit code once it has exited, as in Python (`exitcode()`): the exit
+    /// code, or minus the number of the signal that killed it.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.process.status().map(python_exit_code)
+    }
+
+    /// The machine's temporary directory. It is removed at shutdown (and on drop), so
+    /// the path may no longer exist.
+    pub fn temp_dir(&self) -> &Path {
+        &self.temp_dir_path
+    }
+
+    /// The file QEMU's stdout and stderr go to.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// What QEMU wrote to stdout and stderr (Python: `get_log()`): read from the log
+    /// file while QEMU runs, kept in memory after shutdown.
+    pub fn log(&self) -> String {
+        if let Some(log) = &self.files().log {
+            return log.clone();
+        }
+        read_log(&self.log_path)
+    }
+
+    // ---- shutdown ------------------------------------------------------------------
+
+    /// Shut QEMU down gracefully within the default timeout
+    /// ([`MachineBuilder::shutdown_timeout`]); see [`shutdown_with`](Self::shutdown_with).
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_with(false, None).await
+    }
+
+    /// Stop QEMU and clean up (Python: `shutdown(hard, timeout)`).
+    ///
+    /// Graceful (`hard == false`): send `quit` over QMP (SIGTERM when QMP is
+    /// disabled) and wait for QEMU to exit. If that fails or takes longer than
+    /// `timeout` (default: [`MachineBuilder::shutdown_timeout`]; one deadline for the
+    /// whole shutdown), QEMU is killed with SIGKILL and the result is
+    /// [`MachineError::AbnormalShutdown`], whose cause says what went wrong. It is also
+    /// `AbnormalShutdown` if QEMU had already exited abnormally (non-zero, or on a
+    /// signal this library did not send).
+    ///
+    /// Hard (`hard == true`): SIGKILL at once.
+    ///
+    /// Either way, and on every error path, the QMP connection is closed, the log is
+    /// read into [`log`](Self::log), and the temporary directory and socket files are
+    /// removed. Calling it again, or after QEMU exited, is harmless.
+    pub async fn shutdown_with(&self, hard: bool, timeout: Option<Duration>) -> Result<()> {
+        let _lifecycle = self.lifecycle.lock().await;
+        if self.is_cleaned_up() {
+            return Ok(());
+        }
+        let timeout = timeout.unwrap_or(self.shutdown_timeout);
+        let result = if let Some(status) = self.process.status() {
+            self.check_exit(status)
+                .map_err(|cause| MachineError::AbnormalShutdown { cause })
+        } else if hard {
+            self.hard_kill().await
+        } else {
+            match self.soft_shutdown(timeout).await {
+                Ok(()) => Ok(()),
+                Err(cause) => {
+                    debug!(name = %self.name, "graceful shutdown failed: {cause}");
+                    let _ = self.hard_kill().await;
+                    Err(MachineError::AbnormalShutdown { cause })
+                }
+            }
+        };
+        self.cleanup().await;
+        result
+    }
+
+    /// Kill QEMU with SIGKILL and clean up (Python: `kill()`, i.e. a hard shutdown).
+    pub async fn kill(&self) -> Result<()> {
+        self.shutdown_with(true, None).await
+    }
+
+    /// Wait for QEMU to exit by itself (e.g. the guest powers off; no `quit` is sent),
+    /// then clean up and return how it exited (Python: `wait()`). If it has not exited
+    /// within `timeout`, it is killed, cleaned up, and the result is
+    /// [`MachineError::AbnormalShutdown`] with [`ShutdownCause::Timeout`].
+    pub async fn wait(&self, timeout: Duration) -> Result<ExitStatus> {
+        let _lifecycle = self.lifecycle.lock().await;
+        self.quit_issued.store(true, Ordering::SeqCst);
+        let result = match self.process.wait_timeout(timeout).await {
+            Some(status) => Ok(status),
+            None => {
+                let _ = self.hard_kill().await;
+                Err(MachineError::AbnormalShutdown {
+                    cause: ShutdownCause::Timeout(timeout),
+                })
+            }
+        };
+        self.cleanup().await;
+        result
+    }
+
+    fn is_cleaned_up(&self) -> bool {
+        self.files().temp_dir.is_none()
+    }
+
+    /// Was this exit status expected?
+    fn check_exit(&self, status: ExitStatus) -> std::result::Result<(), ShutdownCause> {
+        use std::os::unix::process::ExitStatusExt;
+        if status.success() || (status.signal().is_some() && self.process.signalled_by_us()) {
+            Ok(())
+        } else {
+            Err(ShutdownCause::Exited(status))
+        }
+    }
+
+    async fn soft_shutdown(&self, timeout: Duration) -> std::result::Result<(), ShutdownCause> {
+        let deadline = Instant::now() + timeout;
+        if self.qmp_enabled {
+            if self.qmp.runstate() == Runstate::Running
+                && !self.quit_issued.swap(true, Ordering::SeqCst)
+            {
+                match tokio::time::timeout_at(deadline, self.qmp.execute("quit", None)).await {
+                    Ok(Ok(_)) => {}
+                    // QEMU hung up before replying: it is exiting, or already dead.
+                    // Its exit status tells which.
+                    Ok(Err(e)) if connection_gone(&e) => {
+                        debug!(name = %self.name, "no reply to 'quit': {e}");
+                    }
+                    Ok(Err(e)) => return Err(ShutdownCause::Quit(e)),
+                    Err(_) => return Err(ShutdownCause::Timeout(timeout)),
+                }
+            }
+        } else {
+            self.process
+                .signal(Signal::TERM)
+                .map_err(ShutdownCause::Terminate)?;
+        }
+        match self.process.wait_until(deadline).await {
+            Some(status) => self.check_exit(status),
+            None => Err(ShutdownCause::Timeout(timeout)),
+        }
+    }
+
+    async fn hard_kill(&self) -> Result<()> {
+        self.process
+            .signal(Signal::KILL)
+            .map_err(|e| MachineError::io("sending SIGKILL to QEMU", e))?;
+        match self.process.wait_timeout(KILL_TIMEOUT).await {
+            Some(_) => Ok(()),
+            None => Err(MachineError::AbnormalShutdown {
+                cause: ShutdownCause::KillTimeout(KILL_TIMEOUT),
+            }),
+        }
+    }
+
+    /// After QEMU exited (or would not die): close QMP, let the console drain, read
+    /// the log, remove the temporary directory. Idempotent.
+    async fn cleanup(&self) {
+        if self.is_cleaned_up() {
+            return;
+        }
+        if let Err(e) = self.qmp.disconnect().await {
+            debug!(name = %self.name, "QMP session ended with an error: {e}");
+        }
+        if let Some(c) = &self.console {
+            c.finish(CONSOLE_FLUSH_TIMEOUT).await;
+        }
+        let mut files = self.files();
+        files.log = Some(read_log(&self.log_path));
+        if let Some(dir) = files.temp_dir.take() {
+            let path = dir.path().to_owned();
+            if let Err(e) = dir.close() {
+                tracing::warn!(name = %self.name, "could not remove {}: {e}", path.display());
+            }
+        }
+    }
+
+    // ---- QMP -----------------------------------------------------------------------
+
+    /// The QMP client, for anything the conveniences below do not cover. When QMP is
+    /// disabled it is an idle client whose commands fail. Do not disconnect it: the
+    /// machine does that at shutdown.
+    pub fn qmp(&self) -> &Client {
+        &self.qmp
+    }
+
+    fn require_qmp(&self, what: &str) -> Result<()> {
+        if self.qmp_enabled {
+            Ok(())
+        } else {
+            Err(MachineError::QmpDisabled(what.to_owned()))
+        }
+    }
+
+    fn arguments(&self, args: Option<Value>) -> Option<Value> {
+        match args {
+            Some(a) if self.conv_keys => Some(conv_keys(a)),
+            other => other,
+        }
+    }
+
+    fn note_quit(&self, command: &str) {
+        if command == "quit" {
+            self.quit_issued.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Execute a command and return the whole reply, error replies included (Python:
+    /// `qmp()`).
+    pub async fn qmp_raw(&self, command: &str, args: Option<Value>) -> Result<Response> {
+        self.require_qmp(&format!("execute '{command}'"))?;
+        self.note_quit(command);
+        self.qmp
+            .request(command)
+            .arguments_opt(self.arguments(args))
+            .send_raw()
+            .await
+            .map_err(|e| MachineError::qmp(format!("command '{command}'"), e))
+    }
+
+    /// Execute a command and return its `return` value; an error reply is an error
+    /// (Python: `command()` / `cmd()`).
+    pub async fn command(&self, command: &str, args: Option<Value>) -> Result<Value> {
+        self.require_qmp(&format!("execute '{command}'"))?;
+        self.note_quit(command);
+        self.qmp
+            .execute(command, self.arguments(args))
+            .await
+            .map_err(|e| MachineError::qmp(format!("command '{command}'"), e))
+    }
+
+    /// Send a descriptor to QEMU with `SCM_RIGHTS` (Python: `send_fd_scm(fd=...)`);
+    /// a following `getfd` or `add-fd` command picks it up. We keep our descriptor.
+    pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
+        self.require_qmp("send a descriptor")?;
+        self.qmp
+            .send_fd_scm(fd)
+            .map_err(|e| MachineError::qmp("sending a descriptor", e))
+    }
+
+    /// Open a file read-only and send its descriptor (Python:
+    /// `send_fd_scm(file_path=...)`). To send a descriptor open for writing, open the
+    /// file yourself and use [`send_fd_scm`](Self::send_fd_scm).
+    pub fn send_fd_scm_path(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let file = File::open(path)
+            .map_err(|e| MachineError::io(format!("opening {}", path.display()), e))?;
+        self.send_fd_scm(&file)
+    }
+
+    // ---- events --------------------------------------------------------------------
+
+    /// Wait for an event named `name` that matches `pattern` (see
+    /// [`event_match`](crate::event_match); `None` matches any event of that name),
+    /// looking first at the events already received (Python: `event_wait()`).
+    ///
+    /// Returns `Ok(None)` if none arrives within `timeout` (one deadline for the whole
+    /// wait; `Duration::ZERO` only looks at what has arrived), and
+    /// [`MachineError::EventStreamEnded`] if the QMP session ends first. Events passed
+    /// over are kept, in order, for later calls.
+    pub async fn event_wait(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pattern: Option<Value>,
+    ) -> Result<Option<Event>> {
+        self.events_wait(&[(name, pattern)], timeout).await
+    }
+
+    /// Wait for the first event that matches any of `events` (name and pattern pairs),
+    /// like [`event_wait`](Self::event_wait) (Python: `events_wait()`).
+    pub async fn events_wait(
+        &self,
+        events: &[(&str, Option<Value>)],
+        timeout: Duration,
+    ) -> Result<Option<Event>> {
+        self.require_qmp("wait for events")?;
+        let deadline = Instant::now() + timeout;
+        let mut queue = match tokio::time::timeout_at(deadline, self.events.lock()).await {
+            Ok(q) => q,
+            Err(_) => return Ok(None),
+        };
+        match queue.wait_for(events, deadline).await {
+            Ok(e) => Ok(Some(e)),
+            Err(NoEvent::Timeout) => Ok(None),
+            Err(NoEvent::Closed) => Err(MachineError::EventStreamEnded {
+                waiting_for: describe(events),
+            }),
+        }
+    }
+
+    /// The oldest event not yet handed out, waiting up to `wait` for one if there is
+    /// none (`None`: do not wait) (Python: `get_qmp_event()`). Returns `None` if there
+    /// is none, also once the QMP session has ended and every event was taken.
+    pub async fn get_qmp_event(&self, wait: Option<Duration>) -> Option<Event> {
+        let deadline = wait.map(|w| Instant::now() + w);
+        let mut queue = self.events.lock().await;
+        queue.pull(deadline).await
+    }
+
+    /// Every event not yet handed out, oldest first; if there is none, wait up to
+    /// `wait` for one (Python: `get_qmp_events()`).
+    pub async fn get_qmp_events(&self, wait: Option<Duration>) -> Vec<Event> {
+        let deadline = wait.map(|w| Instant::now() + w);
+        let mut queue = self.events.lock().await;
+        queue.pull_all(deadline).await
+    }
+
+    /// Forget every event received so far (Python: `clear_events()`).
+    pub async fn clear_events(&self) {
+        self.events.lock().await.clear();
+    }
+
+    // ---- console -------------------------------------------------------------------
+
+    fn console(&self) -> Result<&Console> {
+        self.console.as_ref().ok_or(MachineError::NoConsole)
+    }
+
+    /// The console output kept in memory (the most recent
+    /// [`console_buffer_size`](MachineBuilder::console_buffer_size) bytes), or `None`
+    /// without a console.
+    pub fn console_output(&self) -> Option<String> {
+        self.console.as_ref().map(Console::output)
+    }
+
+    /// The next line of console output not yet consumed by this method or
+    /// [`wait_for_console_pattern`](Self::wait_for_console_pattern), without its line
+    /// ending. Fails with [`MachineError::Timeout`] if no complete line arrives in time,
+    /// and [`MachineError::ConsoleClosed`] once QEMU has closed the console and every
+    /// line was read.
+    pub async fn console_read_line(&self, timeout: Duration) -> Result<String> {
+        self.console()?.read_line(timeout).await
+    }
+
+    /// Consume console lines until one contains `pattern`, and return it (Python's
+    /// `wait_for_console_pattern` in the avocado tests). An unterminated last line
+    /// (a prompt such as `login: `) matches too. One deadline for the whole wait.
+    pub async fn wait_for_console_pattern(
+        &self,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        self.console()?.wait_for_pattern(pattern, timeout).await
+    }
+
+    /// Write to the guest's console (its serial input). Waits while the socket is
+    /// full (QEMU reads only as fast as the guest does); cancel by dropping the
+    /// future.
+    pub async fn console_write(&self, data: &[u8]) -> Result<()> {
+        self.console()?.write(data).await
+    }
+}
+
+impl Drop for QemuMachine {
+    fn drop(&mut self) {
+        // SIGKILL and reap first, so the temporary directory is removed after QEMU
+        // stopped using it. The rest (QMP session, console task, directory) goes
+        // with the fields.
+        if self.process.status().is_none() {
+            debug!(name = %self.name, "machine dropped while QEMU runs: killing it");
+        }
+        let _ = self.process.kill_and_reap();
+    }
+}
+
+/// Did the QMP error mean that the connection is gone?
+fn connection_gone(e: &qemu_qmp::Error) -> bool {
+    e.is_disconnected() || matches!(e, qemu_qmp::Error::State { .. })
+}
+
+fn read_log(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Convert `_` to `-` in the top-level keys of a JSON object (Python: `conv_keys`);
+/// other values are returned unchanged.
+///
+/// ```
+/// use serde_json::json;
+/// assert_eq!(
+///     qemu_machine::conv_keys(json!({"node_name": "a", "opts": {"x_y": 1}})),
+///     json!({"node-name": "a", "opts": {"x_y": 1}})
+/// );
+/// ```
+pub fn conv_keys(args: Value) -> Value {
+    match args {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k.replace('_', "-"), v))
+                .collect(),
+        ),
+        other => other,
+    }
+}
