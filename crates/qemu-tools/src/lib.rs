@@ -1,0 +1,3 @@
+//! Shared code of the command-line tools.
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
