@@ -1,0 +1,702 @@
+//! Shared harness for integration tests that run real QEMU processes.
+//!
+//! Use it from a test file with `mod common;`. Every test file compiles its
+//! own copy of this module and uses only part of it, hence the `allow`s.
+//!
+//! Typical use:
+//!
+//! ```ignore
+//! mod common;
+//! use common::QemuProcess;
+//!
+//! #[tokio::test]
+//! async fn greeting() {
+//!     let Some(_qemu) = common::qemu_system() else { return };
+//!     let qemu = QemuProcess::system_with_listener(&[]);
+//!     let stream = tokio::net::UnixStream::connect(qemu.qmp_path()).await.unwrap();
+//!     // ... no polling or sleeping needed: the socket exists before QEMU starts.
+//! }
+//! ```
+//!
+//! Binaries are looked up in an environment variable first (for example
+//! `QEMU_SYSTEM_X86_64=/opt/qemu/bin/qemu-system-x86_64`), then in `PATH`. When
+//! one is missing, the lookup functions print a `SKIPPED:` line straight to
+//! stderr (not captured by libtest) and return `None`, so the test can return
+//! early. Under `CI=true` (or `CI=1`) they panic instead, so CI cannot go green
+//! by silently skipping everything.
+//!
+//! Every QEMU is started with `PR_SET_PDEATHSIG=SIGKILL` from one long-lived
+//! spawner thread (the death signal is tied to the thread that forked, so a
+//! short-lived thread would take QEMU down with it). `QemuProcess` sends
+//! SIGKILL to its child and reaps it on drop, including while unwinding from a
+//! panic. If the whole test process dies, the kernel kills QEMU.
+
+// `unused` (dead_code, unused_macros, unused_imports): not `dead_code` itself,
+// which clippy would flag as duplicated where a file says `#[allow(dead_code)] mod common;`.
+#![allow(unused)]
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::{self, Write as _};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, Once, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// Environment variable that overrides the `qemu-system-x86_64` binary.
+pub const QEMU_SYSTEM_ENV: &str = "QEMU_SYSTEM_X86_64";
+/// Environment variable that overrides the `qemu-storage-daemon` binary.
+pub const STORAGE_DAEMON_ENV: &str = "QEMU_STORAGE_DAEMON";
+/// Environment variable that overrides the `qemu-ga` binary.
+pub const QEMU_GA_ENV: &str = "QEMU_GA";
+/// Environment variable that overrides the `qemu-img` binary.
+pub const QEMU_IMG_ENV: &str = "QEMU_IMG";
+
+/// Largest Unix socket path (`sun_path` is 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+// ---------------------------------------------------------------------------
+// Finding binaries
+// ---------------------------------------------------------------------------
+
+/// `qemu-system-x86_64` (or `$QEMU_SYSTEM_X86_64`), or `None` after printing a
+/// `SKIPPED:` line. Panics when it is missing and `CI=true`.
+///
+/// `let Some(qemu) = common::qemu_system() else { return };`
+pub fn qemu_system() -> Option<PathBuf> {
+    find_binary("qemu-system-x86_64", QEMU_SYSTEM_ENV)
+}
+
+/// `qemu-storage-daemon` (or `$QEMU_STORAGE_DAEMON`); see [`qemu_system`].
+pub fn storage_daemon() -> Option<PathBuf> {
+    find_binary("qemu-storage-daemon", STORAGE_DAEMON_ENV)
+}
+
+/// `qemu-ga` (or `$QEMU_GA`); see [`qemu_system`].
+pub fn qemu_ga() -> Option<PathBuf> {
+    find_binary("qemu-ga", QEMU_GA_ENV)
+}
+
+/// `qemu-img` (or `$QEMU_IMG`); see [`qemu_system`].
+pub fn qemu_img() -> Option<PathBuf> {
+    find_binary("qemu-img", QEMU_IMG_ENV)
+}
+
+/// Returns early from the calling test (which must return `()`) when
+/// `qemu-system-x86_64` is missing. Use as `common::require_qemu_system!();`.
+macro_rules! require_qemu_system {
+    () => {
+        if $crate::common::qemu_system().is_none() {
+            return;
+        }
+    };
+}
+pub(crate) use require_qemu_system;
+
+/// Returns early from the calling test when `qemu-storage-daemon` is missing.
+macro_rules! require_storage_daemon {
+    () => {
+        if $crate::common::storage_daemon().is_none() {
+            return;
+        }
+    };
+}
+pub(crate) use require_storage_daemon;
+
+/// Finds `name`: the path in `env_var` if that is set (a bare name in it is
+/// looked up in `PATH`), else `name` in `PATH`.
+///
+/// When it is not found: panics if `CI` is `true` or `1`, otherwise writes
+/// `SKIPPED: <test> needs <name>, ...` to stderr (bypassing libtest's output
+/// capture so it is always visible) and returns `None`.
+pub fn find_binary(name: &str, env_var: &str) -> Option<PathBuf> {
+    match locate_binary(name, env_var) {
+        Ok(path) => Some(path),
+        Err(why) => {
+            if is_ci() {
+                panic!(
+                    "{name} not found and CI=true: install it with apt-get install -y {} ({why})",
+                    debian_package(name)
+                );
+            }
+            let test = thread::current()
+                .name()
+                .filter(|n| *n != "main")
+                .unwrap_or("<unknown test>")
+                .to_owned();
+            // Not eprintln!: libtest captures that and only shows it for failing tests.
+            let _ = writeln!(io::stderr().lock(), "SKIPPED: {test} needs {name}, {why}");
+            None
+        }
+    }
+}
+
+/// True when the `CI` environment variable is `true` (any case) or `1`.
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+fn debian_package(name: &str) -> &'static str {
+    match name {
+        "qemu-system-x86_64" => "qemu-system-x86",
+        // In qemu-system-common, which qemu-system-x86 depends on.
+        "qemu-storage-daemon" => "qemu-system-x86",
+        "qemu-ga" => "qemu-guest-agent",
+        "qemu-img" | "qemu-nbd" | "qemu-io" => "qemu-utils",
+        _ => "<the package that provides it>",
+    }
+}
+
+/// Side-effect-free lookup; the error says why it was not found.
+fn locate_binary(name: &str, env_var: &str) -> Result<PathBuf, String> {
+    if let Some(value) = std::env::var_os(env_var).filter(|v| !v.is_empty()) {
+        let candidate = PathBuf::from(&value);
+        let found = if candidate.components().count() > 1 {
+            is_executable_file(&candidate).then_some(candidate)
+        } else {
+            search_path(&value)
+        };
+        return found.ok_or_else(|| {
+            format!(
+                "{env_var}={} is not an executable file",
+                Path::new(&value).display()
+            )
+        });
+    }
+    search_path(OsStr::new(name)).ok_or_else(|| "not found in PATH".to_owned())
+}
+
+fn search_path(name: &OsStr) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable_file(candidate))
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Like the public lookups but for constructors that cannot return `None`.
+fn require_binary(name: &str, env_var: &str) -> PathBuf {
+    locate_binary(name, env_var).unwrap_or_else(|why| {
+        panic!(
+            "{name}: {why}. Start the test with \
+             `let Some(_) = common::{}() else {{ return }};` so it is skipped when QEMU is absent",
+            if name == "qemu-storage-daemon" {
+                "storage_daemon"
+            } else {
+                "qemu_system"
+            }
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Tracing
+// ---------------------------------------------------------------------------
+
+/// Installs a `tracing_subscriber` fmt subscriber filtered by `RUST_LOG` that
+/// writes through libtest's capture. Safe to call from every test.
+pub fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Live process registry and leak checks
+// ---------------------------------------------------------------------------
+
+/// Pids of children owned by a live `QemuProcess`. Held across spawn so that
+/// [`qemu_children`] never sees a harness child that is not yet registered.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn live() -> MutexGuard<'static, Vec<u32>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Child processes of this test process whose executable (or, for zombies,
+/// command name) starts with `qemu`, as `(pid, name)`, excluding those owned
+/// by a live [`QemuProcess`] (tests run in parallel threads, so other tests'
+/// QEMUs are legitimately alive).
+pub fn qemu_children() -> Vec<(u32, String)> {
+    let live = live();
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some((ppid, comm)) = read_ppid_and_comm(pid) else {
+            continue;
+        };
+        if ppid != me || live.contains(&pid) {
+            continue;
+        }
+        // exe, not comm, for running processes: a child forked from a test
+        // thread but not yet exec'd has the thread's (test's) name as comm.
+        let name = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or(comm);
+        if name.starts_with("qemu") {
+            found.push((pid, name));
+        }
+    }
+    found
+}
+
+/// Panics if any QEMU child of this process exists that is not owned by a
+/// live [`QemuProcess`] (see [`qemu_children`]).
+pub fn assert_no_qemu_children() {
+    let leaked = qemu_children();
+    assert!(leaked.is_empty(), "leaked QEMU child processes: {leaked:?}");
+}
+
+/// `(ppid, comm)` from `/proc/<pid>/stat`.
+fn read_ppid_and_comm(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let comm = stat.get(open + 1..close)?.to_owned();
+    // After ") ": state, ppid, ...
+    let ppid = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ppid, comm))
+}
+
+/// State letter from `/proc/<pid>/stat` (`'Z'` for a zombie), or `None` if the
+/// process does not exist.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+// ---------------------------------------------------------------------------
+// Spawning
+// ---------------------------------------------------------------------------
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on a thread that lives as long as the test process, so that the
+/// parent-death signal of children forked there fires only when the process
+/// dies, not when some test or tokio blocking thread exits.
+fn on_spawner_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let jobs = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("qemu-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("cannot start the qemu-spawner thread");
+        Mutex::new(tx)
+    });
+    let (result_tx, result_rx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = result_tx.send(f());
+    });
+    jobs.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(job)
+        .expect("qemu-spawner thread is gone");
+    result_rx
+        .recv()
+        .expect("spawn job panicked on the qemu-spawner thread")
+}
+
+/// Returns `fd`, or a close-on-exec duplicate numbered 3 or higher if `fd` is
+/// 0, 1 or 2 (possible when the test runs with stdio closed); inherited fds
+/// must not collide with the child's stdio.
+fn above_stdio(fd: OwnedFd) -> OwnedFd {
+    if fd.as_raw_fd() > 2 {
+        return fd;
+    }
+    rustix::io::fcntl_dupfd_cloexec(&fd, 3).expect("fcntl(F_DUPFD_CLOEXEC)")
+}
+
+/// QEMU option values separate sub-options by ','; a literal ',' is ",,".
+fn qemu_opt_escape(path: &Path) -> String {
+    path.to_str()
+        .unwrap_or_else(|| panic!("path is not UTF-8: {}", path.display()))
+        .replace(',', ",,")
+}
+
+fn has_machine_arg(extra_args: &[&str]) -> bool {
+    extra_args.iter().any(|a| {
+        matches!(*a, "-machine" | "--machine" | "-M")
+            || a.starts_with("-machine=")
+            || a.starts_with("--machine=")
+    })
+}
+
+/// `-machine none -nodefaults -display none` (without `-machine none` if the
+/// extra args choose a machine).
+fn system_base_args(extra_args: &[&str]) -> Vec<String> {
+    let mut args = Vec::new();
+    if !has_machine_arg(extra_args) {
+        args.extend(["-machine".to_owned(), "none".to_owned()]);
+    }
+    args.extend(["-nodefaults", "-display", "none"].map(String::from));
+    args
+}
+
+fn new_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("qemu-test-")
+        .tempdir()
+        .expect("cannot create a temporary directory")
+}
+
+/// A QEMU child process with its own temporary directory. Dropping it sends
+/// SIGKILL, reaps the child, then deletes the directory.
+pub struct QemuProcess {
+    child: Child,
+    /// Set once the child has been reaped; after that its pid may be reused.
+    status: Option<ExitStatus>,
+    qmp_path: Option<PathBuf>,
+    log_path: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl QemuProcess {
+    /// Starts `binary` with `args` in a fresh temporary directory; see
+    /// [`QemuProcess::spawn_in`].
+    pub fn spawn<S: AsRef<OsStr>>(
+        binary: &Path,
+        args: &[S],
+        inherited_fds: &[BorrowedFd<'_>],
+    ) -> QemuProcess {
+        Self::spawn_in(new_tempdir(), binary, args, inherited_fds)
+    }
+
+    /// Starts `binary` with `args`, owning `dir` (prepare files in it first,
+    /// e.g. disk images). `inherited_fds` stay open across exec under the same
+    /// numbers (they must be 3 or higher); every other fd of the test process
+    /// stays close-on-exec. stdin is /dev/null; stdout and stderr go to
+    /// `<dir>/qemu.log` (see [`QemuProcess::log`]), after a first line with
+    /// the command. Panics if the process cannot be started.
+    pub fn spawn_in<S: AsRef<OsStr>>(
+        dir: tempfile::TempDir,
+        binary: &Path,
+        args: &[S],
+        inherited_fds: &[BorrowedFd<'_>],
+    ) -> QemuProcess {
+        let fds: Vec<RawFd> = inherited_fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        if let Some(fd) = fds.iter().find(|fd| **fd <= 2) {
+            panic!("cannot pass fd {fd} to QEMU: it would collide with its stdio; use a fd >= 3");
+        }
+
+        let log_path = dir.path().join("qemu.log");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let mut cmdline = format!("+ {}", binary.display());
+        for arg in args {
+            let _ = write!(cmdline, " {}", arg.as_ref().to_string_lossy());
+        }
+        if !fds.is_empty() {
+            let _ = write!(cmdline, "    # inherited fds: {fds:?}");
+        }
+        let _ = writeln!(log, "{cmdline}");
+        let stderr = log.try_clone().expect("dup log file");
+
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr));
+        let parent = rustix::process::getpid();
+        let child_fds = fds.clone();
+        let pre_exec_hook = move || -> io::Result<()> {
+            for &raw in &child_fds {
+                // SAFETY: `raw` is open in the parent for the whole spawn (the
+                // caller's BorrowedFd outlives `spawn_in`, which blocks until
+                // exec has succeeded or failed), so it is open in the child,
+                // which got a copy of the parent's fd table at fork.
+                let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+                // Clear FD_CLOEXEC in the child only: clearing it in the parent
+                // would leak the fd into children that other test threads
+                // spawn concurrently.
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            // If the parent died before the prctl, the signal will never come:
+            // fail the exec instead of leaving an orphan QEMU.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        };
+        // SAFETY: the hook runs in the forked child before exec, where only
+        // async-signal-safe operations are allowed. It makes raw syscalls
+        // through rustix (fcntl, prctl, getppid), does not allocate (it only
+        // reads the Vec captured before fork; errors are built from errno
+        // values) and takes no locks.
+        unsafe {
+            command.pre_exec(pre_exec_hook);
+        }
+
+        let binary_shown = binary.display().to_string();
+        // Hold the registry lock until the pid is registered, so that
+        // `qemu_children` never reports a child that is owned by a harness.
+        let mut live = live();
+        let child = on_spawner_thread(move || command.spawn())
+            .unwrap_or_else(|e| panic!("cannot start {binary_shown}: {e}"));
+        live.push(child.id());
+        drop(live);
+
+        QemuProcess {
+            child,
+            status: None,
+            qmp_path: None,
+            log_path,
+            dir,
+        }
+    }
+
+    /// Binds `<tempdir>/qmp.sock`, returns the dir, the path and the listener
+    /// as an fd suitable for inheritance.
+    fn listener_in_tempdir() -> (tempfile::TempDir, PathBuf, OwnedFd) {
+        let dir = new_tempdir();
+        let path = dir.path().join("qmp.sock");
+        assert!(
+            path.as_os_str().len() <= MAX_SOCKET_PATH,
+            "socket path too long for a Unix socket ({} bytes): {}; set TMPDIR to a shorter directory",
+            path.as_os_str().len(),
+            path.display()
+        );
+        let listener = UnixListener::bind(&path)
+            .unwrap_or_else(|e| panic!("cannot bind {}: {e}", path.display()));
+        (dir, path, above_stdio(OwnedFd::from(listener)))
+    }
+
+    /// `qemu-system-x86_64` whose QMP monitor listens on [`Self::qmp_path`].
+    ///
+    /// The harness binds the socket before QEMU starts and hands QEMU the
+    /// listening fd (`-chardev socket,id=qmp,fd=N,server=on,wait=off -mon
+    /// chardev=qmp,mode=control`), so a client may connect right away: the
+    /// connection waits in the backlog until QEMU accepts it. No polling.
+    /// Adds `-machine none -nodefaults -display none` (no `-machine none` if
+    /// `extra_args` has `-machine`/`-M`); `extra_args` come last.
+    ///
+    /// The harness keeps no copy of the listener, so once QEMU is dead,
+    /// connecting fails with `ECONNREFUSED` instead of hanging.
+    pub fn system_with_listener(extra_args: &[&str]) -> QemuProcess {
+        let binary = require_binary("qemu-system-x86_64", QEMU_SYSTEM_ENV);
+        let (dir, path, listener) = Self::listener_in_tempdir();
+        let fd = listener.as_raw_fd();
+        let mut args = system_base_args(extra_args);
+        args.push("-chardev".into());
+        args.push(format!("socket,id=qmp,fd={fd},server=on,wait=off"));
+        args.extend(["-mon", "chardev=qmp,mode=control"].map(String::from));
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let mut qemu = Self::spawn_in(dir, &binary, &args, &[listener.as_fd()]);
+        qemu.qmp_path = Some(path);
+        qemu
+        // `listener` is closed here: QEMU holds the only copy.
+    }
+
+    /// `qemu-storage-daemon` whose QMP monitor listens on [`Self::qmp_path`]
+    /// (`--chardev socket,id=qmp,fd=N,server=on,wait=off --monitor
+    /// chardev=qmp`), like [`Self::system_with_listener`]. `extra_args` come last.
+    pub fn storage_daemon_with_listener(extra_args: &[&str]) -> QemuProcess {
+        let binary = require_binary("qemu-storage-daemon", STORAGE_DAEMON_ENV);
+        let (dir, path, listener) = Self::listener_in_tempdir();
+        let fd = listener.as_raw_fd();
+        let mut args = vec![
+            "--chardev".to_owned(),
+            format!("socket,id=qmp,fd={fd},server=on,wait=off"),
+            "--monitor".to_owned(),
+            "chardev=qmp".to_owned(),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let mut qemu = Self::spawn_in(dir, &binary, &args, &[listener.as_fd()]);
+        qemu.qmp_path = Some(path);
+        qemu
+    }
+
+    /// `qemu-system-x86_64` whose QMP monitor is one end of a connected
+    /// socketpair (`-chardev socket,id=qmp,fd=N`); returns the other end,
+    /// already connected (blocking mode; call `set_nonblocking(true)` before
+    /// handing it to tokio). The harness keeps no copy of QEMU's end, so the
+    /// returned stream sees EOF when QEMU dies. Base args as in
+    /// [`Self::system_with_listener`]; there is no [`Self::qmp_path`].
+    pub fn system_with_socketpair(extra_args: &[&str]) -> (QemuProcess, UnixStream) {
+        let binary = require_binary("qemu-system-x86_64", QEMU_SYSTEM_ENV);
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let theirs = above_stdio(OwnedFd::from(theirs));
+        let fd = theirs.as_raw_fd();
+        let mut args = system_base_args(extra_args);
+        args.push("-chardev".into());
+        args.push(format!("socket,id=qmp,fd={fd}"));
+        args.extend(["-mon", "chardev=qmp,mode=control"].map(String::from));
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let qemu = Self::spawn(&binary, &args, &[theirs.as_fd()]);
+        (qemu, ours)
+    }
+
+    /// `qemu-system-x86_64` whose QMP monitor connects, at startup, to the
+    /// Unix socket at `path` that the test is already listening on
+    /// (`-chardev socket,id=qmp,path=<path>,server=off -mon
+    /// chardev=qmp,mode=control`), for testing the server side. QEMU exits
+    /// with an error if nothing listens there. Base args as in
+    /// [`Self::system_with_listener`].
+    pub fn system_connecting_to(path: &Path, extra_args: &[&str]) -> QemuProcess {
+        let binary = require_binary("qemu-system-x86_64", QEMU_SYSTEM_ENV);
+        let mut args = system_base_args(extra_args);
+        args.push("-chardev".into());
+        args.push(format!(
+            "socket,id=qmp,path={},server=off",
+            qemu_opt_escape(path)
+        ));
+        args.extend(["-mon", "chardev=qmp,mode=control"].map(String::from));
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        Self::spawn(&binary, &args, &[])
+    }
+
+    /// Path of the QMP listening socket (`<tempdir>/qmp.sock`). Panics for
+    /// processes not made by a `*_with_listener` constructor.
+    pub fn qmp_path(&self) -> &Path {
+        self.qmp_path
+            .as_deref()
+            .expect("qmp_path(): this QemuProcess was not started with a listener")
+    }
+
+    /// The process's temporary directory (its working directory too).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Process id of the QEMU child.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything QEMU wrote to stdout and stderr so far, after a first line
+    /// `+ <command line>`. For assertion messages.
+    pub fn log(&self) -> String {
+        match std::fs::read(&self.log_path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("<cannot read {}: {e}>", self.log_path.display()),
+        }
+    }
+
+    /// Sends `sig` to QEMU. Fails with `ESRCH` once the child was reaped (by
+    /// [`Self::wait_exit`]); until then the pid cannot be reused.
+    pub fn signal(&self, sig: Signal) -> io::Result<()> {
+        if self.status.is_some() {
+            return Err(rustix::io::Errno::SRCH.into());
+        }
+        rustix::process::kill_process(Pid::from_child(&self.child), sig)?;
+        Ok(())
+    }
+
+    /// SIGKILL now, without waiting or reaping: for "QEMU dies mid-command"
+    /// tests. No-op if already reaped. Use [`Self::wait_exit`] to reap.
+    pub fn kill_now(&self) {
+        if self.status.is_none() {
+            self.signal(Signal::KILL).expect("kill(SIGKILL)");
+        }
+    }
+
+    /// Waits up to `timeout` for QEMU to exit and reaps it; `None` if it is
+    /// still running. Returns the same status again on later calls.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.status.is_some() {
+                return self.status;
+            }
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.status = Some(status);
+                    unregister(self.child.id());
+                }
+                Ok(None) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    thread::sleep((deadline - now).min(Duration::from_millis(10)));
+                }
+                Err(e) => panic!("waitpid({}): {e}", self.child.id()),
+            }
+        }
+    }
+
+    /// Exit status if the child has already been reaped by [`Self::wait_exit`].
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+}
+
+fn unregister(pid: u32) {
+    live().retain(|p| *p != pid);
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            // The child is not reaped yet, so the pid is still ours.
+            let _ = self.child.kill();
+            match self.child.wait() {
+                Ok(status) => self.status = Some(status),
+                Err(e) => {
+                    let _ = writeln!(
+                        io::stderr(),
+                        "QemuProcess: waitpid({}): {e}",
+                        self.child.id()
+                    );
+                }
+            }
+            unregister(self.child.id());
+        }
+        if thread::panicking() {
+            // Captured by libtest and shown with the failing test's output.
+            eprintln!(
+                "---- QEMU (pid {}) log, {} ----\n{}---- end of QEMU log ----",
+                self.child.id(),
+                self.log_path.display(),
+                self.log()
+            );
+        }
+        // `dir` (with the socket and the log) is removed after this.
+    }
+}
