@@ -65,6 +65,13 @@ struct AddFd {
     opaque: Option<String>,
 }
 
+/// A socket chardev on a descriptor QEMU inherits (`-chardev socket,id=ID,fd=N`).
+#[derive(Debug)]
+struct ChardevFd {
+    id: String,
+    fd: OwnedFd,
+}
+
 /// What to launch; made by [`QemuMachine::builder`] (Python: the arguments of
 /// `QEMUMachine.__init__` and its `set_*`/`add_*` methods).
 ///
@@ -105,6 +112,7 @@ pub struct MachineBuilder {
     console_log: Option<PathBuf>,
     console_buffer_size: usize,
     fds: Vec<AddFd>,
+    chardev_fds: Vec<ChardevFd>,
     shutdown_timeout: Duration,
     display_none: bool,
     nodefaults: bool,
@@ -132,6 +140,7 @@ impl MachineBuilder {
             console_log: None,
             console_buffer_size: DEFAULT_CONSOLE_BUFFER,
             fds: Vec::new(),
+            chardev_fds: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             display_none: true,
             nodefaults: false,
@@ -279,6 +288,42 @@ impl MachineBuilder {
         self
     }
 
+    /// Give QEMU a socket chardev on a descriptor it inherits:
+    /// `-chardev socket,id=ID,fd=N`, typically one end of a
+    /// [`UnixStream::pair`](std::os::unix::net::UnixStream::pair) whose other end you
+    /// keep. Use the chardev with your own arguments (`-serial chardev:ID`,
+    /// `-device virtserialport,chardev=ID`, `-qtest chardev:ID`, ...). As with the QMP
+    /// socketpair, our copy of `fd` is closed once QEMU has started, so your end sees
+    /// end-of-file when QEMU exits.
+    ///
+    /// `id` must be a QEMU identifier (a letter, then letters, digits, `-`, `.` or
+    /// `_`), not `mon` or `console` (the library's own), and not used twice; otherwise
+    /// [`launch`](Self::launch) fails with [`MachineError::InvalidConfig`].
+    pub fn chardev_fd(mut self, id: impl Into<String>, fd: impl Into<OwnedFd>) -> Self {
+        self.chardev_fds.push(ChardevFd {
+            id: id.into(),
+            fd: fd.into(),
+        });
+        self
+    }
+
+    /// Insert arguments before the user's (after the library's own), for wrappers
+    /// such as the qtest machine whose arguments belong with the base ones.
+    pub(crate) fn prepend_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let user = std::mem::take(&mut self.args);
+        self.args = args.into_iter().map(Into::into).chain(user).collect();
+        self
+    }
+
+    /// The QEMU binary.
+    pub(crate) fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// How long a graceful shutdown may take before QEMU is killed (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -322,6 +367,26 @@ impl MachineBuilder {
             return Err(MachineError::InvalidConfig(
                 "console settings were given but the console is disabled".into(),
             ));
+        }
+        for (i, c) in self.chardev_fds.iter().enumerate() {
+            if !is_qemu_id(&c.id) {
+                return Err(MachineError::InvalidConfig(format!(
+                    "the chardev id {:?} is not a QEMU identifier (a letter, then letters, digits, '-', '.' or '_')",
+                    c.id
+                )));
+            }
+            if c.id == "mon" || c.id == "console" {
+                return Err(MachineError::InvalidConfig(format!(
+                    "the chardev id {:?} is reserved for the machine's own chardevs",
+                    c.id
+                )));
+            }
+            if self.chardev_fds[..i].iter().any(|d| d.id == c.id) {
+                return Err(MachineError::InvalidConfig(format!(
+                    "the chardev id {:?} is used twice",
+                    c.id
+                )));
+            }
         }
         Ok(())
     }
@@ -392,6 +457,14 @@ fn unique_name() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// QEMU's rule for identifiers (`id_wellformed`): a letter, then letters, digits,
+/// `-`, `.` or `_`.
+fn is_qemu_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
 /// Escape a value for a QEMU option string (`,` is written `,,`).
@@ -533,6 +606,14 @@ impl Launch {
             add_fds.push((fd.as_raw_fd(), a.fdset, a.opaque));
             inherit.push(fd);
         }
+        let mut chardev_args = Vec::new();
+        for c in std::mem::take(&mut self.b.chardev_fds) {
+            let fd =
+                above_stdio(c.fd).map_err(|e| self.setup("moving a descriptor above stdio", e))?;
+            chardev_args.push("-chardev".to_owned());
+            chardev_args.push(format!("socket,id={},fd={}", c.id, fd.as_raw_fd()));
+            inherit.push(fd);
+        }
 
         let args = self
             .b
@@ -545,6 +626,7 @@ impl Launch {
             .cloned()
             .chain(std::iter::once(binary))
             .chain(args)
+            .chain(chardev_args)
             .chain(self.b.args.iter().cloned())
             .collect();
 
@@ -780,6 +862,30 @@ mod tests {
         assert!(MachineBuilder::new("q").name("").validate().is_err());
         assert!(MachineBuilder::new("q").name("vm-1").validate().is_ok());
         assert!(MachineBuilder::new("").validate().is_err());
+    }
+
+    #[test]
+    fn chardev_ids_are_validated() {
+        let fd = || std::fs::File::open("/dev/null").unwrap();
+        let ok = MachineBuilder::new("q").chardev_fd("qtest", fd());
+        assert!(ok.validate().is_ok());
+        for bad in ["", "1a", "a,b", "a=b", "a b", "mon", "console"] {
+            let b = MachineBuilder::new("q").chardev_fd(bad, fd());
+            assert!(b.validate().is_err(), "{bad:?} accepted");
+        }
+        let twice = MachineBuilder::new("q")
+            .chardev_fd("x", fd())
+            .chardev_fd("x", fd());
+        assert!(twice.validate().is_err());
+    }
+
+    #[test]
+    fn prepended_args_come_before_the_users() {
+        let b = MachineBuilder::new("q")
+            .args(["-a", "1"])
+            .prepend_args(["-b", "2"])
+            .arg("-c");
+        assert_eq!(b.args, ["-b", "2", "-a", "1", "-c"]);
     }
 
     #[test]

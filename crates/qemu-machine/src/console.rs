@@ -41,6 +41,9 @@ struct Buffer {
     eof: bool,
     /// Set when a reader first finds that output it had not read was discarded.
     lost_warned: bool,
+    /// Set when a partial line was consumed by a pattern match: if only its line
+    /// terminator follows, that terminator ends the consumed line, not a new one.
+    after_partial: bool,
 }
 
 impl Buffer {
@@ -87,6 +90,16 @@ impl Buffer {
     /// The next complete line (without its `\n` or `\r\n`), or at end of file the
     /// unterminated rest.
     fn next_line(&mut self) -> Option<String> {
+        loop {
+            let line = self.next_line_raw()?;
+            let continues_partial = std::mem::take(&mut self.after_partial);
+            if !(continues_partial && line.is_empty()) {
+                return Some(line);
+            }
+        }
+    }
+
+    fn next_line_raw(&mut self) -> Option<String> {
         self.catch_up();
         let from = (self.scanned - self.start) as usize;
         let newline = self.ring.range(from..).position(|&b| b == b'\n');
@@ -124,6 +137,7 @@ impl Buffer {
         if !text.is_empty() && text.contains(pattern) {
             self.read_pos = self.end();
             self.scanned = self.read_pos;
+            self.after_partial = true;
             Some(text)
         } else {
             None
@@ -178,6 +192,7 @@ impl Console {
                 scanned: 0,
                 eof: false,
                 lost_warned: false,
+                after_partial: false,
             }),
             changed: Notify::new(),
         });
@@ -358,6 +373,7 @@ mod tests {
             scanned: 0,
             eof: false,
             lost_warned: false,
+            after_partial: false,
         }
     }
 
@@ -406,6 +422,20 @@ mod tests {
         );
         b.push(b"root\n");
         assert_eq!(b.next_line().as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn the_terminator_of_a_matched_partial_line_is_not_a_new_line() {
+        let mut b = buffer(64);
+        b.push(b"Hello BIOS");
+        assert_eq!(
+            b.take_partial_matching("BIOS").as_deref(),
+            Some("Hello BIOS")
+        );
+        b.push(b"\r\nsecond line\r\n\r\n");
+        assert_eq!(b.next_line().as_deref(), Some("second line"));
+        // A real empty line later is still returned.
+        assert_eq!(b.next_line().as_deref(), Some(""));
     }
 
     #[test]

@@ -21,6 +21,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`QtestMachine`] is the same machine with a qtest channel and a typed
+//! [`qtest::QtestClient`] on it (Python: `QEMUQtestMachine`), for driving devices
+//! without guest code.
+//!
 //! # Nothing leaks
 //!
 //! - QEMU is forked with `PR_SET_PDEATHSIG = SIGKILL` from a thread that lives as
@@ -47,6 +51,7 @@ mod machine;
 pub mod matching;
 mod process;
 pub mod qtest;
+mod qtest_machine;
 
 pub use builder::{
     MachineBuilder, QmpAddress, DEFAULT_ACCEPT_TIMEOUT, DEFAULT_CONSOLE_BUFFER,
@@ -55,6 +60,7 @@ pub use builder::{
 pub use error::{LaunchCause, MachineError, Result, ShutdownCause, VmLaunchFailure};
 pub use machine::{conv_keys, QemuMachine};
 pub use matching::{event_match, event_matches};
+pub use qtest_machine::{QtestAccel, QtestMachine, QtestMachineBuilder, QTEST_CHARDEV};
 
 /// Re-exported: the QMP client library.
 pub use qemu_qmp;

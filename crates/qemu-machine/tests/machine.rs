@@ -854,7 +854,7 @@ async fn console_output_lines_and_echo() {
     let cmd = vm.command_line().join(" ");
     assert!(cmd.contains("-serial chardev:console"), "{cmd}");
     let line = vm
-        .wait_for_console_pattern("from the test", T)
+        .wait_for_console_pattern("from the test BIOS", T)
         .await
         .unwrap_or_else(|e| panic!("{e}; log: {}", vm.log()));
     assert_eq!(line, "Hello from the test BIOS");
