@@ -87,8 +87,12 @@ fn bad(input: &str, reason: impl Into<String>) -> Error {
 }
 
 fn parse_port(input: &str, port: &str) -> Result<u16> {
-    port.parse::<u16>()
-        .map_err(|_| bad(input, format!("bad port '{port}': not a number from 0 to 65535")))
+    port.parse::<u16>().map_err(|_| {
+        bad(
+            input,
+            format!("bad port '{port}': not a number from 0 to 65535"),
+        )
+    })
 }
 
 fn parse_tcp(input: &str, rest: &str) -> Result<Address> {
@@ -222,14 +226,26 @@ mod tests {
 
     #[test]
     fn parses_the_forms_users_type() {
-        assert_eq!("a.sock".parse::<Address>().unwrap(), Address::Unix("a.sock".into()));
-        assert_eq!("unix:/x:y".parse::<Address>().unwrap(), Address::Unix("/x:y".into()));
-        assert_eq!("127.0.0.1:4444".parse::<Address>().unwrap(), tcp("127.0.0.1", 4444));
+        assert_eq!(
+            "a.sock".parse::<Address>().unwrap(),
+            Address::Unix("a.sock".into())
+        );
+        assert_eq!(
+            "unix:/x:y".parse::<Address>().unwrap(),
+            Address::Unix("/x:y".into())
+        );
+        assert_eq!(
+            "127.0.0.1:4444".parse::<Address>().unwrap(),
+            tcp("127.0.0.1", 4444)
+        );
         assert_eq!("tcp:h:1".parse::<Address>().unwrap(), tcp("h", 1));
         assert_eq!("[::1]:5".parse::<Address>().unwrap(), tcp("::1", 5));
         assert_eq!("tcp:[::1]:5".parse::<Address>().unwrap(), tcp("::1", 5));
         // Python's rule: more than one colon is a path.
-        assert_eq!("a:b:c".parse::<Address>().unwrap(), Address::Unix("a:b:c".into()));
+        assert_eq!(
+            "a:b:c".parse::<Address>().unwrap(),
+            Address::Unix("a:b:c".into())
+        );
     }
 
     #[test]

@@ -391,7 +391,9 @@ mod tests {
         let reg = Arc::new(Registry::default());
         let mut all = reg.register(ListenOptions::new());
         let mut stops = reg.register(ListenOptions::new().names(["STOP"]));
-        let mut odd = reg.register(ListenOptions::new().filter(|e| e.data()["n"].as_i64().unwrap_or(0) % 2 == 1));
+        let mut odd = reg.register(
+            ListenOptions::new().filter(|e| e.data()["n"].as_i64().unwrap_or(0) % 2 == 1),
+        );
         for (i, name) in ["STOP", "RESUME", "STOP"].iter().enumerate() {
             reg.dispatch(&ev(name, i as i64));
         }

@@ -32,20 +32,25 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod address;
+pub mod blocking;
 mod client;
 pub mod error;
 pub mod events;
 pub mod framing;
 pub mod message;
 pub mod runstate;
+pub mod server;
 mod transport;
 
 pub use address::{Address, ToAddress};
 pub use client::{Client, ClientBuilder, Config, Request};
 pub use error::{Error, ExecuteError, ProtocolError, Result};
 pub use events::{EventListener, Lagged, ListenOptions, RecvError, TryRecvError};
-pub use message::{ErrorInfo, Event, Greeting, JsonObject, Message, Response, Timestamp, VersionInfo};
+pub use message::{
+    ErrorInfo, Event, Greeting, JsonObject, Message, Response, Timestamp, VersionInfo,
+};
 pub use runstate::Runstate;
+pub use server::{TestServer, TestServerBuilder};
 
 /// Re-exported so callers can build arguments without naming `serde_json` themselves.
 pub use serde_json::{json, Value};

@@ -546,8 +546,14 @@ fn start_agent() -> Option<(QemuProcess, std::path::PathBuf, tempfile::TempDir)>
     let path = dir.path().join("qga.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    // Socket activation wants the listener at fd 3.
+    let move_to_3 = if fd == 3 {
+        String::new()
+    } else {
+        format!("exec 3<&{fd} {fd}<&-; ")
+    };
     let script = format!(
-        "exec 3<&{fd} {fd}<&-; LISTEN_FDS=1 LISTEN_PID=$$ exec {} -m unix-listen -p {} -t {} -f {} -b {AGENT_BLOCKED}",
+        "{move_to_3}LISTEN_FDS=1 LISTEN_PID=$$ exec {} -m unix-listen -p {} -t {} -f {} -b {AGENT_BLOCKED}",
         ga.display(),
         path.display(),
         dir.path().display(),
