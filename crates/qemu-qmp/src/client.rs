@@ -509,7 +509,10 @@ impl Client {
                     Err(e) => return Err(e),
                 };
                 match Message::classify(obj) {
-                    Message::Event(e) => self.inner.registry.dispatch(&e),
+                    Message::Event(e) => {
+                        self.inner.registry.dispatch(&e);
+                        self.inner.registry.wake();
+                    }
                     Message::Response(r) => {
                         let reason = match r.error_info() {
                             Ok(None) if r.return_value().is_some() => break,
@@ -840,7 +843,7 @@ pub(crate) fn into_return(sent: JsonObject, reply: Response) -> Result<Value> {
         .into()),
         Ok(None) => {
             let mut raw = reply.raw;
-            match raw.shift_remove("return") {
+            match raw.remove("return") {
                 Some(v) => Ok(v),
                 None => Err(ProtocolError::BadReply {
                     command,
@@ -866,10 +869,22 @@ impl MessageReader {
         stream: &Stream,
         decoder: &mut Decoder,
     ) -> Result<Option<JsonObject>> {
+        self.next_with(stream, decoder, || {}).await
+    }
+
+    /// [`next`](Self::next), calling `drained` whenever every buffered message has
+    /// been returned and more must be read: the end of a batch.
+    pub(crate) async fn next_with(
+        &mut self,
+        stream: &Stream,
+        decoder: &mut Decoder,
+        mut drained: impl FnMut(),
+    ) -> Result<Option<JsonObject>> {
         loop {
             if let Some(obj) = decoder.decode(self.idle)? {
                 return Ok(Some(obj));
             }
+            drained();
             match stream.try_read_buf(decoder.buffer_mut()) {
                 Ok(0) => {
                     // Let the decoder finish a final message that had no newline.
@@ -1092,7 +1107,8 @@ impl Session {
     /// Read and route messages until the connection ends; returns why it ended.
     async fn read_loop(&self, mut decoder: Decoder, mut reader: MessageReader) -> Error {
         loop {
-            match reader.next(&self.stream, &mut decoder).await {
+            let next = reader.next_with(&self.stream, &mut decoder, || self.registry.wake());
+            match next.await {
                 Ok(Some(obj)) => {
                     if let Err(e) = self.route(obj) {
                         error!("{e}");

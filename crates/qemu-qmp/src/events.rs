@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -176,6 +177,14 @@ impl Shared {
             q.total_lost += 1;
         }
         q.events.push_back(event.clone());
+    }
+
+    /// Wake the consumer if it waits and something is queued for it.
+    fn wake_if_ready(&self) {
+        let mut q = self.lock();
+        if q.events.is_empty() && q.lost == 0 {
+            return;
+        }
         if let Some(w) = q.waker.take() {
             drop(q);
             w.wake();
@@ -198,6 +207,8 @@ impl Shared {
 #[derive(Default)]
 pub(crate) struct Registry {
     listeners: Mutex<Vec<Arc<Shared>>>,
+    /// Set by `dispatch`, cleared by `wake`.
+    undelivered: AtomicBool,
 }
 
 impl Registry {
@@ -224,9 +235,24 @@ impl Registry {
     }
 
     /// Hand an event to every listener that wants it.
+    ///
+    /// Listeners are not woken here but by [`wake`](Self::wake), once per batch of
+    /// messages: a consumer that keeps up would otherwise be woken (a thread switch)
+    /// for every single event.
     pub(crate) fn dispatch(&self, event: &Event) {
         for l in self.lock().iter() {
             l.offer(event);
+        }
+        self.undelivered.store(true, Ordering::Release);
+    }
+
+    /// Wake the listeners that have events queued since the last call.
+    pub(crate) fn wake(&self) {
+        if !self.undelivered.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        for l in self.lock().iter() {
+            l.wake_if_ready();
         }
     }
 
@@ -445,6 +471,7 @@ mod tests {
         let h = tokio::spawn(async move { l.recv_timeout(Duration::from_secs(5)).await });
         tokio::task::yield_now().await;
         r2.dispatch(&ev("LATE", 1));
+        r2.wake();
         assert_eq!(h.await.unwrap().unwrap().name(), "LATE");
     }
 

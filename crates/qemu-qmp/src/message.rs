@@ -460,7 +460,7 @@ mod tests {
         assert_eq!(back["arguments"]["s"], json!("é😀"));
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            "{\"execute\":\"x\",\"arguments\":{\"s\":\"\\u00e9\\ud83d\\ude00\"},\"id\":\"id\"}"
+            "{\"arguments\":{\"s\":\"\\u00e9\\ud83d\\ude00\"},\"execute\":\"x\",\"id\":\"id\"}"
         );
     }
 }
