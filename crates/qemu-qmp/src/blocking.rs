@@ -6,7 +6,7 @@
 //! | Python `QEMUMonitorProtocol`          | here                                              |
 //! |---------------------------------------|---------------------------------------------------|
 //! | `QEMUMonitorProtocol(addr)`, `connect()` | [`Client::connect`], [`ClientBuilder::connect`] |
-//! | `QEMUMonitorProtocol(addr, server=True)` | [`Client::listen`], [`Client::listen_on`]       |
+//! | `QEMUMonitorProtocol(addr, server=True)` | [`Client::start_server`], [`Client::start_server_with_listener`] |
 //! | `accept(timeout=15)`                  | [`Server::accept`]                                |
 //! | `cmd(name, **args)`                   | [`Client::execute`]                               |
 //! | `cmd_obj(obj)`                        | [`Client::execute_raw`]                           |
@@ -15,14 +15,11 @@
 //! | `pull_event(wait)`                    | [`Client::pull_event`] with a [`Wait`]            |
 //! | `get_events(wait)`                    | [`Client::get_events`]                            |
 //! | `clear_events()`                      | [`Client::clear_events`]                          |
-//! | (async `QMPClient.listener()`)        | [`Client::listen_events`] ([`EventListener`])     |
+//! | (async `QMPClient.listener()`)        | [`Client::listen`] ([`EventListener`])     |
 //! | `close()`                             | [`Client::close`], or drop the client             |
 //!
-//! One name differs from the async client on purpose: here [`Client::listen`] listens
-//! on a socket for QEMU to connect (Python's `server=True`), so the event listeners
-//! that the async [`crate::Client::listen`] makes are made by
-//! [`Client::listen_events`]. The async steps `start_server` + `accept`
-//! become [`Client::listen`] + [`Server::accept`].
+//! The async steps `start_server` + `accept` become [`Client::start_server`], which
+//! returns a [`Server`], + [`Server::accept`], which returns the connected client.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -418,7 +415,7 @@ impl ClientBuilder {
     ///
     /// A socket file created here is removed after the accept, and when the
     /// [`Server`] is dropped or its accept fails.
-    pub fn listen(self, address: impl ToAddress) -> Result<Server> {
+    pub fn start_server(self, address: impl ToAddress) -> Result<Server> {
         check_runtime()?;
         let address = address.to_address()?;
         let shown = match &address {
@@ -440,7 +437,7 @@ impl ClientBuilder {
 
     /// Like [`listen`](Self::listen), on a listening Unix socket made by the caller
     /// (its file is left for the caller to remove).
-    pub fn listen_on(self, listener: UnixListener) -> Result<Server> {
+    pub fn start_server_with_listener(self, listener: UnixListener) -> Result<Server> {
         check_runtime()?;
         let path = listener
             .local_addr()
@@ -457,7 +454,7 @@ impl ClientBuilder {
     }
 
     /// Like [`listen`](Self::listen), on a listening TCP socket made by the caller.
-    pub fn listen_on_tcp(self, listener: std::net::TcpListener) -> Result<Server> {
+    pub fn start_server_with_tcp_listener(self, listener: std::net::TcpListener) -> Result<Server> {
         check_runtime()?;
         let local = listener
             .local_addr()
@@ -504,13 +501,13 @@ struct Core {
 
 // ---- server mode ----------------------------------------------------------------------
 
-/// A blocking client listening for QEMU to connect to it; made by [`Client::listen`].
+/// A blocking client listening for QEMU to connect to it; made by [`Client::start_server`].
 ///
 /// ```no_run
 /// use std::time::Duration;
 /// use qemu_qmp::blocking::Client;
 ///
-/// let server = Client::listen("/tmp/qmp.sock")?;
+/// let server = Client::start_server("/tmp/qmp.sock")?;
 /// // start QEMU with -qmp unix:/tmp/qmp.sock (client mode) here
 /// let qmp = server.accept(Some(Duration::from_secs(15)))?;
 /// qmp.execute("cont", None)?;
@@ -533,7 +530,7 @@ impl Server {
     /// Wait (at most `timeout`, if given; Python's default is 15 s) for the peer to
     /// connect, then read its greeting, negotiate and return the running client
     /// (Python: `accept()`). One connection is accepted; the listening socket is
-    /// closed (and a socket file made by [`Client::listen`] removed) either way.
+    /// closed (and a socket file made by [`Client::start_server`] removed) either way.
     ///
     /// No connection in time is [`Error::Timeout`].
     pub fn accept(self, timeout: Option<Duration>) -> Result<Client> {
@@ -612,15 +609,15 @@ impl Client {
     }
 
     /// Listen on `address` (a Unix socket path or `host:port`) for QEMU to connect,
-    /// with default settings; see [`ClientBuilder::listen`] and [`Server::accept`].
-    pub fn listen(address: impl ToAddress) -> Result<Server> {
-        Client::builder().listen(address)
+    /// with default settings; see [`ClientBuilder::start_server`] and [`Server::accept`].
+    pub fn start_server(address: impl ToAddress) -> Result<Server> {
+        Client::builder().start_server(address)
     }
 
     /// Wait for QEMU on a listening Unix socket made by the caller; see
-    /// [`ClientBuilder::listen_on`].
-    pub fn listen_on(listener: UnixListener) -> Result<Server> {
-        Client::builder().listen_on(listener)
+    /// [`ClientBuilder::start_server_with_listener`].
+    pub fn start_server_with_listener(listener: UnixListener) -> Result<Server> {
+        Client::builder().start_server_with_listener(listener)
     }
 
     /// Run `future` to completion on this client's runtime, blocking the caller: the
@@ -830,21 +827,21 @@ impl Client {
     /// ```no_run
     /// # fn f(qmp: qemu_qmp::blocking::Client) -> qemu_qmp::Result<()> {
     /// use std::time::Duration;
-    /// let mut jobs = qmp.listen_events(["JOB_STATUS_CHANGE"]);
+    /// let mut jobs = qmp.listen(["JOB_STATUS_CHANGE"]);
     /// let waiter = std::thread::spawn(move || jobs.recv(Some(Duration::from_secs(60))));
     /// qmp.execute("query-jobs", None)?;
     /// # Ok(()) }
     /// ```
-    pub fn listen_events<I, S>(&self, names: I) -> EventListener
+    pub fn listen<I, S>(&self, names: I) -> EventListener
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.listen_events_with(ListenOptions::new().names(names))
+        self.listen_with(ListenOptions::new().names(names))
     }
 
     /// A separate queue of events chosen by names, a filter and a capacity.
-    pub fn listen_events_with(&self, options: ListenOptions) -> EventListener {
+    pub fn listen_with(&self, options: ListenOptions) -> EventListener {
         EventListener {
             inner: self.core.client.listen_with(options),
         }
@@ -881,7 +878,7 @@ impl Drop for Client {
 // ---- event listeners ----------------------------------------------------------------
 
 /// A queue of the events a blocking client receives, chosen by name and/or filter;
-/// made by [`Client::listen_events`]. It may be moved to another thread.
+/// made by [`Client::start_server`]. It may be moved to another thread.
 ///
 /// Like [`Client::pull_event`], it skips events lost because it fell behind (logging
 /// them and counting them in [`total_lost`](Self::total_lost)).

@@ -410,14 +410,14 @@ fn event_listener_in_another_thread() {
     let Some((qmp, qemu)) = qemu_and_client() else {
         return;
     };
-    let mut resumes = qmp.listen_events(["RESUME"]);
+    let mut resumes = qmp.listen(["RESUME"]);
     assert!(resumes.try_recv().is_none());
     let waiter = thread::spawn(move || resumes.recv(Some(TIMEOUT)));
     qmp.execute("cont", None).unwrap();
     qmp.execute("stop", None).unwrap();
     assert_eq!(waiter.join().unwrap().unwrap().name(), "RESUME");
 
-    let mut stops = qmp.listen_events(["STOP"]);
+    let mut stops = qmp.listen(["STOP"]);
     let err = stops.recv(Some(Duration::from_millis(50))).unwrap_err();
     assert!(err.is_timeout(), "{err}");
     qmp.execute("cont", None).unwrap();
@@ -438,7 +438,7 @@ fn sigkill_wakes_a_forever_pull_event() {
     let Some((qmp, mut qemu)) = qemu_and_client() else {
         return;
     };
-    let mut listener = qmp.listen_events(["NEVER"]);
+    let mut listener = qmp.listen(["NEVER"]);
     let (tx, rx) = mpsc::channel();
     let tx2 = tx.clone();
     let puller = thread::spawn(move || {
@@ -497,7 +497,7 @@ fn server_mode_accepts_qemu() {
     common::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let path = socket_path(&dir);
-    let server = Client::listen(&path).unwrap();
+    let server = Client::start_server(&path).unwrap();
     assert_eq!(server.address(), &Address::Unix(path.clone()));
     assert!(path.exists());
     let qemu = QemuProcess::system_connecting_to(&path, &["-S"]);
@@ -526,7 +526,7 @@ fn server_mode_on_a_listener_of_the_caller() {
     let dir = tempfile::tempdir().unwrap();
     let path = socket_path(&dir);
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let server = Client::listen_on(listener).unwrap();
+    let server = Client::start_server_with_listener(listener).unwrap();
     assert_eq!(server.address(), &Address::Unix(path.clone()));
     let qemu = QemuProcess::system_connecting_to(&path, &["-S"]);
     let qmp = server.accept(Some(TIMEOUT)).unwrap();
@@ -541,7 +541,7 @@ fn accept_timeout_leaves_no_socket_file() {
     // Needs no QEMU.
     let dir = tempfile::tempdir().unwrap();
     let path = socket_path(&dir);
-    let server = Client::listen(&path).unwrap();
+    let server = Client::start_server(&path).unwrap();
     assert!(path.exists());
     let start = Instant::now();
     let err = server.accept(Some(Duration::from_millis(200))).unwrap_err();
@@ -550,7 +550,7 @@ fn accept_timeout_leaves_no_socket_file() {
     assert!(!path.exists(), "{} left behind", path.display());
 
     // Dropping a server that never accepted removes the file too.
-    let server = Client::listen(&path).unwrap();
+    let server = Client::start_server(&path).unwrap();
     assert!(path.exists());
     drop(server);
     assert!(!path.exists(), "{} left behind", path.display());
@@ -562,7 +562,7 @@ fn server_mode_over_tcp() {
         return;
     };
     common::init_tracing();
-    let server = Client::listen("127.0.0.1:0").unwrap();
+    let server = Client::start_server("127.0.0.1:0").unwrap();
     let Address::Tcp { host, port } = server.address() else {
         panic!("{:?}", server.address());
     };
@@ -684,7 +684,7 @@ async fn inside_a_runtime_the_blocking_api_says_so() {
     let (_other, stream) = QemuProcess::system_with_socketpair(&["-S"]);
     assert!(matches!(Client::connect(stream), Err(Error::InsideRuntime)));
     assert!(matches!(
-        Client::listen("/nonexistent/x.sock"),
+        Client::start_server("/nonexistent/x.sock"),
         Err(Error::InsideRuntime)
     ));
     assert!(matches!(
@@ -727,7 +727,7 @@ fn dropping_inside_a_runtime_does_not_panic_or_leak() {
     let Some((qmp, qemu)) = connect_outside_runtime("drop-in-rt") else {
         return;
     };
-    let mut listener = qmp.listen_events(Vec::<String>::new());
+    let mut listener = qmp.listen(Vec::<String>::new());
     assert_eq!(threads_named("qmp:drop-in-rt"), 1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -745,7 +745,10 @@ fn dropping_inside_a_runtime_does_not_panic_or_leak() {
     // A server that never accepted, dropped inside a multi-thread runtime.
     let dir = tempfile::tempdir().unwrap();
     let path = socket_path(&dir);
-    let server = Client::builder().name("srv-in-rt").listen(&path).unwrap();
+    let server = Client::builder()
+        .name("srv-in-rt")
+        .start_server(&path)
+        .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .build()
@@ -773,7 +776,7 @@ fn close_and_drop_join_the_runtime_thread() {
     let Some((qmp, qemu)) = connect_outside_runtime("join-drop") else {
         return;
     };
-    let mut listener = qmp.listen_events(Vec::<String>::new());
+    let mut listener = qmp.listen(Vec::<String>::new());
     assert_eq!(threads_named("qmp:join-drop"), 1);
     drop(qmp);
     assert!(threads_gone("qmp:join-drop", Duration::from_secs(1)));
