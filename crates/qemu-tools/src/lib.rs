@@ -1,3 +1,6 @@
 //! Shared code of the command-line tools.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+pub mod ga;
+pub mod qom;
+pub mod shell;

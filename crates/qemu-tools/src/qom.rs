@@ -1,0 +1,748 @@
+//! QEMU Object Model (QOM) queries over QMP: the library behind the `qom` tool.
+//!
+//! [`Qom`] wraps a connected [`qemu_qmp::Client`] with typed `qom-list`, `qom-get`,
+//! `qom-set` and `qom-list-get` calls, and [`Qom::tree`] prints a subtree the way
+//! QEMU's Python `qom-tree` does. The formatting helpers ([`python_str`],
+//! [`format_list`], [`format_get`]) reproduce the output of QEMU's `qom-*` tools,
+//! which print values with Python's `str()`.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), qemu_tools::qom::QomError> {
+//! use qemu_tools::qom::Qom;
+//! let qmp = qemu_qmp::Client::connect("/run/vm1/qmp.sock").await?;
+//! let qom = Qom::new(qmp);
+//! let machine_type = qom.get("/machine", "type").await?;
+//! qom.tree("/machine/peripheral", &mut std::io::stdout()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use qemu_qmp::{json, Client, Value};
+
+/// How deep [`Qom::tree`] descends before it gives up: QOM trees are a handful of
+/// levels deep, so a deeper one means a peer that invents children without end.
+pub const MAX_TREE_DEPTH: usize = 256;
+
+/// Why a QOM operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QomError {
+    /// QEMU refused a command: the object or property does not exist, the value is
+    /// of the wrong type, ... `what` names the object (or `object.property`).
+    #[error("{what}: {desc}")]
+    Refused {
+        /// The QOM path, or `path.property`, the command was about.
+        what: String,
+        /// QEMU's error description.
+        desc: String,
+        /// The whole error (class, request, reply).
+        #[source]
+        source: qemu_qmp::Error,
+    },
+    /// The connection failed, timed out or ended.
+    #[error(transparent)]
+    Qmp(qemu_qmp::Error),
+    /// QEMU answered with something that is not the documented shape.
+    #[error("malformed reply to '{command}': {reason}")]
+    BadReply {
+        /// The command.
+        command: String,
+        /// What is wrong with the reply.
+        reason: String,
+    },
+    /// A `<path>.<property>` argument without a `.`.
+    #[error(
+        "invalid <path>.<property> {0:?}: expected a QOM path and a property name separated by '.'"
+    )]
+    BadPathProperty(String),
+    /// The tree is deeper than [`MAX_TREE_DEPTH`].
+    #[error("{0}: the tree is more than {MAX_TREE_DEPTH} levels deep; giving up")]
+    TooDeep(String),
+    /// A task of ours failed (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// Writing the output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+impl From<qemu_qmp::Error> for QomError {
+    fn from(e: qemu_qmp::Error) -> Self {
+        QomError::Qmp(e)
+    }
+}
+
+impl QomError {
+    fn from_qmp(what: impl Into<String>, e: qemu_qmp::Error) -> QomError {
+        match e.as_execute_error() {
+            Some(x) => QomError::Refused {
+                what: what.into(),
+                desc: x.desc().to_owned(),
+                source: e,
+            },
+            None => QomError::Qmp(e),
+        }
+    }
+
+    /// True when writing the output failed because the reader went away (`qom tree |
+    /// head`), which a command-line tool should treat as a normal end.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, QomError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// One entry of `qom-list` (QAPI `ObjectPropertyInfo`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertyInfo {
+    /// The property name.
+    pub name: String,
+    /// Its type: `child<TYPE>`, `link<TYPE>`, `bool`, `str`, `uint32`, ...
+    pub type_: String,
+    /// The description, when QEMU gives one.
+    pub description: Option<String>,
+    /// The default value, when QEMU gives one.
+    pub default_value: Option<Value>,
+}
+
+impl PropertyInfo {
+    /// A child object (`child<...>`): listed as `name/`.
+    pub fn is_child(&self) -> bool {
+        self.type_.starts_with("child<")
+    }
+
+    /// A link to another object (`link<...>`): listed as `@name/`.
+    pub fn is_link(&self) -> bool {
+        self.type_.starts_with("link<")
+    }
+
+    fn from_value(command: &str, v: &Value) -> Result<PropertyInfo, QomError> {
+        let (name, type_) = name_and_type(command, v)?;
+        Ok(PropertyInfo {
+            name,
+            type_,
+            description: v
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            default_value: v.get("default-value").cloned(),
+        })
+    }
+}
+
+/// One property of `qom-list-get` (QAPI `ObjectPropertyValue`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertyValue {
+    /// The property name.
+    pub name: String,
+    /// Its type, as in [`PropertyInfo::type_`].
+    pub type_: String,
+    /// The value; `None` when QEMU could not read it.
+    pub value: Option<Value>,
+}
+
+impl PropertyValue {
+    /// A child object (`child<...>`).
+    pub fn is_child(&self) -> bool {
+        self.type_.starts_with("child<")
+    }
+
+    /// A link to another object (`link<...>`).
+    pub fn is_link(&self) -> bool {
+        self.type_.starts_with("link<")
+    }
+}
+
+fn bad_reply(command: &str, reason: impl Into<String>) -> QomError {
+    QomError::BadReply {
+        command: command.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn name_and_type(command: &str, v: &Value) -> Result<(String, String), QomError> {
+    let name = v.get("name").and_then(Value::as_str);
+    let type_ = v.get("type").and_then(Value::as_str);
+    match (name, type_) {
+        (Some(n), Some(t)) => Ok((n.to_owned(), t.to_owned())),
+        _ => Err(bad_reply(
+            command,
+            format!("a property without a string 'name' and 'type': {v}"),
+        )),
+    }
+}
+
+/// Which commands [`Qom::tree`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeMethod {
+    /// `qom-list-get` once per object with children (QEMU 10.1 and later).
+    ListGet,
+    /// `qom-list` per object and `qom-get` per property (every QEMU).
+    ListAndGet,
+}
+
+/// QOM operations on a connected QMP client.
+#[derive(Debug, Clone)]
+pub struct Qom {
+    client: Client,
+}
+
+impl Qom {
+    /// Use `client`, which must be connected to a QEMU (negotiated).
+    pub fn new(client: Client) -> Qom {
+        Qom { client }
+    }
+
+    /// The client underneath.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// `qom-list`: the properties of the object at `path`.
+    pub async fn list(&self, path: &str) -> Result<Vec<PropertyInfo>, QomError> {
+        let rsp = self
+            .client
+            .execute("qom-list", Some(json!({ "path": path })))
+            .await
+            .map_err(|e| QomError::from_qmp(path, e))?;
+        let items = rsp
+            .as_array()
+            .ok_or_else(|| bad_reply("qom-list", format!("expected a list, got {rsp}")))?;
+        items
+            .iter()
+            .map(|v| PropertyInfo::from_value("qom-list", v))
+            .collect()
+    }
+
+    /// `qom-get`: the value of `property` of the object at `path`.
+    pub async fn get(&self, path: &str, property: &str) -> Result<Value, QomError> {
+        self.client
+            .execute(
+                "qom-get",
+                Some(json!({ "path": path, "property": property })),
+            )
+            .await
+            .map_err(|e| QomError::from_qmp(what(path, property, &e), e))
+    }
+
+    /// `qom-set`: set `property` of the object at `path` to `value`; returns QEMU's
+    /// reply (`{}`).
+    pub async fn set(&self, path: &str, property: &str, value: Value) -> Result<Value, QomError> {
+        self.client
+            .execute(
+                "qom-set",
+                Some(json!({ "path": path, "property": property, "value": value })),
+            )
+            .await
+            .map_err(|e| QomError::from_qmp(what(path, property, &e), e))
+    }
+
+    /// `qom-list-get` (QEMU 10.1 and later): every property with its value, for each
+    /// path, in order. One missing path fails the whole call.
+    pub async fn list_get(&self, paths: &[String]) -> Result<Vec<Vec<PropertyValue>>, QomError> {
+        const CMD: &str = "qom-list-get";
+        let rsp = self
+            .client
+            .execute(CMD, Some(json!({ "paths": paths })))
+            .await
+            .map_err(|e| {
+                let what = match paths {
+                    [one] => one.clone(),
+                    _ => paths.join(", "),
+                };
+                QomError::from_qmp(what, e)
+            })?;
+        let objects = rsp
+            .as_array()
+            .ok_or_else(|| bad_reply(CMD, format!("expected a list, got {rsp}")))?;
+        if objects.len() != paths.len() {
+            return Err(bad_reply(
+                CMD,
+                format!(
+                    "asked for {} paths, got {} answers",
+                    paths.len(),
+                    objects.len()
+                ),
+            ));
+        }
+        objects
+            .iter()
+            .map(|o| {
+                let props = o
+                    .get("properties")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| {
+                        bad_reply(CMD, format!("an entry without a 'properties' list: {o}"))
+                    })?;
+                props
+                    .iter()
+                    .map(|p| {
+                        let (name, type_) = name_and_type(CMD, p)?;
+                        Ok(PropertyValue {
+                            name,
+                            type_,
+                            value: p.get("value").cloned(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// True if the QEMU offers `qom-list-get` (per `query-commands`). A QEMU that
+    /// cannot say is taken not to.
+    pub async fn has_list_get(&self) -> Result<bool, QomError> {
+        match self.client.execute("query-commands", None).await {
+            Ok(Value::Array(cmds)) => Ok(cmds
+                .iter()
+                .any(|c| c.get("name").and_then(Value::as_str) == Some("qom-list-get"))),
+            Ok(_) => Ok(false),
+            Err(e) if e.as_execute_error().is_some() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Print the tree below `path` the way QEMU's `qom-tree` does, choosing
+    /// `qom-list-get` when the QEMU offers it.
+    pub async fn tree<W: Write>(&self, path: &str, out: &mut W) -> Result<(), QomError> {
+        let method = if self.has_list_get().await? {
+            TreeMethod::ListGet
+        } else {
+            TreeMethod::ListAndGet
+        };
+        self.tree_with(path, method, out).await
+    }
+
+    /// Print the tree below `path` with the given method.
+    ///
+    /// Depth first: each object's path, then one line per property that is not a
+    /// child, `  name: value (type)`, then an empty line, then its children. A
+    /// property that cannot be read shows `<EXCEPTION: reason>` in place of its value.
+    pub async fn tree_with<W: Write>(
+        &self,
+        path: &str,
+        method: TreeMethod,
+        out: &mut W,
+    ) -> Result<(), QomError> {
+        // Depth-first with an explicit stack: (path, depth, properties when known).
+        let mut stack: Vec<(String, usize, Option<Vec<Shown>>)> =
+            vec![(normalise_path(path), 0, None)];
+        while let Some((path, depth, props)) = stack.pop() {
+            if depth > MAX_TREE_DEPTH {
+                return Err(QomError::TooDeep(path));
+            }
+            let props = match props {
+                Some(p) => p,
+                None => self.read_node(&path, method).await?,
+            };
+            let mut block = format!("{path}\n");
+            for p in props.iter().filter(|p| !p.child) {
+                let _ = writeln!(block, "  {}: {} ({})", p.name, p.value, p.type_);
+            }
+            block.push('\n');
+            out.write_all(block.as_bytes())?;
+            let children: Vec<String> = props
+                .iter()
+                .filter(|p| p.child)
+                .map(|p| child_path(&path, &p.name))
+                .collect();
+            if children.is_empty() {
+                continue;
+            }
+            // qom-list-get reads all the siblings at once, as QEMU's tool does.
+            let mut known: Vec<Option<Vec<Shown>>> = match method {
+                TreeMethod::ListGet => self
+                    .list_get(&children)
+                    .await?
+                    .into_iter()
+                    .map(|props| Some(props.into_iter().map(Shown::from_value).collect()))
+                    .collect(),
+                TreeMethod::ListAndGet => vec![None; children.len()],
+            };
+            for child in children.into_iter().rev() {
+                let props = known.pop().flatten();
+                stack.push((child, depth + 1, props));
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// The properties of one object with their values, by `qom-list-get` or by
+    /// `qom-list` plus a `qom-get` per property (all sent before the first reply is
+    /// awaited; QEMU answers them in order).
+    async fn read_node(&self, path: &str, method: TreeMethod) -> Result<Vec<Shown>, QomError> {
+        if method == TreeMethod::ListGet {
+            let all = self.list_get(&[path.to_owned()]).await?;
+            let props = all.into_iter().next().unwrap_or_default();
+            return Ok(props.into_iter().map(Shown::from_value).collect());
+        }
+        let items = self.list(path).await?;
+        let mut reads = Vec::with_capacity(items.len());
+        for item in &items {
+            if item.is_child() {
+                reads.push(None);
+                continue;
+            }
+            let client = self.client.clone();
+            let args = json!({ "path": path, "property": item.name });
+            reads.push(Some(tokio::spawn(async move {
+                client.execute("qom-get", Some(args)).await
+            })));
+        }
+        let mut props = Vec::with_capacity(items.len());
+        for (item, read) in items.into_iter().zip(reads) {
+            let value = match read {
+                None => String::new(),
+                Some(handle) => match handle.await {
+                    Ok(Ok(v)) => python_str(&v),
+                    // Python's tool prints str(ExecuteError), which is the description.
+                    Ok(Err(e)) => match e.as_execute_error() {
+                        Some(x) => format!("<EXCEPTION: {}>", x.desc()),
+                        None => return Err(e.into()),
+                    },
+                    Err(join) => {
+                        return Err(QomError::Internal(format!(
+                            "reading {path}.{} failed: {join}",
+                            item.name
+                        )))
+                    }
+                },
+            };
+            props.push(Shown {
+                child: item.is_child(),
+                name: item.name,
+                type_: item.type_,
+                value,
+            });
+        }
+        Ok(props)
+    }
+}
+
+/// A property of a tree node, its value formatted for printing.
+#[derive(Debug, Clone)]
+struct Shown {
+    name: String,
+    type_: String,
+    child: bool,
+    value: String,
+}
+
+impl Shown {
+    fn from_value(p: PropertyValue) -> Shown {
+        Shown {
+            child: p.is_child(),
+            value: match &p.value {
+                Some(v) => python_str(v),
+                None => "<EXCEPTION: property could not be read>".to_owned(),
+            },
+            name: p.name,
+            type_: p.type_,
+        }
+    }
+}
+
+/// What an error message names: the object when it does not exist, else the
+/// property.
+fn what(path: &str, property: &str, e: &qemu_qmp::Error) -> String {
+    if e.error_class() == Some("DeviceNotFound") {
+        path.to_owned()
+    } else {
+        format!("{path}.{property}")
+    }
+}
+
+/// The path of child `name` of `parent` (`/` + name under the root).
+pub fn child_path(parent: &str, name: &str) -> String {
+    if parent.ends_with('/') {
+        format!("{parent}{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// `path` without trailing slashes (the root stays `/`).
+fn normalise_path(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() && path.starts_with('/') {
+        "/".to_owned()
+    } else if trimmed.is_empty() {
+        path.to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Split `<path>.<property>` at the last `.`, as QEMU's tools do.
+///
+/// ```
+/// use qemu_tools::qom::split_path_property;
+/// assert_eq!(split_path_property("/machine.type").unwrap(), ("/machine", "type"));
+/// assert!(split_path_property("/machine").is_err());
+/// ```
+pub fn split_path_property(arg: &str) -> Result<(&str, &str), QomError> {
+    match arg.rsplit_once('.') {
+        Some((path, prop)) if !path.is_empty() && !prop.is_empty() => Ok((path, prop)),
+        _ => Err(QomError::BadPathProperty(arg.to_owned())),
+    }
+}
+
+/// The JSON value for a `qom set` argument: `true`/`false` are booleans, numbers are
+/// numbers, other JSON (objects, lists, `null`, `"quoted strings"`) is taken as
+/// JSON, and anything else is a string.
+///
+/// ```
+/// use qemu_tools::qom::parse_value;
+/// use qemu_qmp::json;
+/// assert_eq!(parse_value("true"), json!(true));
+/// assert_eq!(parse_value("42"), json!(42));
+/// assert_eq!(parse_value("[1, 2]"), json!([1, 2]));
+/// assert_eq!(parse_value("\"42\""), json!("42"));
+/// assert_eq!(parse_value("hello world"), json!("hello world"));
+/// ```
+pub fn parse_value(arg: &str) -> Value {
+    serde_json::from_str(arg).unwrap_or_else(|_| Value::String(arg.to_owned()))
+}
+
+/// `qom list` output: a line per property, `name/` for children, `@name/` for links,
+/// `name` otherwise.
+pub fn format_list(items: &[PropertyInfo]) -> String {
+    let mut s = String::new();
+    for item in items {
+        if item.is_child() {
+            let _ = writeln!(s, "{}/", item.name);
+        } else if item.is_link() {
+            let _ = writeln!(s, "@{}/", item.name);
+        } else {
+            let _ = writeln!(s, "{}", item.name);
+        }
+    }
+    s
+}
+
+/// `qom get` output: `key: value` lines for an object, the value itself otherwise,
+/// printed as Python's `str()` does.
+pub fn format_get(value: &Value) -> String {
+    match value {
+        Value::Object(m) => {
+            let mut s = String::new();
+            for (k, v) in m {
+                let _ = writeln!(s, "{k}: {}", python_str(v));
+            }
+            s
+        }
+        v => format!("{}\n", python_str(v)),
+    }
+}
+
+/// A JSON value as Python prints it with `str()` after decoding it: strings bare,
+/// `True`/`False`/`None`, and lists and dicts in Python's `repr` (`{'a': [1, 'b']}`).
+///
+/// ```
+/// use qemu_tools::qom::python_str;
+/// use qemu_qmp::json;
+/// assert_eq!(python_str(&json!("pc")), "pc");
+/// assert_eq!(python_str(&json!(true)), "True");
+/// // Members come out in the order the JSON object keeps them (sorted by key).
+/// assert_eq!(python_str(&json!({"order": "cad", "n": [1, null]})), "{'n': [1, None], 'order': 'cad'}");
+/// ```
+pub fn python_str(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => python_repr(other),
+    }
+}
+
+/// A JSON value as Python's `repr()` prints it after decoding it.
+pub fn python_repr(v: &Value) -> String {
+    let mut s = String::new();
+    repr_into(&mut s, v);
+    s
+}
+
+fn repr_into(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("None"),
+        Value::Bool(true) => out.push_str("True"),
+        Value::Bool(false) => out.push_str("False"),
+        Value::Number(n) => {
+            if n.is_f64() {
+                out.push_str(&python_float(n.as_f64().unwrap_or(f64::NAN)));
+            } else {
+                let _ = write!(out, "{n}");
+            }
+        }
+        Value::String(s) => string_repr_into(out, s),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, item) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                repr_into(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            out.push('{');
+            for (i, (k, item)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                string_repr_into(out, k);
+                out.push_str(": ");
+                repr_into(out, item);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// Python's `repr(float)`: the shortest round-trip digits, positional for exponents
+/// from -4 to 15 (always with a `.`), else `1e+16` style.
+fn python_float(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let s = format!("{f}");
+        if s.contains('.') {
+            s
+        } else {
+            format!("{s}.0")
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// Python's `repr(str)`: single quotes unless the text has a `'` and no `"`.
+fn string_repr_into(out: &mut String, s: &str) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {
+                let n = c as u32;
+                if n < 0x100 {
+                    let _ = write!(out, "\\x{n:02x}");
+                } else {
+                    let _ = write!(out, "\\u{n:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_formatting() {
+        assert_eq!(python_str(&json!(null)), "None");
+        assert_eq!(python_str(&json!(false)), "False");
+        assert_eq!(python_str(&json!(-3)), "-3");
+        assert_eq!(
+            python_str(&json!(18446744073709551615u64)),
+            "18446744073709551615"
+        );
+        assert_eq!(python_str(&json!(1.0)), "1.0");
+        assert_eq!(python_str(&json!(0.5)), "0.5");
+        assert_eq!(python_str(&json!(1e16)), "1e+16");
+        assert_eq!(python_str(&json!(1.5e-5)), "1.5e-05");
+        assert_eq!(python_str(&json!(123456.789)), "123456.789");
+        assert_eq!(python_str(&json!([])), "[]");
+        assert_eq!(python_str(&json!({})), "{}");
+        assert_eq!(
+            python_str(&json!(["it's", "a\"b", "both'\"", "tab\there\\", "\u{1}"])),
+            r#"["it's", 'a"b', 'both\'"', 'tab\there\\', '\x01']"#
+        );
+        assert_eq!(
+            python_str(&json!({"tm_year": 125, "ok": true, "s": "x"})),
+            "{'ok': True, 's': 'x', 'tm_year': 125}"
+        );
+    }
+
+    #[test]
+    fn value_typing() {
+        assert_eq!(parse_value("false"), json!(false));
+        assert_eq!(parse_value("-7"), json!(-7));
+        assert_eq!(parse_value("1.5"), json!(1.5));
+        assert_eq!(parse_value("{\"a\": 1}"), json!({"a": 1}));
+        assert_eq!(parse_value("null"), json!(null));
+        assert_eq!(parse_value("True"), json!("True"));
+        assert_eq!(
+            parse_value("/machine/unattached"),
+            json!("/machine/unattached")
+        );
+        assert_eq!(parse_value(""), json!(""));
+        assert_eq!(parse_value("[1, "), json!("[1, "));
+    }
+
+    #[test]
+    fn path_property_split() {
+        assert_eq!(
+            split_path_property("/machine/i440fx.pci-hole64-start").unwrap(),
+            ("/machine/i440fx", "pci-hole64-start")
+        );
+        assert_eq!(split_path_property("/a.b.c").unwrap(), ("/a.b", "c"));
+        for bad in ["/machine", "/machine.", ".type", ""] {
+            let e = split_path_property(bad).unwrap_err();
+            assert!(matches!(e, QomError::BadPathProperty(_)), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn list_and_get_formats() {
+        let items: Vec<PropertyInfo> = [
+            ("type", "string"),
+            ("peripheral", "child<container>"),
+            ("rtc_state", "link<isa-device>"),
+        ]
+        .iter()
+        .map(|(n, t)| PropertyInfo {
+            name: n.to_string(),
+            type_: t.to_string(),
+            description: None,
+            default_value: None,
+        })
+        .collect();
+        assert_eq!(format_list(&items), "type\nperipheral/\n@rtc_state/\n");
+        assert_eq!(format_get(&json!("pc")), "pc\n");
+        assert_eq!(format_get(&json!({"a": 1, "b": "x"})), "a: 1\nb: x\n");
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(child_path("/", "machine"), "/machine");
+        assert_eq!(child_path("/machine", "i440fx"), "/machine/i440fx");
+        assert_eq!(normalise_path("/"), "/");
+        assert_eq!(normalise_path("//"), "/");
+        assert_eq!(normalise_path("/machine/"), "/machine");
+        assert_eq!(normalise_path("i440fx"), "i440fx");
+    }
+}

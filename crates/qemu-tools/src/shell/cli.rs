@@ -1,0 +1,87 @@
+//! What the `qmp-shell` and `qmp-shell-wrap` binaries share: their common options,
+//! logging, and error reporting.
+
+use std::path::PathBuf;
+
+use super::runner::{Mode, ShellOptions};
+
+/// The options both shells take (as QEMU's Python shells).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ShellArgs {
+    /// Use the HMP interface: lines are HMP commands, sent through
+    /// human-monitor-command
+    #[arg(short = 'H', long)]
+    pub hmp: bool,
+    /// Verbose: echo each QMP request before its reply
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Pretty-print JSON (indented, keys sorted)
+    #[arg(short, long)]
+    pub pretty: bool,
+    /// Log every request with its reply, and every event, to FILE as JSON lines
+    #[arg(short, long = "logfile", value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
+}
+
+impl ShellArgs {
+    /// The shell options these arguments ask for (interactive when stdin and stdout
+    /// are terminals; history in `$QMP_SHELL_HISTORY` or `~/.qmp-shell_history`).
+    pub fn options(&self) -> ShellOptions {
+        let mut o = ShellOptions::detect();
+        o.mode = if self.hmp { Mode::Hmp } else { Mode::Qmp };
+        o.verbose = self.verbose;
+        o.pretty = self.pretty;
+        o.logfile = self.logfile.clone();
+        o
+    }
+}
+
+/// Log library diagnostics to stderr, filtered by `RUST_LOG` (default: warnings),
+/// without timestamps, in colour only on a terminal.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// An error and its causes, one a line; a cause whose text the message already
+/// contains is not repeated.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str("\n  caused by: ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn chains_skip_repeats() {
+        let e = Outer(Inner(std::io::Error::other("root")));
+        assert_eq!(error_chain(&e), "outer: inner\n  caused by: root");
+    }
+}

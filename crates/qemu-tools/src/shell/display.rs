@@ -1,0 +1,224 @@
+//! How the shell shows JSON: the layout of Python's `json.dumps`, which QEMU's shell
+//! uses, so output reads the same.
+//!
+//! - one line: `{"return": {"running": true, "status": "running"}}` (a space after
+//!   `:` and `,`), members in the order the JSON map keeps them (as received when
+//!   serde_json's `preserve_order` feature is on, sorted otherwise);
+//! - pretty (`-p`): indented by 4, members sorted by name (`indent=4, sort_keys=True`).
+//!
+//! Unlike Python, non-ASCII text is shown as is rather than as `\u` escapes.
+
+use std::fmt::Write as _;
+
+use qemu_qmp::message::AUTO_ID_PREFIX;
+use qemu_qmp::{JsonObject, Value};
+
+/// Format a value as QEMU's shell does: one line, or pretty (indented, sorted keys).
+pub fn format_json(value: &Value, pretty: bool) -> String {
+    let mut out = String::new();
+    if pretty {
+        write_pretty(&mut out, value, 0);
+    } else {
+        write_compact(&mut out, value);
+    }
+    out
+}
+
+/// [`format_json`] of an object.
+pub fn format_object(obj: &JsonObject, pretty: bool) -> String {
+    let mut out = String::new();
+    if pretty {
+        write_pretty_object(&mut out, obj, 0);
+    } else {
+        write_compact_object(&mut out, obj);
+    }
+    out
+}
+
+fn write_string(out: &mut String, s: &str) {
+    // serde_json escapes exactly what JSON requires.
+    out.push_str(&Value::String(s.to_owned()).to_string());
+}
+
+fn write_scalar(out: &mut String, value: &Value) {
+    match value {
+        Value::String(s) => write_string(out, s),
+        other => {
+            let _ = write!(out, "{other}");
+        }
+    }
+}
+
+fn write_compact(out: &mut String, value: &Value) {
+    match value {
+        Value::Object(m) => write_compact_object(out, m),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_compact(out, v);
+            }
+            out.push(']');
+        }
+        other => write_scalar(out, other),
+    }
+}
+
+fn write_compact_object(out: &mut String, m: &JsonObject) {
+    out.push('{');
+    for (i, (k, v)) in m.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_string(out, k);
+        out.push_str(": ");
+        write_compact(out, v);
+    }
+    out.push('}');
+}
+
+fn indent(out: &mut String, level: usize) {
+    out.push('\n');
+    for _ in 0..level {
+        out.push_str("    ");
+    }
+}
+
+fn write_pretty(out: &mut String, value: &Value, level: usize) {
+    match value {
+        Value::Object(m) => write_pretty_object(out, m, level),
+        Value::Array(a) if a.is_empty() => out.push_str("[]"),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                indent(out, level + 1);
+                write_pretty(out, v, level + 1);
+            }
+            indent(out, level);
+            out.push(']');
+        }
+        other => write_scalar(out, other),
+    }
+}
+
+fn write_pretty_object(out: &mut String, m: &JsonObject, level: usize) {
+    if m.is_empty() {
+        out.push_str("{}");
+        return;
+    }
+    let mut members: Vec<(&String, &Value)> = m.iter().collect();
+    members.sort_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (i, (k, v)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        indent(out, level + 1);
+        write_string(out, k);
+        out.push_str(": ");
+        write_pretty(out, v, level + 1);
+    }
+    indent(out, level);
+    out.push('}');
+}
+
+/// Remove the id the client library added to a request (`__qmp#...`) from its reply,
+/// so that a reply looks as it would to a command sent without an id. An id the user
+/// chose is kept.
+pub fn strip_auto_id(reply: &mut JsonObject) {
+    if reply
+        .get("id")
+        .and_then(Value::as_str)
+        .is_some_and(|id| id.starts_with(AUTO_ID_PREFIX))
+    {
+        // `retain` keeps the order of the other members, whichever map serde_json uses.
+        reply.retain(|k, _| k != "id");
+    }
+}
+
+/// Merge a request and its reply into one object, as QEMU's shell writes its log
+/// (`{**command, **reply}`): the reply's members win.
+pub fn merge_for_log(request: &JsonObject, reply: &JsonObject) -> JsonObject {
+    let mut m = request.clone();
+    for (k, v) in reply {
+        m.insert(k.clone(), v.clone());
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn compact_is_python_json_dumps() {
+        let v = json!({"return": {"running": true, "singlestep": false, "status": "running"}});
+        assert_eq!(
+            format_json(&v, false),
+            r#"{"return": {"running": true, "singlestep": false, "status": "running"}}"#
+        );
+        assert_eq!(
+            format_json(
+                &json!({"a": [1, 2.5, null, "x\"y"], "b": {}, "c": []}),
+                false
+            ),
+            r#"{"a": [1, 2.5, null, "x\"y"], "b": {}, "c": []}"#
+        );
+        assert_eq!(format_json(&json!("é\n"), false), "\"é\\n\"");
+    }
+
+    #[test]
+    fn pretty_is_indented_and_sorted() {
+        let v = json!({"return": {"status": "running", "running": true, "e": {}, "l": [1, {"z": 1, "a": []}]}});
+        assert_eq!(
+            format_json(&v, true),
+            r#"{
+    "return": {
+        "e": {},
+        "l": [
+            1,
+            {
+                "a": [],
+                "z": 1
+            }
+        ],
+        "running": true,
+        "status": "running"
+    }
+}"#
+        );
+        assert_eq!(format_json(&json!({}), true), "{}");
+    }
+
+    #[test]
+    fn only_the_library_id_is_stripped() {
+        let mut r = json!({"return": {}, "id": "__qmp#00003"});
+        strip_auto_id(r.as_object_mut().unwrap());
+        assert_eq!(r, json!({"return": {}}));
+        let mut r = json!({"return": {}, "id": "mine"});
+        strip_auto_id(r.as_object_mut().unwrap());
+        assert_eq!(r, json!({"return": {}, "id": "mine"}));
+        let mut r = json!({"return": {}, "id": 5});
+        strip_auto_id(r.as_object_mut().unwrap());
+        assert_eq!(r, json!({"return": {}, "id": 5}));
+    }
+
+    #[test]
+    fn log_entries_merge_request_and_reply() {
+        let req = json!({"execute": "stop", "arguments": {}});
+        let rep = json!({"return": {}});
+        assert_eq!(
+            Value::Object(merge_for_log(
+                req.as_object().unwrap(),
+                rep.as_object().unwrap()
+            )),
+            json!({"execute": "stop", "arguments": {}, "return": {}})
+        );
+    }
+}

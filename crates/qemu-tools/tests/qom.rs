@@ -1,0 +1,588 @@
+//! The `qom` binary against a real QEMU (`-machine pc`, TCG, stopped) and against the
+//! QMP test server (for `qom-list-get`, which the installed QEMU may lack).
+//!
+//! Tests that need `qemu-system-x86_64` print `SKIPPED: ...` without it, and fail
+//! under `CI=true`. Every run of the binary has a deadline.
+
+#[path = "../../qemu-qmp/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::QemuProcess;
+use qemu_qmp::server::{Reply, TestServer};
+use qemu_qmp::{json, JsonObject, Value};
+
+const QOM: &str = env!("CARGO_BIN_EXE_qom");
+/// Deadline for one run of the binary.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> &str {
+        assert!(
+            self.status.success(),
+            "failed with {}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    fn fails(&self) -> &str {
+        assert_eq!(
+            self.status.code(),
+            Some(1),
+            "expected exit status 1\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stderr
+    }
+}
+
+/// Run `bin` with `args` and `env` (QMP_SOCKET and friends removed otherwise),
+/// killing it after `timeout`.
+fn run_with(bin: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Run {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_remove("QMP_SOCKET")
+        .env_remove("QGA_CLIENT_ADDRESS")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("waiting for the child"),
+        Err(_) => {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            let out = rx.recv().ok().and_then(Result::ok);
+            panic!(
+                "{bin} {args:?} did not finish within {timeout:?}; stderr:\n{}",
+                out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default()
+            );
+        }
+    };
+    Run {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn qom(socket: &Path, args: &[&str]) -> Run {
+    let socket = socket.to_str().expect("UTF-8 path");
+    let mut all = vec!["-s", socket];
+    all.extend_from_slice(args);
+    run_with(QOM, &all, &[], RUN_TIMEOUT)
+}
+
+/// A stopped `-machine pc` QEMU with a listening QMP socket.
+fn qemu_pc() -> Option<QemuProcess> {
+    common::qemu_system()?;
+    Some(QemuProcess::system_with_listener(&[
+        "-machine", "pc", "-accel", "tcg", "-S",
+    ]))
+}
+
+#[test]
+fn tree_of_a_pc_machine() {
+    let Some(qemu) = qemu_pc() else { return };
+    let run = qom(qemu.qmp_path(), &["tree"]);
+    let out = run.ok();
+    assert!(
+        out.starts_with("/\n  type: container (string)\n\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n/machine\n  type: pc-i440fx-"),
+        "no /machine block:\n{out}"
+    );
+    for child in [
+        "/machine/i440fx",
+        "/machine/peripheral",
+        "/machine/peripheral-anon",
+        "/machine/unattached",
+        "/machine/fw_cfg",
+    ] {
+        assert!(
+            out.contains(&format!("\n{child}\n  type: ")),
+            "no {child} block"
+        );
+    }
+    // Every block: the path, `  name: value (type)` lines, an empty line.
+    assert!(out.ends_with("\n\n"));
+    let mut expect_path = true;
+    for line in out.lines() {
+        if expect_path {
+            assert!(line.starts_with('/'), "expected a path: {line:?}");
+            expect_path = false;
+        } else if line.is_empty() {
+            expect_path = true;
+        } else {
+            assert!(
+                line.starts_with("  ") && line.contains(": ") && line.ends_with(')'),
+                "expected a property line: {line:?}"
+            );
+        }
+    }
+    // Values as Python prints them.
+    assert!(out.contains("\n  graphics: True (bool)\n"), "{out}");
+    assert!(
+        out.contains("\n  boot: {'order': 'cad'} (BootConfiguration)\n"),
+        "{out}"
+    );
+    // Links show their target path; child properties are not property lines.
+    assert!(out.contains("\n  rtc_state: /machine/unattached/"), "{out}");
+    assert!(!out.contains("\n  i440fx: "), "{out}");
+
+    // A subtree starts at its own path.
+    let sub = qom(qemu.qmp_path(), &["tree", "/machine/i440fx/"]);
+    let sub = sub.ok();
+    assert!(
+        sub.starts_with("/machine/i440fx\n  type: i440FX-pcihost (string)\n"),
+        "{sub}"
+    );
+    assert!(sub.contains("\n/machine/i440fx/pci.0\n"), "{sub}");
+    assert!(!sub.contains("\n/machine/peripheral\n"), "{sub}");
+}
+
+#[test]
+fn list_get_and_set_on_a_pc_machine() {
+    let Some(qemu) = qemu_pc() else { return };
+    let sock = qemu.qmp_path();
+
+    let list = qom(sock, &["list", "/machine"]);
+    let lines: Vec<&str> = list.ok().lines().collect();
+    for expected in [
+        "type",
+        "i440fx/",
+        "peripheral/",
+        "unattached/",
+        "@rtc_state/",
+    ] {
+        assert!(lines.contains(&expected), "no {expected:?} in {lines:?}");
+    }
+    assert!(
+        lines.iter().all(|l| !l.is_empty() && !l.contains(' ')),
+        "{lines:?}"
+    );
+
+    let root = qom(sock, &["list"]);
+    let root: Vec<&str> = root.ok().lines().collect();
+    assert!(
+        root.contains(&"machine/") && root.contains(&"type"),
+        "{root:?}"
+    );
+
+    let get = qom(sock, &["get", "/machine.type"]);
+    let ty = get.ok();
+    assert!(
+        ty.starts_with("pc-i440fx-") && ty.ends_with("-machine\n"),
+        "{ty:?}"
+    );
+    // The socket from the environment, as QEMU's tools take it.
+    let env_get = run_with(
+        QOM,
+        &["get", "/machine.type"],
+        &[("QMP_SOCKET", sock.to_str().unwrap())],
+        RUN_TIMEOUT,
+    );
+    assert_eq!(env_get.ok(), ty);
+    // A struct value prints one `key: value` line per member.
+    assert_eq!(qom(sock, &["get", "/machine.boot"]).ok(), "order: cad\n");
+    // A link prints the path it points to.
+    let link = qom(sock, &["get", "/machine.rtc_state"]);
+    assert!(
+        link.ok().starts_with("/machine/unattached/"),
+        "{}",
+        link.stdout
+    );
+
+    // Typed values: booleans, numbers, strings.
+    assert_eq!(
+        qom(sock, &["get", "/machine.dump-guest-core"]).ok(),
+        "True\n"
+    );
+    assert_eq!(
+        qom(sock, &["set", "/machine.dump-guest-core", "false"]).ok(),
+        "{}\n"
+    );
+    assert_eq!(
+        qom(sock, &["get", "/machine.dump-guest-core"]).ok(),
+        "False\n"
+    );
+    qom(sock, &["set", "/machine.phandle-start", "4242"]).ok();
+    assert_eq!(qom(sock, &["get", "/machine.phandle-start"]).ok(), "4242\n");
+    qom(sock, &["set", "/machine.phandle-start", "-3"]).ok();
+    assert_eq!(qom(sock, &["get", "/machine.phandle-start"]).ok(), "-3\n");
+    qom(sock, &["set", "/machine.dt-compatible", "hello, world"]).ok();
+    assert_eq!(
+        qom(sock, &["get", "/machine.dt-compatible"]).ok(),
+        "hello, world\n"
+    );
+    // A JSON string stays a string even when it looks like a number.
+    qom(sock, &["set", "/machine.dt-compatible", "\"42\""]).ok();
+    assert_eq!(qom(sock, &["get", "/machine.dt-compatible"]).ok(), "42\n");
+
+    // Errors: exit status 1 and a message naming what failed.
+    let err = qom(sock, &["get", "/nope.x"]);
+    let msg = err.fails();
+    assert!(msg.starts_with("qom: /nope: "), "{msg}");
+    assert!(msg.contains("not found"), "{msg}");
+    assert!(err.stdout.is_empty());
+    let err = qom(sock, &["list", "/nope"]);
+    assert!(err.fails().starts_with("qom: /nope: "), "{}", err.stderr);
+    let err = qom(sock, &["tree", "/nope"]);
+    assert!(err.fails().starts_with("qom: /nope: "), "{}", err.stderr);
+    let err = qom(sock, &["get", "/machine.nope"]);
+    assert!(
+        err.fails().starts_with("qom: /machine.nope: "),
+        "{}",
+        err.stderr
+    );
+    let err = qom(sock, &["set", "/machine.dump-guest-core", "maybe"]);
+    assert!(
+        err.fails().starts_with("qom: /machine.dump-guest-core: "),
+        "{}",
+        err.stderr
+    );
+    let err = qom(sock, &["get", "/machine"]);
+    assert!(err.fails().contains("<path>.<property>"), "{}", err.stderr);
+}
+
+#[test]
+fn a_missing_socket_is_a_clear_error() {
+    let r = run_with(QOM, &["list", "/"], &[], RUN_TIMEOUT);
+    assert!(r.fails().contains("No QMP socket"), "{}", r.stderr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    let r = qom(&missing, &["tree"]);
+    let msg = r.fails();
+    assert!(msg.starts_with("qom: failed to connect to "), "{msg}");
+    assert!(msg.contains("missing.sock"), "{msg}");
+
+    let r = run_with(QOM, &["-s", "localhost:notaport", "list"], &[], RUN_TIMEOUT);
+    assert!(r.fails().contains("bad port"), "{}", r.stderr);
+
+    // Bad usage is status 2, as argparse has it.
+    let r = run_with(QOM, &[], &[], RUN_TIMEOUT);
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+}
+
+// ---- qom-list-get and the fallback, against the test server ----------------------
+
+/// A property of the fake tree: name, type, and value (None: unreadable).
+type FakeProp = (&'static str, &'static str, Option<Value>);
+
+fn fake_tree() -> Vec<(&'static str, Vec<FakeProp>)> {
+    vec![
+        (
+            "/",
+            vec![
+                ("type", "string", Some(json!("container"))),
+                ("machine", "child<fake-machine>", Some(json!("/machine"))),
+            ],
+        ),
+        (
+            "/machine",
+            vec![
+                ("type", "string", Some(json!("fake-machine"))),
+                ("flag", "bool", Some(json!(true))),
+                ("opts", "Opts", Some(json!({"a": [1, "x"], "n": null}))),
+                ("secret", "str", None),
+                ("cpu0", "child<cpu>", Some(json!("/machine/cpu0"))),
+                ("boot-cpu", "link<cpu>", Some(json!("/machine/cpu0"))),
+                (
+                    "peripheral",
+                    "child<container>",
+                    Some(json!("/machine/peripheral")),
+                ),
+            ],
+        ),
+        (
+            "/machine/cpu0",
+            vec![
+                ("type", "string", Some(json!("cpu"))),
+                ("speed", "double", Some(json!(3.5))),
+            ],
+        ),
+        (
+            "/machine/peripheral",
+            vec![("type", "string", Some(json!("container")))],
+        ),
+    ]
+}
+
+fn node(path: &str) -> Option<Vec<FakeProp>> {
+    fake_tree()
+        .into_iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, props)| props)
+}
+
+fn str_arg<'a>(args: &'a JsonObject, key: &str) -> &'a str {
+    args.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn not_found(path: &str) -> Reply {
+    Reply::error("DeviceNotFound", format!("Device '{path}' not found"))
+}
+
+fn qom_list(args: &JsonObject) -> Reply {
+    let path = str_arg(args, "path");
+    match node(path) {
+        Some(props) => Reply::Return(Value::Array(
+            props
+                .iter()
+                .map(|(n, t, _)| json!({"name": n, "type": t}))
+                .collect(),
+        )),
+        None => not_found(path),
+    }
+}
+
+fn qom_get(args: &JsonObject) -> Reply {
+    let path = str_arg(args, "path");
+    let prop = str_arg(args, "property");
+    let Some(props) = node(path) else {
+        return not_found(path);
+    };
+    match props.into_iter().find(|(n, _, _)| *n == prop) {
+        Some((_, _, Some(v))) => Reply::Return(v),
+        Some(_) => Reply::error(
+            "GenericError",
+            format!("Property 'fake-machine.{prop}' is not readable"),
+        ),
+        None => Reply::error("GenericError", format!("Property '{prop}' not found")),
+    }
+}
+
+fn qom_list_get(args: &JsonObject) -> Reply {
+    let mut out = Vec::new();
+    for p in args
+        .get("paths")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let path = p.as_str().unwrap_or("");
+        let Some(props) = node(path) else {
+            return not_found(path);
+        };
+        let props: Vec<Value> = props
+            .into_iter()
+            .map(|(n, t, v)| match v {
+                Some(v) => json!({"name": n, "type": t, "value": v}),
+                None => json!({"name": n, "type": t}),
+            })
+            .collect();
+        out.push(json!({ "properties": props }));
+    }
+    Reply::Return(Value::Array(out))
+}
+
+const EXPECTED_TREE: &str = "\
+/
+  type: container (string)
+
+/machine
+  type: fake-machine (string)
+  flag: True (bool)
+  opts: {'a': [1, 'x'], 'n': None} (Opts)
+  secret: SECRET (str)
+  boot-cpu: /machine/cpu0 (link<cpu>)
+
+/machine/cpu0
+  type: cpu (string)
+  speed: 3.5 (double)
+
+/machine/peripheral
+  type: container (string)
+
+";
+
+fn commands(server: &TestServer) -> Vec<(String, Value)> {
+    server
+        .received()
+        .into_iter()
+        .map(|r| {
+            (
+                str_arg(&r, "execute").to_owned(),
+                r.get("arguments").cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+struct Served {
+    server: TestServer,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn start(with_list_get: bool) -> Served {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = TestServer::builder()
+            .handler("qom-list", qom_list)
+            .handler("qom-get", qom_get);
+        if with_list_get {
+            builder = builder.handler("qom-list-get", qom_list_get);
+        }
+        let server = rt
+            .block_on(builder.bind_unix(dir.path().join("qmp.sock")))
+            .unwrap();
+        Served {
+            server,
+            rt,
+            _dir: dir,
+        }
+    }
+
+    fn qom(&self, args: &[&str]) -> Run {
+        let qemu_qmp::Address::Unix(path) = self.server.address() else {
+            unreachable!()
+        };
+        qom(&path, args)
+    }
+
+    fn stop(self) {
+        self.rt.block_on(self.server.shutdown());
+    }
+}
+
+#[test]
+fn tree_uses_qom_list_get_when_offered() {
+    let served = Served::start(true);
+    let out = served.qom(&["tree"]);
+    assert_eq!(
+        out.ok(),
+        EXPECTED_TREE.replace("SECRET", "<EXCEPTION: property could not be read>")
+    );
+    let cmds = commands(&served.server);
+    let names: Vec<&str> = cmds.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "qmp_capabilities",
+            "query-commands",
+            "qom-list-get",
+            "qom-list-get",
+            "qom-list-get",
+        ],
+        "{cmds:?}"
+    );
+    // The siblings are read in one batch, as QEMU's tool does.
+    assert_eq!(cmds[2].1, json!({"paths": ["/"]}));
+    assert_eq!(cmds[3].1, json!({"paths": ["/machine"]}));
+    assert_eq!(
+        cmds[4].1,
+        json!({"paths": ["/machine/cpu0", "/machine/peripheral"]})
+    );
+
+    // A subtree, and a path that does not exist.
+    let sub = served.qom(&["tree", "/machine/cpu0"]);
+    assert_eq!(
+        sub.ok(),
+        "/machine/cpu0\n  type: cpu (string)\n  speed: 3.5 (double)\n\n"
+    );
+    let err = served.qom(&["tree", "/nope"]);
+    assert!(
+        err.fails()
+            .starts_with("qom: /nope: Device '/nope' not found"),
+        "{}",
+        err.stderr
+    );
+    served.stop();
+}
+
+#[test]
+fn tree_falls_back_to_qom_list_and_qom_get() {
+    let served = Served::start(false);
+    let out = served.qom(&["tree"]);
+    assert_eq!(
+        out.ok(),
+        EXPECTED_TREE.replace(
+            "SECRET",
+            "<EXCEPTION: Property 'fake-machine.secret' is not readable>"
+        )
+    );
+    let names: Vec<String> = commands(&served.server)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(!names.iter().any(|n| n == "qom-list-get"), "{names:?}");
+    assert_eq!(names.iter().filter(|n| *n == "qom-list").count(), 4);
+    // One qom-get per property that is not a child: 1 + 5 + 2 + 1.
+    assert_eq!(names.iter().filter(|n| *n == "qom-get").count(), 9);
+
+    // list and get against the same fake.
+    assert_eq!(
+        served.qom(&["list", "/machine"]).ok(),
+        "type\nflag\nopts\nsecret\ncpu0/\n@boot-cpu/\nperipheral/\n"
+    );
+    assert_eq!(
+        served.qom(&["get", "/machine.opts"]).ok(),
+        "a: [1, 'x']\nn: None\n"
+    );
+    assert_eq!(served.qom(&["get", "/machine/cpu0.speed"]).ok(), "3.5\n");
+    let err = served.qom(&["get", "/machine.secret"]);
+    assert_eq!(
+        err.fails(),
+        "qom: /machine.secret: Property 'fake-machine.secret' is not readable\n"
+    );
+    served.stop();
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead.sock");
+    // Bound and listening, never accepting: the connection waits in the backlog.
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let start = Instant::now();
+    let r = run_with(
+        QOM,
+        &["-s", path.to_str().unwrap(), "--timeout", "0.5", "list"],
+        &[],
+        RUN_TIMEOUT,
+    );
+    let msg = r.fails();
+    assert!(msg.contains("timed out"), "{msg}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}

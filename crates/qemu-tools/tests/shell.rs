@@ -1,0 +1,863 @@
+//! qmp-shell and qmp-shell-wrap end to end: the real binaries on a pseudo-terminal
+//! (expectrl), against a real `qemu-system-x86_64 -machine none`.
+//!
+//! QEMU's monitors listen on sockets the test binds and hands over as inherited
+//! descriptors (see the shared harness), so the shell can connect at once. Each test
+//! skips with a `SKIPPED:` line when QEMU is missing (and fails under `CI=true`).
+//! The terminal tests run one at a time: expectrl polls, and two CPUs are shared with
+//! QEMU and the shell.
+
+#[path = "../../qemu-qmp/tests/common/mod.rs"]
+mod common;
+
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::QemuProcess;
+use expectrl::process::unix::WaitStatus;
+use expectrl::session::OsSession;
+use expectrl::Session;
+use serde_json::{json, Value};
+
+/// The longest any single expectation may wait.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+const SHELL: &str = env!("CARGO_BIN_EXE_qmp-shell");
+const WRAP: &str = env!("CARGO_BIN_EXE_qmp-shell-wrap");
+
+/// One terminal test at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// QEMU with two QMP monitors, each listening on a socket in its directory: one for
+/// the shell, one for the test to act on QEMU behind the shell's back.
+struct Qemu {
+    /// Killed and reaped on drop.
+    process: QemuProcess,
+    qmp: PathBuf,
+    qmp2: PathBuf,
+}
+
+fn start_qemu() -> Option<Qemu> {
+    let binary = common::qemu_system()?;
+    let dir = tempfile::Builder::new()
+        .prefix("qmp-shell-")
+        .tempdir()
+        .expect("temporary directory");
+    let qmp = dir.path().join("qmp.sock");
+    let qmp2 = dir.path().join("qmp2.sock");
+    let l1 = UnixListener::bind(&qmp).expect("bind qmp.sock");
+    let l2 = UnixListener::bind(&qmp2).expect("bind qmp2.sock");
+    let args = [
+        "-machine".to_owned(),
+        "none".to_owned(),
+        "-nodefaults".to_owned(),
+        "-display".to_owned(),
+        "none".to_owned(),
+        "-chardev".to_owned(),
+        format!("socket,id=qmp,fd={},server=on,wait=off", raw(&l1)),
+        "-mon".to_owned(),
+        "chardev=qmp,mode=control".to_owned(),
+        "-chardev".to_owned(),
+        format!("socket,id=qmp2,fd={},server=on,wait=off", raw(&l2)),
+        "-mon".to_owned(),
+        "chardev=qmp2,mode=control".to_owned(),
+    ];
+    let process = QemuProcess::spawn_in(dir, &binary, &args, &[l1.as_fd(), l2.as_fd()]);
+    // Our listeners close here: QEMU holds the only copies.
+    Some(Qemu { process, qmp, qmp2 })
+}
+
+fn raw(l: &UnixListener) -> i32 {
+    use std::os::fd::AsRawFd;
+    l.as_raw_fd()
+}
+
+/// A program on a pseudo-terminal, with a transcript for failure messages.
+struct Pty {
+    session: OsSession,
+    /// Output not consumed by an expectation yet.
+    pending: Vec<u8>,
+    /// Everything the program wrote.
+    transcript: Vec<u8>,
+    eof: bool,
+}
+
+impl Pty {
+    fn spawn(program: &str, args: &[&str], history: &Path) -> Pty {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("TERM", "xterm")
+            .env("QMP_SHELL_HISTORY", history)
+            .env_remove("QMP_SOCKET")
+            .env_remove("RUST_LOG");
+        let mut session = Session::spawn(cmd).expect("spawn on a pty");
+        session.set_expect_timeout(Some(TIMEOUT));
+        // Wide enough that no line the tests type or expect wraps.
+        session
+            .get_process_mut()
+            .set_window_size(250, 50)
+            .expect("set the window size");
+        Pty {
+            session,
+            pending: Vec::new(),
+            transcript: Vec::new(),
+            eof: false,
+        }
+    }
+
+    fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.transcript).into_owned()
+    }
+
+    /// Read what is available; false when nothing was.
+    fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        match self.session.try_read(&mut buf) {
+            Ok(0) => {
+                self.eof = true;
+                false
+            }
+            Ok(n) => {
+                self.pending.extend_from_slice(&buf[..n]);
+                self.transcript.extend_from_slice(&buf[..n]);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            // EIO: the program has exited and closed the terminal.
+            Err(_) => {
+                self.eof = true;
+                false
+            }
+        }
+    }
+
+    /// Wait (at most [`TIMEOUT`]) for `needle`; returns the output before it.
+    #[track_caller]
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(i) = find(&self.pending, needle.as_bytes()) {
+                let before = String::from_utf8_lossy(&self.pending[..i]).into_owned();
+                self.pending.drain(..i + needle.len());
+                return before;
+            }
+            if self.eof {
+                panic!(
+                    "the program ended before printing {needle:?}; it printed:\n{}",
+                    self.shown()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {needle:?} within {TIMEOUT:?}; the program printed:\n{}",
+                    self.shown()
+                );
+            }
+            if !self.fill() {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        self.session
+            .write_all(text.as_bytes())
+            .expect("write to the pty");
+        self.session.flush().expect("flush the pty");
+    }
+
+    /// Type text the way a terminal delivers a paste (bracketed), and wait for the
+    /// line editor to show it.
+    ///
+    /// Keys are never sent several to a write: with an external printer, rustyline 17
+    /// handles only the first key of a read until more input arrives
+    /// (kkawakam/rustyline#976), while a bracketed paste is read whole. Control keys
+    /// go one at a time with [`Pty::send`], after the effect of the previous one is
+    /// visible.
+    #[track_caller]
+    fn type_text(&mut self, text: &str) {
+        self.paste(text);
+        self.expect(text);
+    }
+
+    /// Send text as a bracketed paste, without waiting.
+    fn paste(&mut self, text: &str) {
+        self.send(&format!("\x1b[200~{text}\x1b[201~"));
+    }
+
+    /// Type a line and press Enter.
+    #[track_caller]
+    fn line(&mut self, text: &str) {
+        self.type_text(text);
+        self.send("\r");
+    }
+
+    /// Wait for a line holding a JSON object for which `pred` is true (other lines
+    /// are skipped); returns it. Comparing values, not text, keeps the tests
+    /// independent of the order of members.
+    #[track_caller]
+    fn expect_json_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no JSON line with {what} within {TIMEOUT:?}; the program printed:\n{}",
+                self.shown()
+            );
+            let line = self.expect("\r\n");
+            if let Some(v) = line
+                .find('{')
+                .and_then(|i| serde_json::from_str::<Value>(line[i..].trim_end()).ok())
+            {
+                if pred(&v) {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// Wait for a line holding exactly this JSON value.
+    #[track_caller]
+    fn expect_json(&mut self, expected: Value) {
+        let what = expected.to_string();
+        self.expect_json_where(&what, |v| *v == expected);
+    }
+
+    /// Wait (bounded) for the program to exit; returns its exit code.
+    #[track_caller]
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            // Keep draining, so the program never blocks on a full terminal.
+            self.fill();
+            match self.session.get_process().status() {
+                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    panic!("killed by {sig:?}; it printed:\n{}", self.shown())
+                }
+                Ok(_) => {}
+                Err(e) => panic!("waitpid: {e}"),
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "still running after {TIMEOUT:?}; it printed:\n{}",
+                    self.shown()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.session.get_process().pid().as_raw() as u32
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A temporary directory for a history file.
+fn history_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("qmp-shell-history-")
+        .tempdir()
+        .expect("temporary directory")
+}
+
+/// Start qmp-shell on QEMU's first monitor and wait for the prompt.
+fn shell(qemu: &Qemu, args: &[&str], history: &Path) -> Pty {
+    let path = qemu.qmp.to_str().expect("UTF-8 path");
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(path);
+    let mut pty = Pty::spawn(SHELL, &all, history);
+    pty.expect("(QEMU) ");
+    pty
+}
+
+#[test]
+fn a_command_and_its_reply_then_an_error_reply() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let path = qemu.qmp.to_str().unwrap();
+    let mut sh = Pty::spawn(SHELL, &[path], &hist.path().join("h"));
+    let banner = sh.expect("(QEMU) ");
+    assert!(
+        banner.contains("Welcome to the QMP low-level shell!"),
+        "{banner}"
+    );
+    assert!(banner.contains("Connected to QEMU 7."), "{banner}");
+
+    sh.line("query-status");
+    sh.expect_json(json!({"return": {"status": "running", "singlestep": false, "running": true}}));
+    sh.expect("(QEMU) ");
+
+    sh.line("query-no-such-thing");
+    sh.expect_json(json!({"error": {"class": "CommandNotFound", "desc": "The command query-no-such-thing has not been found"}}));
+    sh.expect("(QEMU) ");
+
+    // A parse error is reported and the shell goes on.
+    sh.line("query-status bogus");
+    sh.expect("Error while parsing command line: Expected a key=value pair, got 'bogus'");
+    sh.expect("(QEMU) ");
+    sh.line(r#"{"execute": "query-status", "id": "mine"}"#);
+    sh.expect_json_where("id \"mine\"", |v| {
+        v["id"] == "mine" && v["return"]["running"] == true
+    });
+    sh.expect("(QEMU) ");
+
+    sh.send("\x04"); // Ctrl-D
+    assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
+    drop(qemu);
+}
+
+#[test]
+fn tab_completes_command_and_argument_names() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let mut sh = shell(&qemu, &[], &hist.path().join("h"));
+
+    // QEMU 7.2 has query-stats, query-stats-schemas and query-status: the first Tab
+    // completes the common part, the second lists them.
+    sh.type_text("query-sta");
+    sh.send("\t");
+    sh.expect("query-stat");
+    sh.send("\t");
+    let listing = sh.expect("query-status");
+    assert!(listing.contains("query-stats"), "{}", sh.shown());
+    sh.paste("u");
+    sh.expect("query-statu");
+    sh.send("\t");
+    sh.expect("query-status ");
+    sh.send("\r");
+    sh.expect_json_where("status running", |v| v["return"]["status"] == "running");
+    sh.expect("(QEMU) ");
+
+    // Argument names come from the schema.
+    sh.type_text("block-dirty-bitmap-add no");
+    sh.send("\t");
+    sh.expect("node=");
+    sh.send("\x03"); // Ctrl-C: drop the line
+    sh.expect("(QEMU) ");
+    sh.send("\x04");
+    assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
+}
+
+#[test]
+fn an_event_is_shown_while_idle_and_the_line_survives() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let mut sh = shell(&qemu, &[], &hist.path().join("h"));
+
+    // Half a command typed, then QEMU stops behind the shell's back.
+    sh.type_text("query-");
+    let other = qemu_qmp::blocking::Client::connect(qemu.qmp2.as_path()).expect("second monitor");
+    other.execute("stop", None).expect("stop");
+    sh.expect(r#""event": "STOP""#);
+    // The prompt and the half-typed line are redrawn below the event.
+    sh.expect("(QEMU) query-");
+    sh.line("status");
+    sh.expect_json(json!({"return": {"status": "paused", "singlestep": false, "running": false}}));
+    sh.expect("(QEMU) ");
+
+    other.execute("cont", None).expect("cont");
+    sh.expect(r#""event": "RESUME""#);
+    sh.expect("(QEMU) ");
+    other.close().expect("close");
+    sh.send("\x04");
+    assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
+}
+
+#[test]
+fn ctrl_c_stops_waiting_for_a_reply() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let mut sh = shell(&qemu, &["-v"], &hist.path().join("h"));
+
+    // A frozen QEMU never answers.
+    qemu.process
+        .signal(rustix::process::Signal::STOP)
+        .expect("SIGSTOP");
+    sh.line("query-status");
+    // -v echoes the request just before the shell starts waiting.
+    sh.expect_json(json!({"execute": "query-status", "arguments": {}}));
+    thread::sleep(Duration::from_millis(100));
+    sh.send("\x03");
+    sh.expect("Interrupted: no longer waiting for the reply to 'query-status'");
+    sh.expect("(QEMU) ");
+    qemu.process
+        .signal(rustix::process::Signal::CONT)
+        .expect("SIGCONT");
+
+    // The late reply is dropped; the next command gets its own.
+    sh.line("query-version");
+    sh.expect_json_where("a version", |v| v["return"]["qemu"]["major"].is_u64());
+    sh.expect("(QEMU) ");
+    sh.send("\x04");
+    assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
+}
+
+#[test]
+fn qemu_going_away_at_the_prompt_ends_the_shell() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let mut sh = shell(&qemu, &[], &hist.path().join("h"));
+    sh.type_text("query-");
+    qemu.process.kill_now();
+    sh.expect("Disconnected: QEMU closed the connection");
+    assert_eq!(sh.wait_exit(), 1, "{}", sh.shown());
+}
+
+#[test]
+fn history_is_kept_across_sessions() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let file = hist.path().join("history");
+
+    let mut first = shell(&qemu, &[], &file);
+    first.line("query-version");
+    first.expect_json_where("a version", |v| v["return"]["qemu"]["major"].is_u64());
+    first.expect("(QEMU) ");
+    first.send("\x04");
+    assert_eq!(first.wait_exit(), 0, "{}", first.shown());
+    let saved = std::fs::read_to_string(&file).expect("history file written");
+    assert_eq!(saved, "query-version\n");
+
+    let mut second = shell(&qemu, &[], &file);
+    second.send("\x1b[A"); // Up
+    second.expect("query-version");
+    second.send("\r");
+    second.expect_json_where("a version", |v| v["return"]["qemu"]["major"].is_u64());
+    second.expect("(QEMU) ");
+    second.send("\x04");
+    assert_eq!(second.wait_exit(), 0, "{}", second.shown());
+}
+
+#[test]
+fn transactions_multi_line_and_one_line() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let mut sh = shell(&qemu, &["-v"], &hist.path().join("h"));
+
+    sh.line("blockdev-add driver=null-co node-name=n0");
+    sh.expect_json(json!({"return": {}}));
+    sh.expect("(QEMU) ");
+    sh.line("transaction(");
+    sh.expect("TRANS> ");
+    sh.line("block-dirty-bitmap-add node=n0 name=b0");
+    sh.expect("TRANS> ");
+    sh.line("block-dirty-bitmap-add node=n0 name=b1 persistent=false");
+    sh.expect("TRANS> ");
+    sh.line(")");
+    // -v shows the request built from the three lines.
+    sh.expect_json(json!({"execute": "transaction", "arguments": {"actions": [
+        {"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b0"}},
+        {"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b1", "persistent": false}},
+    ]}}));
+    sh.expect_json(json!({"return": {}}));
+    sh.expect("(QEMU) ");
+
+    // The bitmaps exist now.
+    sh.line("block-dirty-bitmap-add node=n0 name=b1");
+    sh.expect_json_where("a bitmap error", |v| {
+        v["error"]["desc"] == "Bitmap already exists: b1"
+    });
+    sh.expect("(QEMU) ");
+
+    // One line; the abort action fails the whole transaction.
+    sh.line("transaction( abort )");
+    sh.expect_json(json!({"error": {"class": "GenericError", "desc": "Transaction aborted using Abort action"}}));
+    sh.expect("(QEMU) ");
+    sh.send("\x04");
+    assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
+}
+
+#[test]
+fn hmp_mode() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let path = qemu.qmp.to_str().unwrap();
+    let mut sh = Pty::spawn(SHELL, &["-H", path], &hist.path().join("h"));
+    let banner = sh.expect("(QEMU) ");
+    assert!(banner.contains("Welcome to the HMP shell!"), "{banner}");
+
+    sh.line("info status");
+    sh.expect("VM status: running");
+    sh.expect("(QEMU) ");
+    // -machine none has no CPU 0.
+    sh.line("cpu 0");
+    sh.expect("bad CPU index");
+    sh.expect("(QEMU) ");
+    sh.line("cpu x");
+    sh.expect("cpu command takes an integer argument");
+    sh.expect("(QEMU) ");
+    // HMP completion from 'info'.
+    sh.type_text("info versi");
+    sh.send("\t");
+    sh.expect("info version");
+    sh.send("\r");
+    sh.expect("7.2.");
+    sh.expect("(QEMU) ");
+    sh.send("\x04");
+    assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
+}
+
+#[test]
+fn skip_negotiation_with_qemu() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let path = qemu.qmp.to_str().unwrap();
+    let mut sh = Pty::spawn(SHELL, &["-N", path], &hist.path().join("h"));
+    let banner = sh.expect("(QEMU) ");
+    assert!(banner.contains("Connected"), "{banner}");
+    assert!(!banner.contains("Connected to QEMU"), "{banner}");
+
+    sh.line("query-status");
+    sh.expect_json(json!({"error": {"class": "CommandNotFound", "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}}));
+    sh.expect("(QEMU) ");
+    sh.line("qmp_capabilities");
+    sh.expect_json(json!({"return": {}}));
+    sh.expect("(QEMU) ");
+    sh.line("query-status");
+    sh.expect_json_where("status running", |v| v["return"]["status"] == "running");
+    sh.expect("(QEMU) ");
+    sh.send("\x04");
+    assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
+}
+
+#[test]
+fn skip_negotiation_with_the_guest_agent() {
+    let _serial = serial();
+    let Some(ga) = common::qemu_ga() else { return };
+    let dir = tempfile::Builder::new()
+        .prefix("qmp-shell-ga-")
+        .tempdir()
+        .expect("temporary directory");
+    let sock = dir.path().join("ga.sock");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let args = [
+        "-m".to_owned(),
+        "unix-listen".to_owned(),
+        "-p".to_owned(),
+        sock.to_str().unwrap().to_owned(),
+        "-t".to_owned(),
+        state.to_str().unwrap().to_owned(),
+        "-f".to_owned(),
+        dir.path().join("ga.pid").to_str().unwrap().to_owned(),
+    ];
+    let _agent = QemuProcess::spawn(&ga, &args, &[]);
+    // qemu-ga creates its socket itself: wait for it, bounded.
+    let deadline = Instant::now() + TIMEOUT;
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "qemu-ga did not create {}",
+            sock.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let hist = history_dir();
+    let mut sh = Pty::spawn(
+        SHELL,
+        &["-N", sock.to_str().unwrap()],
+        &hist.path().join("h"),
+    );
+    let banner = sh.expect("(QEMU) ");
+    assert!(banner.contains("Connected"), "{banner}");
+    // Command names come from guest-info when query-commands does not exist.
+    sh.type_text("guest-pin");
+    sh.send("\t");
+    sh.expect("guest-ping ");
+    sh.send("\r");
+    sh.expect_json(json!({"return": {}}));
+    sh.expect("(QEMU) ");
+    sh.send("\x04");
+    assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
+}
+
+/// Run a program with `input` on a pipe; bounded. Returns status, stdout, stderr.
+fn run_piped(program: &str, args: &[&str], input: &str) -> (ExitStatus, String, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .env_remove("QMP_SOCKET")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_owned();
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{program} {args:?} did not exit within {TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    writer.join().unwrap();
+    (
+        status,
+        out_reader.join().unwrap(),
+        err_reader.join().unwrap(),
+    )
+}
+
+#[test]
+fn non_interactive_runs_exit_with_the_result() {
+    let Some(qemu) = start_qemu() else { return };
+    let path = qemu.qmp.to_str().unwrap();
+
+    let (status, out, err) = run_piped(SHELL, &[path], "query-status\n\nquery-version\n");
+    assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let replies: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(replies.len(), 2, "{out}");
+    assert_eq!(replies[0]["return"]["status"], "running", "{out}");
+    assert!(replies[1]["return"]["qemu"]["major"].is_u64(), "{out}");
+    assert!(!out.contains("Welcome") && !out.contains("(QEMU)"), "{out}");
+
+    let (status, out, err) = run_piped(
+        SHELL,
+        &[path],
+        "query-status\nno-such-command\nquery-status\n",
+    );
+    assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains(r#""class": "CommandNotFound""#), "{out}");
+
+    let (status, out, err) = run_piped(SHELL, &["-p", path], "query-status x\nquery-status\n");
+    assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("Expected a key=value pair, got 'x'"), "{err}");
+    assert!(
+        out.contains("{\n    \"return\": {\n        \"running\": true,"),
+        "{out}"
+    );
+
+    // The address may come from $QMP_SOCKET; -l logs requests with their replies.
+    let dir = history_dir();
+    let log = dir.path().join("log.jsonl");
+    let mut child = Command::new(SHELL)
+        .args(["-l", log.to_str().unwrap()])
+        .env("QMP_SOCKET", path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().unwrap().write_all(b"stop\n").unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "qmp-shell did not exit");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let entries: Vec<Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        entries.contains(&json!({"execute": "stop", "arguments": {}, "return": {}})),
+        "{logged}"
+    );
+    assert!(entries.iter().any(|e| e["event"] == "STOP"), "{logged}");
+}
+
+#[test]
+fn connection_failures_are_reported() {
+    let dir = history_dir();
+    let missing = dir.path().join("nothing-here.sock");
+    let (status, out, err) = run_piped(SHELL, &[missing.to_str().unwrap()], "");
+    assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.starts_with("ERROR: failed to connect to"), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+
+    let (status, _, err) = run_piped(SHELL, &["localhost:port"], "");
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("bad port 'port'"), "{err}");
+
+    let (status, _, err) = run_piped(SHELL, &[], "");
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        err.contains("QMP socket or TCP address must be specified"),
+        "{err}"
+    );
+}
+
+/// Children of `pid` whose executable name starts with `qemu`.
+fn qemu_children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        let name = std::fs::read_link(format!("/proc/{child}/exe"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        if ppid == Some(&pid.to_string()) && name.starts_with("qemu") {
+            found.push(child);
+        }
+    }
+    found
+}
+
+fn gone(pid: u32) -> bool {
+    match common::proc_state(pid) {
+        None => true,
+        // Someone else's process by now, or an unreaped zombie of the dead wrapper.
+        Some('Z') => true,
+        Some(_) => std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| !p.to_string_lossy().contains("qemu"))
+            .unwrap_or(true),
+    }
+}
+
+fn wrap_session(leave: &str) {
+    let _serial = serial();
+    let Some(qemu_bin) = common::qemu_system() else {
+        return;
+    };
+    let hist = history_dir();
+    let bin = qemu_bin.to_str().unwrap();
+    let mut sh = Pty::spawn(
+        WRAP,
+        &[
+            "--",
+            bin,
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+        ],
+        &hist.path().join("h"),
+    );
+    let banner = sh.expect("(QEMU) ");
+    assert!(banner.contains("Connected to QEMU 7."), "{banner}");
+    let children = qemu_children_of(sh.pid());
+    assert_eq!(children.len(), 1, "one QEMU expected: {children:?}");
+    sh.line("query-status");
+    sh.expect_json_where("status running", |v| v["return"]["status"] == "running");
+    sh.expect("(QEMU) ");
+    let expected_status = match leave {
+        "quit" => {
+            sh.line("quit");
+            sh.expect(r#""event": "SHUTDOWN""#);
+            0
+        }
+        "SIGTERM" => {
+            let pid = rustix::process::Pid::from_raw(sh.pid() as i32).expect("a pid");
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+            143
+        }
+        keys => {
+            sh.send(keys);
+            0
+        }
+    };
+    assert_eq!(sh.wait_exit(), expected_status, "{}", sh.shown());
+    assert!(
+        !sh.shown().contains("ERROR"),
+        "the shutdown reported a problem:\n{}",
+        sh.shown()
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !gone(children[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU {} is still running",
+            children[0]
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn wrap_runs_a_command_and_quit_ends_qemu() {
+    wrap_session("quit");
+}
+
+#[test]
+fn wrap_shuts_qemu_down_when_the_shell_ends() {
+    wrap_session("\x04");
+}
+
+#[test]
+fn wrap_shuts_qemu_down_on_sigterm() {
+    wrap_session("SIGTERM");
+}
+
+#[test]
+fn wrap_launch_failure_shows_qemu_output() {
+    let Some(qemu_bin) = common::qemu_system() else {
+        return;
+    };
+    let bin = qemu_bin.to_str().unwrap();
+    let (status, out, err) = run_piped(WRAP, &["--", bin, "-machine", "none", "-bogus-option"], "");
+    assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("-bogus-option: invalid option"), "{err}");
+
+    let (status, _, err) = run_piped(WRAP, &["--", "/nonexistent/qemu-system-x86_64"], "");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        err.contains("QEMU executable '/nonexistent/qemu-system-x86_64' not found."),
+        "{err}"
+    );
+}
