@@ -344,7 +344,7 @@ fn fsfreeze_and_fstrim() {
     );
     assert_eq!(
         fake.run(&["fstrim", "65536"]).ok(),
-        "{'paths': [{'path': '/', 'trimmed': 4096, 'minimum': 0}]}\n"
+        "{'paths': [{'minimum': 0, 'path': '/', 'trimmed': 4096}]}\n"
     );
     fake.run(&["fstrim"]).ok();
     let cmds = fake.commands();
