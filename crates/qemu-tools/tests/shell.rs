@@ -175,17 +175,13 @@ impl Pty {
         self.session.flush().expect("flush the pty");
     }
 
-    /// Type text the way a terminal delivers a paste (bracketed), and wait for the
-    /// line editor to show it.
-    ///
-    /// Keys are never sent several to a write: with an external printer, rustyline 17
-    /// handles only the first key of a read until more input arrives
-    /// (kkawakam/rustyline#976), while a bracketed paste is read whole. Control keys
-    /// go one at a time with [`Pty::send`], after the effect of the previous one is
+    /// Type text as a user does (several keys to a write, as a fast typist or a slow
+    /// link delivers them), and wait for the line editor to show it. Control keys go
+    /// one at a time with [`Pty::send`], after the effect of the previous one is
     /// visible.
     #[track_caller]
     fn type_text(&mut self, text: &str) {
-        self.paste(text);
+        self.send(text);
         self.expect(text);
     }
 
