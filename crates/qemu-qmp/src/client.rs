@@ -1114,6 +1114,10 @@ impl Session {
                         error!("{e}");
                         return e;
                     }
+                    // Non-blocking reads never yield on their own: under a flood the
+                    // reader would keep its worker, and a listener it just woke (which
+                    // tokio parks in that worker's unstealable LIFO slot) would starve.
+                    tokio::task::consume_budget().await;
                 }
                 Ok(None) => {
                     info!("the peer closed the connection");

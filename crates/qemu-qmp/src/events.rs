@@ -341,6 +341,38 @@ impl EventListener {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
+    /// Wait for at least one event, then move every queued event (up to `limit`) into
+    /// `buf` under one lock; returns how many were added. Cheaper per event than
+    /// [`recv`](Self::recv) for a consumer that handles floods (like tokio's
+    /// `mpsc::Receiver::recv_many`). Losses and the end of the session are reported as
+    /// by `recv`, once the events queued before them have been taken.
+    pub async fn recv_many(
+        &mut self,
+        buf: &mut Vec<Event>,
+        limit: usize,
+    ) -> Result<usize, RecvError> {
+        std::future::poll_fn(|cx| {
+            let mut q = self.shared.lock();
+            if q.lost > 0 {
+                let n = std::mem::take(&mut q.lost);
+                return Poll::Ready(Err(RecvError::Lagged(n)));
+            }
+            if !q.events.is_empty() {
+                let n = q.events.len().min(limit.max(1));
+                buf.extend(q.events.drain(..n));
+                return Poll::Ready(Ok(n));
+            }
+            match &q.closed {
+                Closed::Open => {
+                    q.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                Closed::Closed(c) => Poll::Ready(Err(RecvError::Closed(c.clone()))),
+            }
+        })
+        .await
+    }
+
     /// [`recv`](Self::recv) with a deadline.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Event, RecvError> {
         match tokio::time::timeout(timeout, self.recv()).await {
@@ -473,6 +505,34 @@ mod tests {
         r2.dispatch(&ev("LATE", 1));
         r2.wake();
         assert_eq!(h.await.unwrap().unwrap().name(), "LATE");
+    }
+
+    #[tokio::test]
+    async fn recv_many_takes_a_batch_and_reports_losses() {
+        let reg = Arc::new(Registry::default());
+        let mut l = reg.register(ListenOptions::new().capacity(4));
+        for i in 0..3 {
+            reg.dispatch(&ev("E", i));
+        }
+        let mut buf = Vec::new();
+        assert_eq!(l.recv_many(&mut buf, 2).await.unwrap(), 2);
+        assert_eq!(l.recv_many(&mut buf, 10).await.unwrap(), 1);
+        assert_eq!(buf.len(), 3);
+        for i in 3..9 {
+            reg.dispatch(&ev("E", i));
+        }
+        assert!(matches!(
+            l.recv_many(&mut buf, 10).await,
+            Err(RecvError::Lagged(2))
+        ));
+        buf.clear();
+        assert_eq!(l.recv_many(&mut buf, 10).await.unwrap(), 4);
+        assert_eq!(buf[0].data()["n"], 5);
+        reg.close_all(None);
+        assert!(matches!(
+            l.recv_many(&mut buf, 10).await,
+            Err(RecvError::Closed(None))
+        ));
     }
 
     #[tokio::test]

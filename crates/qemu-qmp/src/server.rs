@@ -183,6 +183,7 @@ pub enum Fault {
 }
 
 type Handler = Arc<dyn Fn(&JsonObject) -> Reply + Send + Sync>;
+type FaultHook = Arc<dyn Fn(&str, &JsonObject) -> Option<Fault> + Send + Sync>;
 
 #[derive(Clone)]
 enum GreetingMode {
@@ -198,6 +199,8 @@ pub struct TestServerBuilder {
     capabilities: Vec<String>,
     greeting: GreetingMode,
     handlers: HashMap<String, Handler>,
+    fault_hook: Option<FaultHook>,
+    drop_unsent_events: bool,
     record: bool,
     max_message_size: usize,
 }
@@ -218,6 +221,8 @@ impl fmt::Debug for TestServerBuilder {
                 },
             )
             .field("handlers", &handlers)
+            .field("fault_hook", &self.fault_hook.is_some())
+            .field("drop_unsent_events", &self.drop_unsent_events)
             .field("record", &self.record)
             .field("max_message_size", &self.max_message_size)
             .finish()
@@ -239,6 +244,8 @@ impl Default for TestServerBuilder {
             capabilities: vec!["oob".into()],
             greeting: GreetingMode::Standard,
             handlers: HashMap::new(),
+            fault_hook: None,
+            drop_unsent_events: false,
             record: true,
             max_message_size: DEFAULT_SERVER_MAX_MESSAGE_SIZE,
         }
@@ -284,6 +291,30 @@ impl TestServerBuilder {
         f: impl Fn(&JsonObject) -> Reply + Send + Sync + 'static,
     ) -> Self {
         self.handlers.insert(command.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Ask `f` for a fault for every command, with the command's name and arguments
+    /// (an empty object when there are none), after the command ran and before its
+    /// reply is sent. Called for every well-formed request, `qmp_capabilities` and
+    /// unknown commands included. A fault queued with [`TestServer::inject`] takes
+    /// precedence over the one `f` returns, which takes precedence over a
+    /// [`Reply::Fault`] from a handler.
+    pub fn fault_hook(
+        mut self,
+        f: impl Fn(&str, &JsonObject) -> Option<Fault> + Send + Sync + 'static,
+    ) -> Self {
+        self.fault_hook = Some(Arc::new(f));
+        self
+    }
+
+    /// Like QEMU, drop the events [emitted](TestServer::emit) while no client has
+    /// completed negotiation (none is connected, or the one connected has not sent
+    /// `qmp_capabilities` yet), instead of keeping them for the next client (default
+    /// false). Clients that expect the reply to `qmp_capabilities` to be the first
+    /// message after the greeting need this when events are emitted at any time.
+    pub fn drop_unsent_events(mut self, yes: bool) -> Self {
+        self.drop_unsent_events = yes;
         self
     }
 
@@ -390,6 +421,8 @@ impl TestServerBuilder {
                 version_json: version_json.into(),
                 commands_json: commands_json.into(),
                 handlers: self.handlers,
+                fault_hook: self.fault_hook,
+                drop_unsent_events: self.drop_unsent_events,
                 record: self.record,
                 max_message_size: self.max_message_size,
             },
@@ -633,6 +666,8 @@ struct Config {
     version_json: Arc<[u8]>,
     commands_json: Arc<[u8]>,
     handlers: HashMap<String, Handler>,
+    fault_hook: Option<FaultHook>,
+    drop_unsent_events: bool,
     record: bool,
     max_message_size: usize,
 }
@@ -872,6 +907,7 @@ impl Connection {
         if let Some(g) = &self.shared.config.greeting {
             self.out.buf.extend_from_slice(g);
         }
+        self.drop_unsent_events();
         if self.negotiated {
             self.take_events();
         }
@@ -914,6 +950,8 @@ impl Connection {
                 () = self.shared.wake.notified() => {
                     if self.negotiated {
                         self.take_events();
+                    } else {
+                        self.drop_unsent_events();
                     }
                 }
             }
@@ -1070,7 +1108,11 @@ impl Connection {
             Ok((name, args, _oob)) => {
                 let fault = self.shared.next_fault();
                 let (answer, handler_fault, post) = self.dispatch(name, args);
-                let fault = fault.or(handler_fault);
+                let hooked = match &self.shared.config.fault_hook {
+                    Some(hook) => hook(name, args),
+                    None => None,
+                };
+                let fault = fault.or(hooked).or(handler_fault);
                 if let Some(f) = &fault {
                     debug!("fault on the reply to '{name}': {f:?}");
                 }
@@ -1179,7 +1221,26 @@ impl Connection {
             .is_some_and(|caps| caps.iter().any(|c| c == "oob"));
         self.oob = wants_oob && self.shared.config.capabilities.iter().any(|c| c == "oob");
         debug!("negotiated (oob {})", if self.oob { "on" } else { "off" });
+        self.drop_unsent_events();
         self.take_events();
+    }
+
+    /// With [`TestServerBuilder::drop_unsent_events`], drop the events waiting to be
+    /// sent (called while no client has negotiated).
+    fn drop_unsent_events(&mut self) {
+        if !self.shared.config.drop_unsent_events {
+            return;
+        }
+        let n = {
+            let mut s = self.shared.lock();
+            let n = s.events.len();
+            s.events.clear();
+            n
+        };
+        self.events_more = false;
+        if n > 0 {
+            debug!("dropped {n} event(s) emitted while no client had negotiated");
+        }
     }
 
     fn qmp_capabilities<'a>(&mut self, args: &JsonObject) -> Answer<'a> {
