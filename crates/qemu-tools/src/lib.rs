@@ -4,3 +4,4 @@
 pub mod ga;
 pub mod qom;
 pub mod shell;
+pub mod test_server;
