@@ -435,7 +435,7 @@ impl ClientBuilder {
         Ok(Server { core, address })
     }
 
-    /// Like [`listen`](Self::listen), on a listening Unix socket made by the caller
+    /// Like [`start_server`](Self::start_server), on a listening Unix socket made by the caller
     /// (its file is left for the caller to remove).
     pub fn start_server_with_listener(self, listener: UnixListener) -> Result<Server> {
         check_runtime()?;
@@ -453,7 +453,7 @@ impl ClientBuilder {
         })
     }
 
-    /// Like [`listen`](Self::listen), on a listening TCP socket made by the caller.
+    /// Like [`start_server`](Self::start_server), on a listening TCP socket made by the caller.
     pub fn start_server_with_tcp_listener(self, listener: std::net::TcpListener) -> Result<Server> {
         check_runtime()?;
         let local = listener
@@ -715,9 +715,9 @@ impl Client {
     /// Send a request object as given and return the whole reply, error replies
     /// included (Python: `cmd_obj()`).
     ///
-    /// An `id` in the message is kept (it must not start with
-    /// [`AUTO_ID_PREFIX`](crate::message::AUTO_ID_PREFIX)) and comes back in the
-    /// reply; without one, only one such command may be in flight at a time.
+    /// An `id` in the message is kept and comes back in the reply (it must not be in
+    /// use by another command in flight); without one, only one such command may be
+    /// in flight at a time.
     ///
     /// ```no_run
     /// # fn f(qmp: qemu_qmp::blocking::Client) -> qemu_qmp::Result<()> {

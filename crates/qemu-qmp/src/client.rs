@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::address::ToAddress;
 use crate::error::{Error, ExecuteError, ProtocolError, Result};
 use crate::events::{EventListener, ListenOptions, Registry};
 use crate::framing::{Decoder, JsonObject, DEFAULT_MAX_MESSAGE_SIZE};
-use crate::message::{self, request_command, Greeting, Message, Response, AUTO_ID_PREFIX};
+use crate::message::{self, request_command, Greeting, Message, Response};
 use crate::runstate::Runstate;
 use crate::transport::{dup_fd, Listener, Stream, Writer};
 
@@ -668,13 +667,6 @@ impl Client {
         message: JsonObject,
         timeout: Option<Duration>,
     ) -> Result<Response> {
-        if let Some(id) = message.get("id") {
-            if id.as_str().is_some_and(|s| s.starts_with(AUTO_ID_PREFIX)) {
-                return Err(Error::InvalidRequest(format!(
-                    "ids starting with '{AUTO_ID_PREFIX}' are reserved for the library"
-                )));
-            }
-        }
         let session = self.session()?;
         let timeout = timeout.or(self.inner.config.command_timeout);
         session.call(message, false, Vec::new(), timeout).await
@@ -801,14 +793,22 @@ impl Request<'_> {
         self
     }
 
-    /// Send and return the whole reply, error replies included.
+    /// Send and return the whole reply, error replies included. The id the library
+    /// chose for the request, if it needed one, is removed from the reply, so the
+    /// reply reads as QEMU's answer to the command as typed.
     pub async fn send_raw(self) -> Result<Response> {
         if let Some(e) = self.fd_error {
             return Err(Error::io("duplicating a descriptor", e));
         }
         let session = self.client.session()?;
         let msg = message::make_request(&self.command, self.arguments, self.oob, None);
-        session.call(msg, true, self.fds, self.timeout).await
+        let (sent, mut reply) = session
+            .call_keep_request(msg, true, self.fds, self.timeout)
+            .await?;
+        if sent.contains_key("id") {
+            reply.raw.remove("id");
+        }
+        Ok(reply)
     }
 
     /// Send and return the `return` value; an error reply becomes [`Error::Execute`].
@@ -1009,7 +1009,6 @@ struct Session {
     oob: bool,
     /// Bounds in-band commands in flight when OOB is on.
     inband: Option<Arc<Semaphore>>,
-    next_id: AtomicU64,
     pending: Mutex<Pending>,
     ended: Notify,
     registry: Arc<Registry>,
@@ -1021,13 +1020,52 @@ struct Session {
 struct Pending {
     /// Keyed by the JSON text of the id; `None` for an id-less command.
     map: HashMap<Option<String>, Entry>,
+    /// Automatic ids free for reuse, and the next never used.
+    free_ids: Vec<u64>,
+    next_id: u64,
     ended: bool,
     cause: Option<Error>,
+}
+
+impl Pending {
+    /// Give a request the shortest identity that is unambiguous: none at all when no
+    /// id-less command is in flight (its reply is the one reply without an id), else
+    /// the smallest free number. QEMU reads a monitor's input one byte per read
+    /// call, so every byte of a request costs the round trip several microseconds.
+    fn assign_id(&mut self, msg: &mut JsonObject) -> (Option<String>, Option<u64>) {
+        if !self.map.contains_key(&None) {
+            msg.remove("id");
+            return (None, None);
+        }
+        loop {
+            let n = self.free_ids.pop().unwrap_or_else(|| {
+                self.next_id += 1;
+                self.next_id - 1
+            });
+            let key = Some(n.to_string());
+            // A caller's own numeric id (execute_raw) may hold this number.
+            if !self.map.contains_key(&key) {
+                msg.insert("id".into(), Value::from(n));
+                return (key, Some(n));
+            }
+        }
+    }
+
+    /// Remove an entry, releasing its automatic id.
+    fn take(&mut self, key: &Option<String>) -> Option<Entry> {
+        let entry = self.map.remove(key)?;
+        if let Some(n) = entry.auto_id {
+            self.free_ids.push(n);
+        }
+        Some(entry)
+    }
 }
 
 struct Entry {
     tx: oneshot::Sender<Result<Response>>,
     command: String,
+    /// The automatic id, returned to the free list when the reply arrives.
+    auto_id: Option<u64>,
     /// Held until the reply arrives, even if the caller stops waiting: the command
     /// still occupies the server's queue until then.
     _permit: Option<OwnedSemaphorePermit>,
@@ -1054,7 +1092,6 @@ impl Session {
             greeting,
             oob,
             inband: oob.then(|| Arc::new(Semaphore::new(QEMU_INBAND_QUEUE - 1))),
-            next_id: AtomicU64::new(0),
             pending: Mutex::new(Pending::default()),
             ended: Notify::new(),
             registry,
@@ -1165,13 +1202,13 @@ impl Session {
         let key = reply.id().map(|id| id.to_string());
         let entry = {
             let mut p = self.pending();
-            match p.map.remove(&key) {
+            match p.take(&key) {
                 Some(e) => Some(e),
                 // A peer that does not echo ids: the reply belongs to the only command
                 // in flight.
                 None if key.is_none() && p.map.len() == 1 => {
                     let k = p.map.keys().next().cloned();
-                    k.and_then(|k| p.map.remove(&k))
+                    k.and_then(|k| p.take(&k))
                 }
                 None => None,
             }
@@ -1258,18 +1295,8 @@ impl Session {
             ),
             _ => None,
         };
-        let key = if assign_id {
-            let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let id = format!("{AUTO_ID_PREFIX}{n:05}");
-            let key = format!("\"{id}\"");
-            msg.insert("id".into(), Value::String(id));
-            Some(key)
-        } else {
-            msg.get("id").map(|v| v.to_string())
-        };
-        let bytes = message::encode(&msg);
         let (tx, rx) = oneshot::channel();
-        {
+        let key = {
             let mut p = self.pending();
             if p.ended {
                 let cause = p.cause.clone();
@@ -1278,27 +1305,33 @@ impl Session {
                     cause: cause.map(Box::new),
                 });
             }
-            if p.map.contains_key(&key) {
-                return Err(Error::InvalidRequest(match &key {
-                    Some(k) => format!("id {k} is already in use by a command in flight"),
-                    None => {
-                        "another command without an id is already in flight; give this one an id"
-                            .into()
-                    }
-                }));
-            }
+            let (key, auto_id) = if assign_id {
+                p.assign_id(&mut msg)
+            } else {
+                let key = msg.get("id").map(|v| v.to_string());
+                if p.map.contains_key(&key) {
+                    return Err(Error::InvalidRequest(match &key {
+                        Some(k) => format!("id {k} is already in use by a command in flight"),
+                        None => "another command without an id is already in flight; give this one an id".into(),
+                    }));
+                }
+                (key, None)
+            };
             p.map.insert(
                 key.clone(),
                 Entry {
                     tx,
                     command: command.clone(),
+                    auto_id,
                     _permit: permit,
                 },
             );
-        }
+            key
+        };
+        let bytes = message::encode(&msg);
         trace!(name = %self.label, "--> {command}");
         if let Err(e) = self.writer.send(bytes, fds) {
-            self.pending().map.remove(&key);
+            self.pending().take(&key);
             return Err(self.write_error(Some(&command), e));
         }
         match rx.await {

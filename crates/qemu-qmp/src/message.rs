@@ -13,10 +13,6 @@ use serde_json::Value;
 /// A JSON object, the shape of every QMP message.
 pub type JsonObject = serde_json::Map<String, Value>;
 
-/// The prefix of the ids this library assigns (the same as Python's `qemu.qmp`).
-/// User-chosen ids must not start with it.
-pub const AUTO_ID_PREFIX: &str = "__qmp#";
-
 /// The QMP greeting: `{"QMP": {"version": {...}, "capabilities": [...]}}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Greeting {

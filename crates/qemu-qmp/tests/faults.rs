@@ -341,13 +341,20 @@ fn no_id_error_with_two_commands_in_flight_is_a_server_parse_error() {
         let base = server.requests();
         server.inject(Fault::Hang);
         server.inject(Fault::NoId);
-        let mut first = pin!(qmp.execute("echo", None));
+        // Both with ids: an id-less reply can then belong to neither.
+        let with_id = |cmd: &str, id: &str| {
+            let Value::Object(m) = json!({"execute": cmd, "id": id}) else {
+                unreachable!()
+            };
+            m
+        };
+        let mut first = pin!(qmp.execute_raw(with_id("echo", "a"), None));
         tokio::select! {
             biased;
             r = &mut first => panic!("a hung command completed: {r:?}"),
             r = server.wait_for_requests(base + 1, T) => r.unwrap(),
         }
-        let err = bounded(qmp.execute("no-such-command", None))
+        let err = bounded(qmp.execute_raw(with_id("no-such-command", "b"), None))
             .await
             .unwrap_err();
         match interrupted_cause(err) {
@@ -558,13 +565,11 @@ fn two_hundred_concurrent_echoes_get_their_own_replies() {
             n += 1;
         }
         assert_eq!(n, 200);
-        let ids: std::collections::HashSet<String> = server
-            .received()
-            .iter()
-            .filter(|r| r["execute"] == "echo")
-            .map(|r| r["id"].to_string())
-            .collect();
-        assert_eq!(ids.len(), 200);
+        let echoes = server.received();
+        let echoes: Vec<_> = echoes.iter().filter(|r| r["execute"] == "echo").collect();
+        assert_eq!(echoes.len(), 200);
+        // Ids are as short as the library can make them: numbers, reused once free.
+        assert!(echoes.iter().all(|r| r.get("id").is_none_or(Value::is_u64)));
         qmp.disconnect().await.unwrap();
     });
 }
@@ -1062,6 +1067,38 @@ fn descriptors_passed_with_scm_rights() {
             .await
             .unwrap();
         assert_eq!(server.received_fds(), 5);
+        qmp.disconnect().await.unwrap();
+    });
+}
+
+#[test]
+fn requests_carry_the_shortest_unambiguous_id() {
+    run(async {
+        let (server, _dir) = unix_server(TestServer::builder()).await;
+        let qmp = connect(&server).await;
+        let base = server.requests();
+        // Alone in flight: no id at all (QEMU reads its input a byte at a time).
+        qmp.execute("echo", Some(json!({"n": 1}))).await.unwrap();
+        // Two in flight: the second gets the smallest free number.
+        server.inject(Fault::Delay(Duration::from_millis(200)));
+        let (a, b) = tokio::join!(
+            qmp.execute("echo", Some(json!({"n": 2}))),
+            qmp.execute("echo", Some(json!({"n": 3})))
+        );
+        assert_eq!(a.unwrap(), json!({"n": 2}));
+        assert_eq!(b.unwrap(), json!({"n": 3}));
+        // Alone again: no id; a raw request keeps the caller's.
+        qmp.execute("echo", Some(json!({"n": 4}))).await.unwrap();
+        let Value::Object(raw) = json!({"execute": "echo", "id": 0}) else {
+            unreachable!()
+        };
+        let reply = qmp.execute_raw(raw, None).await.unwrap();
+        assert_eq!(reply.id(), Some(&json!(0)));
+        let ids: Vec<Option<Value>> = server.received()[base..]
+            .iter()
+            .map(|r| r.get("id").cloned())
+            .collect();
+        assert_eq!(ids, [None, None, Some(json!(0)), None, Some(json!(0))]);
         qmp.disconnect().await.unwrap();
     });
 }

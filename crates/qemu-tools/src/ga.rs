@@ -719,7 +719,9 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
     let body = match bytes.iter().position(|&b| b == b'=') {
         Some(p) => {
-            if bytes[p..].iter().any(|&b| b != b'=') || bytes.len() - p > 2 || bytes.len() % 4 != 0
+            if bytes[p..].iter().any(|&b| b != b'=')
+                || bytes.len() - p > 2
+                || !bytes.len().is_multiple_of(4)
             {
                 return Err("bad base64 padding".into());
             }

@@ -211,7 +211,7 @@ pub(crate) fn encode_base64(bytes: &[u8]) -> String {
 /// Decodes standard padded base64; `None` when it is malformed.
 pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);

@@ -10,7 +10,6 @@
 
 use std::fmt::Write as _;
 
-use qemu_qmp::message::AUTO_ID_PREFIX;
 use qemu_qmp::{JsonObject, Value};
 
 /// Format a value as QEMU's shell does: one line, or pretty (indented, sorted keys).
@@ -127,20 +126,6 @@ fn write_pretty_object(out: &mut String, m: &JsonObject, level: usize) {
     out.push('}');
 }
 
-/// Remove the id the client library added to a request (`__qmp#...`) from its reply,
-/// so that a reply looks as it would to a command sent without an id. An id the user
-/// chose is kept.
-pub fn strip_auto_id(reply: &mut JsonObject) {
-    if reply
-        .get("id")
-        .and_then(Value::as_str)
-        .is_some_and(|id| id.starts_with(AUTO_ID_PREFIX))
-    {
-        // `retain` keeps the order of the other members, whichever map serde_json uses.
-        reply.retain(|k, _| k != "id");
-    }
-}
-
 /// Merge a request and its reply into one object, as QEMU's shell writes its log
 /// (`{**command, **reply}`): the reply's members win.
 pub fn merge_for_log(request: &JsonObject, reply: &JsonObject) -> JsonObject {
@@ -194,19 +179,6 @@ mod tests {
 }"#
         );
         assert_eq!(format_json(&json!({}), true), "{}");
-    }
-
-    #[test]
-    fn only_the_library_id_is_stripped() {
-        let mut r = json!({"return": {}, "id": "__qmp#00003"});
-        strip_auto_id(r.as_object_mut().unwrap());
-        assert_eq!(r, json!({"return": {}}));
-        let mut r = json!({"return": {}, "id": "mine"});
-        strip_auto_id(r.as_object_mut().unwrap());
-        assert_eq!(r, json!({"return": {}, "id": "mine"}));
-        let mut r = json!({"return": {}, "id": 5});
-        strip_auto_id(r.as_object_mut().unwrap());
-        assert_eq!(r, json!({"return": {}, "id": 5}));
     }
 
     #[test]

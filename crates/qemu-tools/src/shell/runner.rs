@@ -11,7 +11,7 @@ use std::time::Duration;
 use qemu_qmp::{Client, Error, JsonObject, RecvError, Response, Value};
 
 use super::complete::{self, ShellHelper};
-use super::display::{format_json, format_object, merge_for_log, strip_auto_id};
+use super::display::{format_json, format_object, merge_for_log};
 use super::input::{
     default_history_file, read_history, write_history, EventSink, Input, Interrupter, PipedInput,
     Terminal, HISTORY_SIZE,
@@ -655,8 +655,7 @@ impl Shell {
                 self.outcome.terminated = true;
             }
             Waited::Done(Ok(resp)) => {
-                let mut raw = resp.raw;
-                strip_auto_id(&mut raw);
+                let raw = resp.raw;
                 if raw.contains_key("error") {
                     self.outcome.failures += 1;
                 }
