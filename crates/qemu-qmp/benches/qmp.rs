@@ -15,17 +15,13 @@
 //! The two clients take turns (several rounds, best round kept for each) so that
 //! machine noise hits both alike. Set `BENCH_QUICK=1` for a short run.
 
-#[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::QemuProcess;
 use qemu_qmp::{json, Client, Value};
+use qemu_testkit::QemuProcess;
 
 struct Sizes {
     rounds: usize,
@@ -214,7 +210,7 @@ fn round(x: f64, places: i32) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
-    if common::qemu_system().is_none() {
+    if qemu_testkit::qemu_system().is_none() {
         eprintln!("qemu-system-x86_64 is missing: nothing to measure");
         return;
     }

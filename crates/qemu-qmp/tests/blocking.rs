@@ -5,8 +5,6 @@
 //! Most tests are plain `#[test]`s: the blocking client must work without any async
 //! runtime in the caller.
 
-mod common;
-
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -14,9 +12,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::QemuProcess;
 use qemu_qmp::blocking::{Client, Wait};
 use qemu_qmp::{json, Address, Error, Event, Runstate, Value};
+use qemu_testkit::QemuProcess;
 use rustix::process::Signal;
 
 /// Generous bound for anything QEMU does, for slow CI machines.
@@ -25,8 +23,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// QEMU paused at startup (`-S`), its QMP monitor on a socketpair, and a blocking
 /// client connected to it. Drop the client before the QEMU (declaration order).
 fn qemu_and_client() -> Option<(Client, QemuProcess)> {
-    common::qemu_system()?;
-    common::init_tracing();
+    qemu_testkit::qemu_system()?;
+    qemu_testkit::init_tracing();
     let (qemu, stream) = QemuProcess::system_with_socketpair(&["-S"]);
     let client = Client::builder()
         .name("test")
@@ -38,7 +36,7 @@ fn qemu_and_client() -> Option<(Client, QemuProcess)> {
 /// Every QEMU this process started is gone once its `QemuProcess` is dropped.
 fn assert_no_qemu_left(qemu: QemuProcess) {
     drop(qemu);
-    common::assert_no_qemu_children();
+    qemu_testkit::assert_no_qemu_children();
 }
 
 fn object(v: Value) -> qemu_qmp::JsonObject {
@@ -201,7 +199,7 @@ fn commands_from_several_threads() {
 
 #[test]
 fn command_timeout_and_the_session_goes_on() {
-    let Some(_) = common::qemu_system() else {
+    let Some(_) = qemu_testkit::qemu_system() else {
         return;
     };
     let (qemu, stream) = QemuProcess::system_with_socketpair(&["-S"]);
@@ -335,7 +333,7 @@ fn get_events_and_clear_events() {
 
 #[test]
 fn a_full_event_queue_drops_the_oldest_and_counts() {
-    let Some(_) = common::qemu_system() else {
+    let Some(_) = qemu_testkit::qemu_system() else {
         return;
     };
     let (qemu, stream) = QemuProcess::system_with_socketpair(&["-S"]);
@@ -357,10 +355,10 @@ fn a_full_event_queue_drops_the_oldest_and_counts() {
 /// the first monitor is queued by the first client's background reader.
 #[test]
 fn events_are_queued_while_the_caller_does_nothing() {
-    let Some(binary) = common::qemu_system() else {
+    let Some(binary) = qemu_testkit::qemu_system() else {
         return;
     };
-    common::init_tracing();
+    qemu_testkit::init_tracing();
     let (ours1, theirs1) = UnixStream::pair().unwrap();
     let (ours2, theirs2) = UnixStream::pair().unwrap();
     let (theirs1, theirs2) = (OwnedFd::from(theirs1), OwnedFd::from(theirs2));
@@ -491,10 +489,10 @@ fn socket_path(dir: &tempfile::TempDir) -> PathBuf {
 
 #[test]
 fn server_mode_accepts_qemu() {
-    let Some(_) = common::qemu_system() else {
+    let Some(_) = qemu_testkit::qemu_system() else {
         return;
     };
-    common::init_tracing();
+    qemu_testkit::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let path = socket_path(&dir);
     let server = Client::start_server(&path).unwrap();
@@ -519,10 +517,10 @@ fn server_mode_accepts_qemu() {
 
 #[test]
 fn server_mode_on_a_listener_of_the_caller() {
-    let Some(_) = common::qemu_system() else {
+    let Some(_) = qemu_testkit::qemu_system() else {
         return;
     };
-    common::init_tracing();
+    qemu_testkit::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let path = socket_path(&dir);
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -558,10 +556,10 @@ fn accept_timeout_leaves_no_socket_file() {
 
 #[test]
 fn server_mode_over_tcp() {
-    let Some(binary) = common::qemu_system() else {
+    let Some(binary) = qemu_testkit::qemu_system() else {
         return;
     };
-    common::init_tracing();
+    qemu_testkit::init_tracing();
     let server = Client::start_server("127.0.0.1:0").unwrap();
     let Address::Tcp { host, port } = server.address() else {
         panic!("{:?}", server.address());
@@ -665,7 +663,7 @@ fn send_fd_scm_then_getfd() {
 
 /// Connects on a thread of its own, so the client is made outside any runtime.
 fn connect_outside_runtime(name: &str) -> Option<(Client, QemuProcess)> {
-    common::qemu_system()?;
+    qemu_testkit::qemu_system()?;
     let name = name.to_owned();
     thread::spawn(move || {
         let (qemu, stream) = QemuProcess::system_with_socketpair(&["-S"]);
@@ -812,7 +810,7 @@ fn measure(mut execute: impl FnMut()) -> (f64, f64) {
 #[test]
 #[ignore = "a measurement, not a test"]
 fn round_trip() {
-    let Some(_) = common::qemu_system() else {
+    let Some(_) = qemu_testkit::qemu_system() else {
         return;
     };
     let qemu = QemuProcess::system_with_listener(&["-S"]);

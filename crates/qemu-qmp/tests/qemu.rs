@@ -3,13 +3,11 @@
 //!
 //! Each test skips (loudly) when the binary is missing, and fails under `CI=true`.
 
-mod common;
-
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use common::QemuProcess;
 use qemu_qmp::{json, Client, Error, ListenOptions, RecvError, Runstate};
+use qemu_testkit::QemuProcess;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -25,7 +23,7 @@ async fn connect(qemu: &QemuProcess) -> Client {
 
 #[tokio::test]
 async fn negotiates_and_queries_the_version() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let qemu = QemuProcess::system_with_listener(&[]);
     let qmp = connect(&qemu).await;
     assert_eq!(qmp.runstate(), Runstate::Running);
@@ -44,7 +42,7 @@ async fn negotiates_and_queries_the_version() {
 
 #[tokio::test]
 async fn storage_daemon_speaks_qmp_too() {
-    common::require_storage_daemon!();
+    qemu_testkit::require_storage_daemon!();
     let qemu = QemuProcess::storage_daemon_with_listener(&[]);
     let qmp = connect(&qemu).await;
     let nodes = qmp.execute("query-named-block-nodes", None).await.unwrap();
@@ -72,7 +70,7 @@ async fn storage_daemon_speaks_qmp_too() {
 
 #[tokio::test]
 async fn error_replies_keep_their_class() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let qemu = QemuProcess::system_with_listener(&[]);
     let qmp = connect(&qemu).await;
 
@@ -100,7 +98,7 @@ async fn error_replies_keep_their_class() {
 
 #[tokio::test]
 async fn stop_and_cont_reach_listeners_with_names_and_filters() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let qemu = QemuProcess::system_with_listener(&["-S"]);
     let qmp = connect(&qemu).await;
 
@@ -143,7 +141,7 @@ async fn stop_and_cont_reach_listeners_with_names_and_filters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_commands_are_routed_by_id() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let qemu = QemuProcess::system_with_listener(&[]);
     let qmp = connect(&qemu).await;
     let options = qmp
@@ -186,7 +184,7 @@ async fn two_hundred_concurrent_commands_are_routed_by_id() {
 
 #[tokio::test]
 async fn exec_oob_when_negotiated() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let qemu = QemuProcess::system_with_listener(&[]);
     let qmp = connect(&qemu).await;
     assert!(qmp.oob_enabled());
@@ -216,7 +214,7 @@ async fn exec_oob_when_negotiated() {
 
 #[tokio::test]
 async fn oob_can_be_declined() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let qemu = QemuProcess::system_with_listener(&[]);
     let qmp = Client::builder()
         .enable_oob(false)
@@ -234,7 +232,7 @@ async fn oob_can_be_declined() {
 
 #[tokio::test]
 async fn passes_file_descriptors_to_getfd_and_add_fd() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let qemu = QemuProcess::system_with_listener(&[]);
     let qmp = connect(&qemu).await;
     let file = tempfile::tempfile().unwrap();
@@ -296,7 +294,7 @@ async fn passes_file_descriptors_to_getfd_and_add_fd() {
 
 #[tokio::test]
 async fn server_mode_qemu_connects_to_us() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("listen.sock");
     let qmp = Client::builder().name("server").build();
@@ -334,7 +332,7 @@ async fn accept_times_out_and_cleans_up() {
 
 #[tokio::test]
 async fn sigkill_fails_pending_commands_at_once() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let mut qemu = QemuProcess::system_with_listener(&[]);
     let qmp = connect(&qemu).await;
     let mut events = qmp.listen_all();
@@ -384,14 +382,14 @@ async fn sigkill_fails_pending_commands_at_once() {
 
 #[tokio::test]
 async fn pretty_monitor_and_a_large_reply() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("qmp.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let chardev = format!("socket,id=qmp,fd={fd},server=on,wait=off");
     let qemu = QemuProcess::spawn(
-        &common::qemu_system().unwrap(),
+        &qemu_testkit::qemu_system().unwrap(),
         &[
             "-machine",
             "none",
@@ -420,7 +418,7 @@ async fn pretty_monitor_and_a_large_reply() {
 
 #[tokio::test]
 async fn a_small_message_limit_ends_the_session_cleanly() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let qemu = QemuProcess::system_with_listener(&[]);
     let qmp = Client::builder()
         .max_message_size(64 * 1024)
@@ -435,7 +433,7 @@ async fn a_small_message_limit_ends_the_session_cleanly() {
 
 #[tokio::test]
 async fn reconnects_after_disconnect() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let qemu = QemuProcess::system_with_listener(&[]);
     let qmp = connect(&qemu).await;
     qmp.execute("query-status", None).await.unwrap();
@@ -471,7 +469,7 @@ async fn reconnects_after_disconnect() {
 
 #[tokio::test]
 async fn connects_over_a_socketpair() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let (_qemu, ours) = QemuProcess::system_with_socketpair(&[]);
     let qmp = Client::connect(ours).await.unwrap();
     qmp.execute("query-status", None).await.unwrap();
@@ -480,13 +478,13 @@ async fn connects_over_a_socketpair() {
 
 #[tokio::test]
 async fn connects_over_tcp() {
-    common::require_qemu_system!();
+    qemu_testkit::require_qemu_system!();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let chardev = format!("socket,id=qmp,fd={fd},server=on,wait=off");
     let qemu = QemuProcess::spawn(
-        &common::qemu_system().unwrap(),
+        &qemu_testkit::qemu_system().unwrap(),
         &[
             "-machine",
             "none",
@@ -541,7 +539,7 @@ guest-file-read,guest-file-seek,guest-file-flush,guest-network-get-interfaces";
 /// `qemu-ga` listening on a socket we bound, handed over by socket activation
 /// (`LISTEN_FDS`), so it is connectable as soon as it starts.
 fn start_agent() -> Option<(QemuProcess, std::path::PathBuf, tempfile::TempDir)> {
-    let ga = common::qemu_ga()?;
+    let ga = qemu_testkit::qemu_ga()?;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qga.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();

@@ -11,9 +11,6 @@
 //! Tests that need `qemu-ga` print `SKIPPED: ...` without it, and fail under
 //! `CI=true`. Every run of the binary has a deadline.
 
-#[path = "../../qemu-qmp/tests/common/mod.rs"]
-mod common;
-
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -22,9 +19,9 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::QemuProcess;
 use qemu_qmp::server::{Fault, Reply, TestServer, TestServerBuilder};
 use qemu_qmp::{json, JsonObject, Value};
+use qemu_testkit::QemuProcess;
 
 const GA: &str = env!("CARGO_BIN_EXE_qemu-ga-client");
 /// Deadline for one run of the binary.
@@ -126,7 +123,7 @@ fn ga(address: &Path, args: &[&str]) -> Run {
 /// `qemu-ga` listening on a socket we bound, handed over by socket activation
 /// (`LISTEN_FDS`), so it is connectable as soon as it starts.
 fn start_agent() -> Option<(QemuProcess, PathBuf, tempfile::TempDir)> {
-    let ga = common::qemu_ga()?;
+    let ga = qemu_testkit::qemu_ga()?;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qga.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -157,7 +154,7 @@ fn read_only_commands_against_a_real_agent() {
     let Some((agent, sock, dir)) = start_agent() else {
         return;
     };
-    let version = Command::new(common::qemu_ga().unwrap())
+    let version = Command::new(qemu_testkit::qemu_ga().unwrap())
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())

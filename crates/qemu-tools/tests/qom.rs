@@ -4,18 +4,15 @@
 //! Tests that need `qemu-system-x86_64` print `SKIPPED: ...` without it, and fail
 //! under `CI=true`. Every run of the binary has a deadline.
 
-#[path = "../../qemu-qmp/tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::QemuProcess;
 use qemu_qmp::server::{Reply, TestServer};
 use qemu_qmp::{json, JsonObject, Value};
+use qemu_testkit::QemuProcess;
 
 const QOM: &str = env!("CARGO_BIN_EXE_qom");
 /// Deadline for one run of the binary.
@@ -103,7 +100,7 @@ fn qom(socket: &Path, args: &[&str]) -> Run {
 
 /// A stopped `-machine pc` QEMU with a listening QMP socket.
 fn qemu_pc() -> Option<QemuProcess> {
-    common::qemu_system()?;
+    qemu_testkit::qemu_system()?;
     Some(QemuProcess::system_with_listener(&[
         "-machine", "pc", "-accel", "tcg", "-S",
     ]))

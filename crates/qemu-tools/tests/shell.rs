@@ -7,9 +7,6 @@
 //! The terminal tests run one at a time: expectrl polls, and two CPUs are shared with
 //! QEMU and the shell.
 
-#[path = "../../qemu-qmp/tests/common/mod.rs"]
-mod common;
-
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
@@ -19,10 +16,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::QemuProcess;
 use expectrl::process::unix::WaitStatus;
 use expectrl::session::OsSession;
 use expectrl::Session;
+use qemu_testkit::QemuProcess;
 use serde_json::{json, Value};
 
 /// The longest any single expectation may wait.
@@ -47,7 +44,7 @@ struct Qemu {
 }
 
 fn start_qemu() -> Option<Qemu> {
-    let binary = common::qemu_system()?;
+    let binary = qemu_testkit::qemu_system()?;
     let dir = tempfile::Builder::new()
         .prefix("qmp-shell-")
         .tempdir()
@@ -542,7 +539,9 @@ fn skip_negotiation_with_qemu() {
 #[test]
 fn skip_negotiation_with_the_guest_agent() {
     let _serial = serial();
-    let Some(ga) = common::qemu_ga() else { return };
+    let Some(ga) = qemu_testkit::qemu_ga() else {
+        return;
+    };
     let dir = tempfile::Builder::new()
         .prefix("qmp-shell-ga-")
         .tempdir()
@@ -755,7 +754,7 @@ fn qemu_children_of(pid: u32) -> Vec<u32> {
 }
 
 fn gone(pid: u32) -> bool {
-    match common::proc_state(pid) {
+    match qemu_testkit::proc_state(pid) {
         None => true,
         // Someone else's process by now, or an unreaped zombie of the dead wrapper.
         Some('Z') => true,
@@ -767,7 +766,7 @@ fn gone(pid: u32) -> bool {
 
 fn wrap_session(leave: &str) {
     let _serial = serial();
-    let Some(qemu_bin) = common::qemu_system() else {
+    let Some(qemu_bin) = qemu_testkit::qemu_system() else {
         return;
     };
     let hist = history_dir();
@@ -842,7 +841,7 @@ fn wrap_shuts_qemu_down_on_sigterm() {
 
 #[test]
 fn wrap_launch_failure_shows_qemu_output() {
-    let Some(qemu_bin) = common::qemu_system() else {
+    let Some(qemu_bin) = qemu_testkit::qemu_system() else {
         return;
     };
     let bin = qemu_bin.to_str().unwrap();

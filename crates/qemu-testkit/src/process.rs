@@ -1,309 +1,34 @@
-//! Shared harness for integration tests that run real QEMU processes.
-//!
-//! Use it from a test file with `mod common;`. Every test file compiles its
-//! own copy of this module and uses only part of it, hence the `allow`s.
-//!
-//! Typical use:
-//!
-//! ```ignore
-//! mod common;
-//! use common::QemuProcess;
-//!
-//! #[tokio::test]
-//! async fn greeting() {
-//!     let Some(_qemu) = common::qemu_system() else { return };
-//!     let qemu = QemuProcess::system_with_listener(&[]);
-//!     let stream = tokio::net::UnixStream::connect(qemu.qmp_path()).await.unwrap();
-//!     // ... no polling or sleeping needed: the socket exists before QEMU starts.
-//! }
-//! ```
-//!
-//! Binaries are looked up in an environment variable first (for example
-//! `QEMU_SYSTEM_X86_64=/opt/qemu/bin/qemu-system-x86_64`), then in `PATH`. When
-//! one is missing, the lookup functions print a `SKIPPED:` line straight to
-//! stderr (not captured by libtest) and return `None`, so the test can return
-//! early. Under `CI=true` (or `CI=1`) they panic instead, so CI cannot go green
-//! by silently skipping everything.
-//!
-//! Every QEMU is started with `PR_SET_PDEATHSIG=SIGKILL` from one long-lived
-//! spawner thread (the death signal is tied to the thread that forked, so a
-//! short-lived thread would take QEMU down with it). `QemuProcess` sends
-//! SIGKILL to its child and reaps it on drop, including while unwinding from a
-//! panic. If the whole test process dies, the kernel kills QEMU.
-
-// `unused` (dead_code, unused_macros, unused_imports): not `dead_code` itself,
-// which clippy would flag as duplicated where a file says `#[allow(dead_code)] mod common;`.
-#![allow(unused)]
+//! [`QemuProcess`]: QEMU (or any program) as a child that cannot outlive the test.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, Once, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
-/// Environment variable that overrides the `qemu-system-x86_64` binary.
-pub const QEMU_SYSTEM_ENV: &str = "QEMU_SYSTEM_X86_64";
-/// Environment variable that overrides the `qemu-storage-daemon` binary.
-pub const STORAGE_DAEMON_ENV: &str = "QEMU_STORAGE_DAEMON";
-/// Environment variable that overrides the `qemu-ga` binary.
-pub const QEMU_GA_ENV: &str = "QEMU_GA";
-/// Environment variable that overrides the `qemu-img` binary.
-pub const QEMU_IMG_ENV: &str = "QEMU_IMG";
+use crate::binaries::{require_binary, QEMU_SYSTEM_ENV, STORAGE_DAEMON_ENV};
 
 /// Largest Unix socket path (`sun_path` is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-// ---------------------------------------------------------------------------
-// Finding binaries
-// ---------------------------------------------------------------------------
-
-/// `qemu-system-x86_64` (or `$QEMU_SYSTEM_X86_64`), or `None` after printing a
-/// `SKIPPED:` line. Panics when it is missing and `CI=true`.
-///
-/// `let Some(qemu) = common::qemu_system() else { return };`
-pub fn qemu_system() -> Option<PathBuf> {
-    find_binary("qemu-system-x86_64", QEMU_SYSTEM_ENV)
-}
-
-/// `qemu-storage-daemon` (or `$QEMU_STORAGE_DAEMON`); see [`qemu_system`].
-pub fn storage_daemon() -> Option<PathBuf> {
-    find_binary("qemu-storage-daemon", STORAGE_DAEMON_ENV)
-}
-
-/// `qemu-ga` (or `$QEMU_GA`); see [`qemu_system`].
-pub fn qemu_ga() -> Option<PathBuf> {
-    find_binary("qemu-ga", QEMU_GA_ENV)
-}
-
-/// `qemu-img` (or `$QEMU_IMG`); see [`qemu_system`].
-pub fn qemu_img() -> Option<PathBuf> {
-    find_binary("qemu-img", QEMU_IMG_ENV)
-}
-
-/// Returns early from the calling test (which must return `()`) when
-/// `qemu-system-x86_64` is missing. Use as `common::require_qemu_system!();`.
-macro_rules! require_qemu_system {
-    () => {
-        if $crate::common::qemu_system().is_none() {
-            return;
-        }
-    };
-}
-pub(crate) use require_qemu_system;
-
-/// Returns early from the calling test when `qemu-storage-daemon` is missing.
-macro_rules! require_storage_daemon {
-    () => {
-        if $crate::common::storage_daemon().is_none() {
-            return;
-        }
-    };
-}
-pub(crate) use require_storage_daemon;
-
-/// Finds `name`: the path in `env_var` if that is set (a bare name in it is
-/// looked up in `PATH`), else `name` in `PATH`.
-///
-/// When it is not found: panics if `CI` is `true` or `1`, otherwise writes
-/// `SKIPPED: <test> needs <name>, ...` to stderr (bypassing libtest's output
-/// capture so it is always visible) and returns `None`.
-pub fn find_binary(name: &str, env_var: &str) -> Option<PathBuf> {
-    match locate_binary(name, env_var) {
-        Ok(path) => Some(path),
-        Err(why) => {
-            if is_ci() {
-                panic!(
-                    "{name} not found and CI=true: install it with apt-get install -y {} ({why})",
-                    debian_package(name)
-                );
-            }
-            let test = thread::current()
-                .name()
-                .filter(|n| *n != "main")
-                .unwrap_or("<unknown test>")
-                .to_owned();
-            // Not eprintln!: libtest captures that and only shows it for failing tests.
-            let _ = writeln!(io::stderr().lock(), "SKIPPED: {test} needs {name}, {why}");
-            None
-        }
-    }
-}
-
-/// True when the `CI` environment variable is `true` (any case) or `1`.
-pub fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-fn debian_package(name: &str) -> &'static str {
-    match name {
-        "qemu-system-x86_64" => "qemu-system-x86",
-        // In qemu-system-common, which qemu-system-x86 depends on.
-        "qemu-storage-daemon" => "qemu-system-x86",
-        "qemu-ga" => "qemu-guest-agent",
-        "qemu-img" | "qemu-nbd" | "qemu-io" => "qemu-utils",
-        _ => "<the package that provides it>",
-    }
-}
-
-/// Side-effect-free lookup; the error says why it was not found.
-fn locate_binary(name: &str, env_var: &str) -> Result<PathBuf, String> {
-    if let Some(value) = std::env::var_os(env_var).filter(|v| !v.is_empty()) {
-        let candidate = PathBuf::from(&value);
-        let found = if candidate.components().count() > 1 {
-            is_executable_file(&candidate).then_some(candidate)
-        } else {
-            search_path(&value)
-        };
-        return found.ok_or_else(|| {
-            format!(
-                "{env_var}={} is not an executable file",
-                Path::new(&value).display()
-            )
-        });
-    }
-    search_path(OsStr::new(name)).ok_or_else(|| "not found in PATH".to_owned())
-}
-
-fn search_path(name: &OsStr) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable_file(candidate))
-}
-
-fn is_executable_file(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Like the public lookups but for constructors that cannot return `None`.
-fn require_binary(name: &str, env_var: &str) -> PathBuf {
-    locate_binary(name, env_var).unwrap_or_else(|why| {
-        panic!(
-            "{name}: {why}. Start the test with \
-             `let Some(_) = common::{}() else {{ return }};` so it is skipped when QEMU is absent",
-            if name == "qemu-storage-daemon" {
-                "storage_daemon"
-            } else {
-                "qemu_system"
-            }
-        )
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Tracing
-// ---------------------------------------------------------------------------
-
-/// Installs a `tracing_subscriber` fmt subscriber filtered by `RUST_LOG` that
-/// writes through libtest's capture. Safe to call from every test.
-pub fn init_tracing() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    });
-}
-
-// ---------------------------------------------------------------------------
-// Live process registry and leak checks
-// ---------------------------------------------------------------------------
-
 /// Pids of children owned by a live `QemuProcess`. Held across spawn so that
-/// [`qemu_children`] never sees a harness child that is not yet registered.
+/// [`qemu_children`](crate::qemu_children) never sees a harness child that is
+/// not yet registered.
 static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-fn live() -> MutexGuard<'static, Vec<u32>> {
+pub(crate) fn live() -> MutexGuard<'static, Vec<u32>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
-
-/// Child processes of this test process whose executable (or, for zombies,
-/// command name) starts with `qemu`, as `(pid, name)`, excluding those owned
-/// by a live [`QemuProcess`] (tests run in parallel threads, so other tests'
-/// QEMUs are legitimately alive).
-pub fn qemu_children() -> Vec<(u32, String)> {
-    let live = live();
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Some((ppid, comm)) = read_ppid_and_comm(pid) else {
-            continue;
-        };
-        if ppid != me || live.contains(&pid) {
-            continue;
-        }
-        // exe, not comm, for running processes: a child forked from a test
-        // thread but not yet exec'd has the thread's (test's) name as comm.
-        let name = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or(comm);
-        if name.starts_with("qemu") {
-            found.push((pid, name));
-        }
-    }
-    found
-}
-
-/// Panics if any QEMU child of this process exists that is not owned by a
-/// live [`QemuProcess`] (see [`qemu_children`]).
-pub fn assert_no_qemu_children() {
-    let leaked = qemu_children();
-    assert!(leaked.is_empty(), "leaked QEMU child processes: {leaked:?}");
-}
-
-/// `(ppid, comm)` from `/proc/<pid>/stat`.
-fn read_ppid_and_comm(pid: u32) -> Option<(u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    let comm = stat.get(open + 1..close)?.to_owned();
-    // After ") ": state, ppid, ...
-    let ppid = stat
-        .get(close + 1..)?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ppid, comm))
-}
-
-/// State letter from `/proc/<pid>/stat` (`'Z'` for a zombie), or `None` if the
-/// process does not exist.
-pub fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
-// ---------------------------------------------------------------------------
-// Spawning
-// ---------------------------------------------------------------------------
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -340,7 +65,7 @@ fn on_spawner_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
 /// Returns `fd`, or a close-on-exec duplicate numbered 3 or higher if `fd` is
 /// 0, 1 or 2 (possible when the test runs with stdio closed); inherited fds
 /// must not collide with the child's stdio.
-fn above_stdio(fd: OwnedFd) -> OwnedFd {
+pub fn above_stdio(fd: OwnedFd) -> OwnedFd {
     if fd.as_raw_fd() > 2 {
         return fd;
     }

@@ -1,7 +1,5 @@
-//! Tests of the QEMU test harness itself (tests/common). They use plain
-//! blocking std sockets and do not depend on the library.
-
-mod common;
+//! Tests of the QEMU test harness itself (this crate). They use plain
+//! blocking std sockets and do not depend on the QMP library.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -10,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::QemuProcess;
+use qemu_testkit::QemuProcess;
 use rustix::process::Signal;
 
 /// Generous bound for anything QEMU does at startup, for slow CI machines.
@@ -78,7 +76,7 @@ fn handshake(stream: &mut UnixStream, qemu: &QemuProcess) {
 fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        match common::proc_state(pid) {
+        match qemu_testkit::proc_state(pid) {
             None | Some('Z') => return true,
             Some(_) if Instant::now() >= deadline => return false,
             Some(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -88,7 +86,7 @@ fn wait_gone(pid: u32, timeout: Duration) -> bool {
 
 #[test]
 fn system_listener_greeting() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let qemu = QemuProcess::system_with_listener(&[]);
@@ -99,7 +97,7 @@ fn system_listener_greeting() {
 
 #[test]
 fn storage_daemon_listener_greeting() {
-    let Some(_qsd) = common::storage_daemon() else {
+    let Some(_qsd) = qemu_testkit::storage_daemon() else {
         return;
     };
     let qsd = QemuProcess::storage_daemon_with_listener(&[]);
@@ -109,7 +107,7 @@ fn storage_daemon_listener_greeting() {
 
 #[test]
 fn socketpair_greeting() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let (qemu, mut stream) = QemuProcess::system_with_socketpair(&[]);
@@ -118,7 +116,7 @@ fn socketpair_greeting() {
 
 #[test]
 fn socketpair_sees_eof_when_qemu_dies() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let (mut qemu, mut stream) = QemuProcess::system_with_socketpair(&[]);
@@ -135,7 +133,7 @@ fn socketpair_sees_eof_when_qemu_dies() {
 
 #[test]
 fn listener_refuses_connections_after_qemu_dies() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let mut qemu = QemuProcess::system_with_listener(&[]);
@@ -150,7 +148,7 @@ fn listener_refuses_connections_after_qemu_dies() {
 
 #[test]
 fn process_is_gone_after_drop() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let qemu = QemuProcess::system_with_listener(&[]);
@@ -171,12 +169,12 @@ fn process_is_gone_after_drop() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(!dir.exists(), "tempdir {} not removed", dir.display());
-    common::assert_no_qemu_children();
+    qemu_testkit::assert_no_qemu_children();
 }
 
 #[test]
 fn process_is_gone_after_panic() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let (tx, rx) = std::sync::mpsc::channel();
@@ -196,7 +194,7 @@ fn process_is_gone_after_panic() {
 
 #[test]
 fn system_connecting_to_our_listener() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -228,7 +226,7 @@ fn system_connecting_to_our_listener() {
 
 #[test]
 fn log_captures_qemu_stderr_and_exit_status() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let mut qemu = QemuProcess::system_with_listener(&["-no-such-option"]);
@@ -245,7 +243,7 @@ fn log_captures_qemu_stderr_and_exit_status() {
 
 #[test]
 fn extra_machine_arg_replaces_default() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let mut qemu = QemuProcess::system_with_listener(&["-M", "none"]);
@@ -263,7 +261,7 @@ fn extra_machine_arg_replaces_default() {
 /// thread that created the QemuProcess.
 #[test]
 fn qemu_survives_the_thread_that_started_it() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let qemu = std::thread::spawn(|| QemuProcess::system_with_listener(&[]))
@@ -294,7 +292,7 @@ fn helper_spawn_qemu_and_block() {
 
 #[test]
 fn qemu_dies_with_the_test_process() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     let mut helper = Command::new(std::env::current_exe().unwrap())
@@ -333,7 +331,7 @@ fn qemu_dies_with_the_test_process() {
             panic!("helper did not report a QEMU pid: {e}");
         }
     };
-    assert!(common::proc_state(pid).is_some());
+    assert!(qemu_testkit::proc_state(pid).is_some());
 
     helper.kill().unwrap();
     helper.wait().unwrap();
@@ -353,16 +351,16 @@ fn qemu_dies_with_the_test_process() {
 
 #[test]
 fn no_leaks_from_this_thread() {
-    let Some(_qemu) = common::qemu_system() else {
+    let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
     {
         let _a = QemuProcess::system_with_listener(&[]);
         let (_b, _s) = QemuProcess::system_with_socketpair(&[]);
         // Owned by live QemuProcess values: not leaks.
-        common::assert_no_qemu_children();
+        qemu_testkit::assert_no_qemu_children();
     }
-    common::assert_no_qemu_children();
+    qemu_testkit::assert_no_qemu_children();
 }
 
 fn libc_sigkill() -> i32 {
