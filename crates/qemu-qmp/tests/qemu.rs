@@ -528,46 +528,18 @@ async fn connect_errors_say_what_failed() {
     assert!(matches!(err, Error::Connect { .. }), "{err}");
 }
 
-/// Every guest-agent command that would change the machine it runs on: the agent
-/// started here acts on the test machine itself.
-const AGENT_BLOCKED: &str = "guest-shutdown,guest-suspend-disk,guest-suspend-ram,guest-suspend-hybrid,\
-guest-fsfreeze-freeze,guest-fsfreeze-freeze-list,guest-fsfreeze-thaw,guest-fstrim,guest-exec,\
-guest-set-time,guest-set-user-password,guest-ssh-add-authorized-keys,guest-ssh-remove-authorized-keys,\
-guest-set-vcpus,guest-set-memory-blocks,guest-file-open,guest-file-write,guest-file-close,\
-guest-file-read,guest-file-seek,guest-file-flush,guest-network-get-interfaces";
-
-/// `qemu-ga` listening on a socket we bound, handed over by socket activation
-/// (`LISTEN_FDS`), so it is connectable as soon as it starts.
-fn start_agent() -> Option<(QemuProcess, std::path::PathBuf, tempfile::TempDir)> {
-    let ga = qemu_testkit::qemu_ga()?;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("qga.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    // Socket activation wants the listener at fd 3.
-    let move_to_3 = if fd == 3 {
-        String::new()
-    } else {
-        format!("exec 3<&{fd} {fd}<&-; ")
-    };
-    let script = format!(
-        "{move_to_3}LISTEN_FDS=1 LISTEN_PID=$$ exec {} -m unix-listen -p {} -t {} -f {} -b {AGENT_BLOCKED}",
-        ga.display(),
-        path.display(),
-        dir.path().display(),
-        dir.path().join("qga.pid").display(),
-    );
-    let agent = QemuProcess::spawn(
-        std::path::Path::new("/bin/bash"),
-        &["-c", &script],
-        &[listener.as_fd()],
-    );
-    Some((agent, path, dir))
-}
+/// Blocked besides `qemu_testkit::GA_BLOCKED_RPCS`: this test needs no file access
+/// and no network information either.
+const AGENT_ALSO_BLOCKED: &[&str] = &[
+    "guest-file-open",
+    "guest-file-close",
+    "guest-file-read",
+    "guest-network-get-interfaces",
+];
 
 #[tokio::test]
 async fn guest_agent_dialect_resynchronises() {
-    let Some((agent, path, _dir)) = start_agent() else {
+    let Some((agent, path, _dir)) = qemu_testkit::start_agent(AGENT_ALSO_BLOCKED) else {
         return;
     };
     // A previous client that left half a command in the agent's parser.

@@ -11,7 +11,6 @@
 //! Tests that need `qemu-ga` print `SKIPPED: ...` without it, and fail under
 //! `CI=true`. Every run of the binary has a deadline.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,18 +20,11 @@ use std::time::{Duration, Instant};
 
 use qemu_qmp::server::{Fault, Reply, TestServer, TestServerBuilder};
 use qemu_qmp::{json, JsonObject, Value};
-use qemu_testkit::QemuProcess;
+use qemu_testkit::GA_BLOCKED_RPCS;
 
 const GA: &str = env!("CARGO_BIN_EXE_qemu-ga-client");
 /// Deadline for one run of the binary.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Every agent command that would change the machine it runs on.
-const BLOCKED: &str = "guest-shutdown,guest-suspend-disk,guest-suspend-ram,guest-suspend-hybrid,\
-guest-fsfreeze-freeze,guest-fsfreeze-freeze-list,guest-fsfreeze-thaw,guest-fstrim,guest-exec,\
-guest-set-time,guest-set-user-password,guest-ssh-add-authorized-keys,\
-guest-ssh-remove-authorized-keys,guest-set-vcpus,guest-set-memory-blocks,guest-file-write,\
-guest-file-seek,guest-file-flush";
 
 struct Run {
     status: ExitStatus,
@@ -120,38 +112,9 @@ fn ga(address: &Path, args: &[&str]) -> Run {
     run_with(&all, &[])
 }
 
-/// `qemu-ga` listening on a socket we bound, handed over by socket activation
-/// (`LISTEN_FDS`), so it is connectable as soon as it starts.
-fn start_agent() -> Option<(QemuProcess, PathBuf, tempfile::TempDir)> {
-    let ga = qemu_testkit::qemu_ga()?;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("qga.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    // Socket activation passes the socket as fd 3.
-    let move_to_3 = if fd == 3 {
-        String::new()
-    } else {
-        format!("exec 3<&{fd} {fd}<&-; ")
-    };
-    let script = format!(
-        "{move_to_3}LISTEN_FDS=1 LISTEN_PID=$$ exec {} -m unix-listen -p {} -t {} -f {} -b {BLOCKED}",
-        ga.display(),
-        path.display(),
-        dir.path().display(),
-        dir.path().join("qga.pid").display(),
-    );
-    let agent = QemuProcess::spawn(
-        Path::new("/bin/bash"),
-        &["-c", &script],
-        &[listener.as_fd()],
-    );
-    Some((agent, path, dir))
-}
-
 #[test]
 fn read_only_commands_against_a_real_agent() {
-    let Some((agent, sock, dir)) = start_agent() else {
+    let Some((agent, sock, dir)) = qemu_testkit::start_agent(&[]) else {
         return;
     };
     let version = Command::new(qemu_testkit::qemu_ga().unwrap())
@@ -186,7 +149,7 @@ fn read_only_commands_against_a_real_agent() {
     ] {
         assert!(enabled.contains(&c), "{c} not enabled: {enabled:?}");
     }
-    for c in BLOCKED.split(',') {
+    for &c in GA_BLOCKED_RPCS {
         assert!(disabled.contains(&c), "{c} not disabled: {disabled:?}");
     }
 
