@@ -4,16 +4,17 @@
 //! `CI=true`, where a missing binary fails the test. Override the binary with
 //! `QEMU_SYSTEM_X86_64=/path/to/qemu-system-x86_64`.
 
-use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qemu_machine::{
     LaunchCause, MachineBuilder, MachineError, QemuMachine, QmpAddress, ShutdownCause,
+};
+use qemu_testkit::{
+    assert_dir_empty, assert_gone_within, find_in_path, gone, init_tracing, qemu_children,
 };
 use serde_json::{json, Value};
 use tokio::sync::RwLock;
@@ -24,50 +25,10 @@ static GLOBAL: RwLock<()> = RwLock::const_new(());
 
 const T: Duration = Duration::from_secs(10);
 
-fn init_tracing() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    });
-}
-
-fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
 /// `qemu-system-x86_64`, or `None` after saying loudly that the test is skipped.
 fn qemu() -> Option<PathBuf> {
     init_tracing();
-    let found = match std::env::var_os("QEMU_SYSTEM_X86_64").filter(|v| !v.is_empty()) {
-        Some(v) => Some(PathBuf::from(v)).filter(|p| is_executable(p)),
-        None => find_in_path("qemu-system-x86_64"),
-    };
-    if found.is_none() {
-        let test = std::thread::current().name().unwrap_or("?").to_owned();
-        if is_ci() {
-            panic!("{test}: qemu-system-x86_64 not found and CI=true (apt-get install qemu-system-x86)");
-        }
-        // Straight to stderr: libtest would capture eprintln!.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {test} needs qemu-system-x86_64 (not found; set QEMU_SYSTEM_X86_64)"
-        );
-    }
-    found
+    qemu_testkit::qemu_system()
 }
 
 /// A builder for `-machine none` with its temporary directory under `base`.
@@ -78,88 +39,7 @@ fn none(qemu: &Path, base: &Path) -> MachineBuilder {
 }
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("qm-test-")
-        .tempdir()
-        .expect("temporary directory")
-}
-
-fn assert_empty(dir: &Path) {
-    let left: Vec<_> = std::fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.map(|e| e.path()))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "left behind in {}: {left:?}",
-        dir.display()
-    );
-}
-
-/// `(ppid, state)` of a process, if it exists.
-fn proc_stat(pid: u32) -> Option<(u32, char)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut it = rest.split_whitespace();
-    let state = it.next()?.chars().next()?;
-    let ppid = it.next()?.parse().ok()?;
-    Some((ppid, state))
-}
-
-/// True if `pid` is no longer a child of ours (gone, or the pid was reused).
-fn gone(pid: u32) -> bool {
-    proc_stat(pid).is_none_or(|(ppid, _)| ppid != std::process::id())
-}
-
-/// Wait (bounded) until `pid` is gone. Drop reaps synchronously, so this normally
-/// succeeds on the first look.
-fn assert_gone_within(pid: u32, limit: Duration) {
-    let start = Instant::now();
-    while !gone(pid) {
-        assert!(
-            start.elapsed() < limit,
-            "QEMU pid {pid} still exists after {limit:?}: {:?}",
-            proc_stat(pid)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Our child processes whose executable (or, for zombies, name) starts with `qemu`.
-fn qemu_children() -> Vec<(u32, String)> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_owned();
-        let ppid: Option<u32> = stat[close + 2..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok());
-        if ppid != Some(me) {
-            continue;
-        }
-        let name = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or(comm);
-        if name.starts_with("qemu") {
-            found.push((pid, name));
-        }
-    }
-    found
+    qemu_testkit::tempdir("qm-test-")
 }
 
 fn names(events: &[qemu_qmp::Event]) -> Vec<&str> {
@@ -208,7 +88,7 @@ async fn launch_and_graceful_shutdown() {
     assert_eq!(shutdown.data()["guest"], json!(false));
     assert_eq!(shutdown.data()["reason"], json!("host-qmp-quit"));
     assert!(!vm.temp_dir().exists());
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 
     // Every method still works.
     vm.shutdown().await.unwrap();
@@ -256,7 +136,7 @@ async fn event_wait_before_shutdown() {
     // `quit` was already sent: shutdown only waits for the exit.
     vm.shutdown().await.unwrap();
     assert_eq!(vm.exit_code(), Some(0));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -298,7 +178,7 @@ async fn a_bad_argument_fails_the_launch_at_once() {
         assert!(shown.contains(want), "{want:?} not in:\n{shown}");
     }
     eprintln!("launch failure after {elapsed:?}:\n{shown}");
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -321,7 +201,7 @@ async fn a_missing_binary_is_a_launch_failure() {
         err.to_string().contains("/nonexistent/qemu-system-x86_64"),
         "{err}"
     );
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -337,7 +217,7 @@ async fn hard_shutdown_kills() {
     assert!(gone(pid));
     // Nothing in the events about a shutdown: QEMU was killed.
     assert!(!names(&vm.get_qmp_events(None).await).contains(&"SHUTDOWN"));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -374,7 +254,7 @@ async fn a_stopped_qemu_times_out_and_is_killed() {
     assert!(!vm.is_running());
     assert_eq!(vm.exit_code(), Some(-9));
     assert!(gone(pid));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
     eprintln!("{err}");
 }
 
@@ -398,7 +278,7 @@ async fn an_unexpected_death_is_reported() {
     assert_eq!(status.signal(), Some(9));
     // Already exited (abnormally) and cleaned up: shutdown has nothing left to do.
     vm.shutdown().await.unwrap();
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 
     // Without the wait, shutdown reports it.
     let vm = none(&qemu, base.path()).launch().await.unwrap();
@@ -414,7 +294,7 @@ async fn an_unexpected_death_is_reported() {
         matches!(err, MachineError::AbnormalShutdown { cause: ShutdownCause::Exited(s) } if s.signal() == Some(9)),
         "{err:?}"
     );
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -438,7 +318,7 @@ async fn wait_for_qemu_to_exit_by_itself() {
     let vm = none(&qemu, base.path()).launch().await.unwrap();
     vm.qmp().execute("quit", None).await.unwrap();
     assert!(vm.wait(T).await.unwrap().success());
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -468,7 +348,7 @@ async fn without_qmp_shutdown_sends_sigterm() {
         Some(-15) => {}
         other => panic!("exit code {other:?}; log: {}", vm.log()),
     }
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -490,7 +370,7 @@ async fn a_wrapper_runs_qemu() {
     vm.command("query-status", None).await.unwrap();
     vm.shutdown().await.unwrap();
     assert_eq!(vm.exit_code(), Some(0));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 // ---- QMP conveniences -----------------------------------------------------------------
@@ -525,7 +405,7 @@ async fn raw_replies_and_key_conversion() {
         .unwrap();
     assert!(out.as_str().is_some_and(|s| s.contains('.')), "{out}");
     vm.shutdown().await.unwrap();
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -619,7 +499,7 @@ async fn event_wait_matches_and_keeps_what_it_passes_over() {
         .expect("the kept SHUTDOWN");
     assert_eq!(e.data()["reason"], json!("host-qmp-quit"));
     vm.shutdown().await.unwrap();
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -685,7 +565,7 @@ async fn add_fd_shows_up_in_query_fdsets() {
         "{sets}"
     );
     vm.shutdown().await.unwrap();
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -748,14 +628,14 @@ async fn qmp_server_on_a_unix_path_leaves_no_socket_file() {
         !path.exists(),
         "the socket file is removed once QEMU connected"
     );
-    assert_empty(socks.path());
+    assert_dir_empty(socks.path());
     vm.command("query-status", None).await.unwrap();
     vm.command("stop", None).await.unwrap();
     assert!(vm.event_wait("STOP", T, None).await.unwrap().is_some());
     vm.shutdown().await.unwrap();
     assert_eq!(vm.exit_code(), Some(0));
-    assert_empty(socks.path());
-    assert_empty(base.path());
+    assert_dir_empty(socks.path());
+    assert_dir_empty(base.path());
 
     // A failed launch removes it too.
     let err = none(&qemu, base.path())
@@ -766,8 +646,8 @@ async fn qmp_server_on_a_unix_path_leaves_no_socket_file() {
         .await
         .expect_err("bad option");
     assert_eq!(err.as_launch_failure().unwrap().exit_code, Some(1));
-    assert_empty(socks.path());
-    assert_empty(base.path());
+    assert_dir_empty(socks.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -795,7 +675,7 @@ async fn qmp_server_on_tcp() {
         "no fd passing over TCP"
     );
     vm.shutdown().await.unwrap();
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 // ---- console --------------------------------------------------------------------------
@@ -890,7 +770,7 @@ async fn console_output_lines_and_echo() {
     ));
     let logged = std::fs::read_to_string(&console_log).unwrap();
     assert_eq!(logged, output);
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -927,7 +807,7 @@ async fn a_console_without_guest_is_drained_and_closed_cleanly() {
         vm.wait_for_console_pattern("x", T).await,
         Err(MachineError::ConsoleClosed { .. })
     ));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 // ---- never leak -----------------------------------------------------------------------
@@ -948,7 +828,7 @@ async fn dropping_a_running_machine_kills_qemu() {
     drop(vm);
     assert_gone_within(pid, Duration::from_secs(5));
     assert!(!temp.exists());
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[test]
@@ -975,7 +855,7 @@ fn a_panic_while_holding_a_machine_leaves_no_qemu() {
     let pid = pid.load(Ordering::SeqCst);
     assert_ne!(pid, 0);
     assert_gone_within(pid, Duration::from_secs(5));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1027,7 +907,7 @@ async fn fifty_machines_at_once() {
     for pid in pids {
         assert!(gone(pid));
     }
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
     drop(machines);
     assert!(qemu_children().is_empty());
 }
@@ -1055,7 +935,7 @@ async fn cancelled_launches_leave_nothing_behind() {
         assert!(Instant::now() < deadline, "leaked: {:?}", qemu_children());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -1076,7 +956,7 @@ async fn launch_failures_leave_nothing_behind() {
     assert!(matches!(f.cause, LaunchCause::Timeout(_)), "{err}");
     assert_eq!(f.signal, Some(9), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 
     // Settings that cannot work fail before anything is started.
     let err = none(&qemu, base.path())
@@ -1092,7 +972,7 @@ async fn launch_failures_leave_nothing_behind() {
         .await
         .unwrap_err();
     assert!(matches!(err, MachineError::InvalidConfig(_)), "{err}");
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[allow(dead_code)]

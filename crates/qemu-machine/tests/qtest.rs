@@ -8,19 +8,16 @@
 //! `-accel tcg -S` (Debian's build lacks the qtest accelerator): everything
 //! but the clock commands works the same.
 
-use std::ffi::OsString;
-use std::fs::File;
-use std::io::{self, Write as _};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::io::Write as _;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use qemu_machine::qtest::{Endianness, IrqEvent, QtestClient, QtestError, UNNAMED_GPIO_IN};
-use rustix::process::{Pid, Signal};
+use qemu_testkit::{above_stdio, loud, test_name, QemuProcess};
+use rustix::process::Signal;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 
@@ -580,72 +577,16 @@ fn from_std_inside_a_runtime_context() {
 // Real QEMU
 // ===========================================================================
 
-/// Environment variable that overrides the `qemu-system-x86_64` binary.
-const QEMU_ENV: &str = "QEMU_SYSTEM_X86_64";
-
-fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-/// Writes to the real stderr, past libtest's capture, so skips are visible.
-fn loud(msg: &str) {
-    let _ = writeln!(io::stderr().lock(), "{msg}");
-}
-
-fn test_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("<unknown test>")
-        .to_owned()
-}
-
-/// The QEMU binary, or `None` after a `SKIPPED:` line (a panic under CI).
-fn qemu_binary() -> Option<PathBuf> {
-    let found = match std::env::var_os(QEMU_ENV).filter(|v| !v.is_empty()) {
-        Some(v) if Path::new(&v).components().count() > 1 => {
-            Some(PathBuf::from(v)).filter(|p| p.is_file())
-        }
-        Some(v) => find_in_path(&v),
-        None => find_in_path(&OsString::from("qemu-system-x86_64")),
-    };
-    if found.is_none() {
-        let msg = format!(
-            "SKIPPED: {} needs qemu-system-x86_64 (apt-get install -y qemu-system-x86, or set {QEMU_ENV})",
-            test_name()
-        );
-        assert!(!is_ci(), "{msg}, and CI=true");
-        loud(&msg);
-    }
-    found
-}
-
-fn find_in_path(name: &OsString) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 /// Whether `binary` has the qtest accelerator (cached per process).
 fn has_qtest_accel(binary: &Path) -> bool {
     static CACHE: OnceLock<bool> = OnceLock::new();
-    *CACHE.get_or_init(|| {
-        let out = Command::new(binary)
-            .args(["-accel", "help"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run qemu -accel help");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.trim() == "qtest")
-    })
+    *CACHE.get_or_init(|| qemu_testkit::has_qtest_accel(binary))
 }
 
 /// A QEMU child with its qtest channel and serial console on socketpairs.
 /// Killed (SIGKILL) and reaped on drop; dies with the test process too.
 struct Qemu {
-    child: Child,
-    dir: tempfile::TempDir,
+    process: QemuProcess,
     qtest_accel: bool,
 }
 
@@ -653,12 +594,12 @@ impl Qemu {
     /// Starts `-machine pc` with qtest on one socketpair and COM1 on another;
     /// returns the client and our end of the console. `None` if skipped.
     async fn start() -> Option<(Qemu, QtestClient, UnixStream)> {
-        let binary = qemu_binary()?;
+        let binary = qemu_testkit::qemu_system()?;
         let qtest_accel = has_qtest_accel(&binary);
         let (qtest_ours, qtest_theirs) = StdUnixStream::pair().expect("socketpair");
         let (con_ours, con_theirs) = StdUnixStream::pair().expect("socketpair");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = File::create(dir.path().join("qemu.log")).expect("create log");
+        let qtest_theirs = above_stdio(OwnedFd::from(qtest_theirs));
+        let con_theirs = above_stdio(OwnedFd::from(con_theirs));
 
         let qtest_fd = qtest_theirs.as_raw_fd();
         let con_fd = con_theirs.as_raw_fd();
@@ -684,51 +625,14 @@ impl Qemu {
             "-chardev".to_owned(),
             format!("socket,id=con,fd={con_fd}"),
         ]);
-
-        let mut command = Command::new(&binary);
-        command
-            .args(&args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log);
-        let inherited: [RawFd; 2] = [qtest_fd, con_fd];
-        let parent = rustix::process::getpid();
-        // Runs in the forked child before exec, where only async-signal-safe
-        // operations are allowed: raw syscalls via rustix (fcntl, prctl,
-        // getppid), reading only the array copied into it, no allocation, no
-        // locks.
-        let child_setup = move || -> io::Result<()> {
-            for raw in inherited {
-                // SAFETY: both fds belong to socketpair ends that the parent
-                // keeps open until `spawn` returns, so the child's copy of the
-                // fd table has them open.
-                let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-                // Clear FD_CLOEXEC in the child only, so concurrent spawns by
-                // other tests do not inherit them.
-                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            }
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            // If the parent already died, the death signal will never come.
-            if rustix::process::getppid() != Some(parent) {
-                return Err(rustix::io::Errno::SRCH.into());
-            }
-            Ok(())
-        };
-        // SAFETY: `child_setup` only does async-signal-safe work (see above).
-        unsafe {
-            command.pre_exec(child_setup);
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let process =
+            QemuProcess::spawn(&binary, &args, &[qtest_theirs.as_fd(), con_theirs.as_fd()]);
         // QEMU has its own copies now; ours would hide EOF when it dies.
         drop(qtest_theirs);
         drop(con_theirs);
 
         let qemu = Qemu {
-            child,
-            dir,
+            process,
             qtest_accel,
         };
         let client = QtestClient::from_std(qtest_ours).expect("qtest client");
@@ -742,31 +646,20 @@ impl Qemu {
         Some((qemu, client, console))
     }
 
-    fn pid(&self) -> Pid {
-        Pid::from_child(&self.child)
-    }
-
     fn signal(&self, sig: Signal) {
-        rustix::process::kill_process(self.pid(), sig).expect("signal QEMU");
+        self.process.signal(sig).expect("signal QEMU");
     }
 
     fn log(&self) -> String {
-        match std::fs::read(self.dir.path().join("qemu.log")) {
-            Ok(b) => format!("QEMU log:\n{}", String::from_utf8_lossy(&b)),
-            Err(e) => format!("<no QEMU log: {e}>"),
-        }
+        format!("QEMU log:\n{}", self.process.log())
     }
 
     /// SIGKILL and reap now (also done on drop).
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill_now();
+        self.process
+            .wait_exit(PROMPT)
+            .expect("QEMU still running after SIGKILL");
     }
 }
 

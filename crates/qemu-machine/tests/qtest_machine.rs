@@ -7,10 +7,7 @@
 //! checks the documented failure instead, saying so with a `SKIPPED:` line.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use qemu_machine::qtest::{Endianness, QtestError};
@@ -18,6 +15,7 @@ use qemu_machine::{
     LaunchCause, MachineBuilder, MachineError, QemuMachine, QtestAccel, QtestMachine,
     QtestMachineBuilder,
 };
+use qemu_testkit::{assert_dir_empty, children, gone, init_tracing, loud, proc_stat, test_name};
 use serde_json::Value;
 use tokio::sync::RwLock;
 
@@ -27,131 +25,20 @@ static GLOBAL: RwLock<()> = RwLock::const_new(());
 
 const T: Duration = Duration::from_secs(10);
 
-fn init_tracing() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    });
-}
-
-fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-/// Straight to stderr: libtest would capture `eprintln!`.
-fn loud(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
-fn test_name() -> String {
-    std::thread::current().name().unwrap_or("?").to_owned()
-}
-
-fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// `qemu-system-x86_64`, or `None` after saying loudly that the test is skipped.
 fn qemu() -> Option<PathBuf> {
     init_tracing();
-    let found = match std::env::var_os("QEMU_SYSTEM_X86_64").filter(|v| !v.is_empty()) {
-        Some(v) => Some(PathBuf::from(v)).filter(|p| is_executable(p)),
-        None => std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("qemu-system-x86_64"))
-                .find(|p| is_executable(p))
-        }),
-    };
-    if found.is_none() {
-        let test = test_name();
-        assert!(
-            !is_ci(),
-            "{test}: qemu-system-x86_64 not found and CI=true (apt-get install qemu-system-x86)"
-        );
-        loud(&format!(
-            "SKIPPED: {test} needs qemu-system-x86_64 (not found; set QEMU_SYSTEM_X86_64)"
-        ));
-    }
-    found
+    qemu_testkit::qemu_system()
 }
 
 /// Whether the binary lists the qtest accelerator, asked independently of the
 /// library.
 fn binary_has_qtest_accel(qemu: &Path) -> bool {
-    let out = std::process::Command::new(qemu)
-        .args(["-accel", "help"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run qemu -accel help");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == "qtest")
+    qemu_testkit::has_qtest_accel(qemu)
 }
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("qtm-test-")
-        .tempdir()
-        .expect("temporary directory")
-}
-
-fn assert_empty(dir: &Path) {
-    let left: Vec<_> = std::fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.map(|e| e.path()))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "left behind in {}: {left:?}",
-        dir.display()
-    );
-}
-
-/// `(ppid, state)` of a process, if it exists.
-fn proc_stat(pid: u32) -> Option<(u32, char)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut it = rest.split_whitespace();
-    let state = it.next()?.chars().next()?;
-    let ppid = it.next()?.parse().ok()?;
-    Some((ppid, state))
-}
-
-/// True if `pid` is no longer a child of ours (gone, or the pid was reused).
-fn gone(pid: u32) -> bool {
-    proc_stat(pid).is_none_or(|(ppid, _)| ppid != std::process::id())
-}
-
-/// Our child processes, as `(pid, name)`.
-fn children() -> Vec<(u32, String)> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let ppid = stat[close + 1..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u32>().ok());
-        if ppid == Some(me) {
-            found.push((pid, stat[open + 1..close].to_owned()));
-        }
-    }
-    found
+    qemu_testkit::tempdir("qtm-test-")
 }
 
 /// This process's open descriptors, as `(fd, target)`, except the ones that other
@@ -245,7 +132,7 @@ async fn outb_to_com1_reaches_the_console() {
 
     vm.shutdown().await.unwrap();
     assert_eq!(vm.console_output().as_deref(), Some("hello from qtest\n"));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -296,7 +183,7 @@ async fn clock_step_advances_the_clock_with_the_qtest_accelerator() {
     // The channel is fine either way.
     assert_eq!(c.endianness().await.unwrap(), Endianness::Little);
     vm.shutdown().await.unwrap();
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -323,7 +210,7 @@ async fn writel_readl_round_trip() {
     // Raw commands (Python's `qtest(cmd)`).
     assert_eq!(c.cmd("readl 0x100000").await.unwrap(), "0x00000000deadbeef");
     vm.shutdown().await.unwrap();
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -363,7 +250,7 @@ async fn qmp_works_on_the_same_machine() {
     );
     vm.shutdown().await.unwrap();
     assert_eq!(vm.exit_code(), Some(0));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 // ---- lifecycle and leaks -----------------------------------------------------------
@@ -390,7 +277,7 @@ async fn shutdown_leaves_nothing_behind() {
     assert_eq!(vm.exit_code(), Some(0));
     assert!(gone(pid), "QEMU pid {pid}: {:?}", proc_stat(pid));
     assert!(!temp.exists());
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
     // QEMU has closed its end of the qtest socketpair.
     match tokio::time::timeout(T, vm.qtest().readl(0x10_0000)).await {
         Ok(Err(QtestError::Closed)) => {}
@@ -412,7 +299,7 @@ async fn dropping_a_running_qtest_machine_kills_qemu() {
     drop(vm);
     // Drop reaps synchronously.
     assert!(gone(pid), "QEMU pid {pid}: {:?}", proc_stat(pid));
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -436,7 +323,7 @@ async fn a_qemu_that_exits_during_launch_is_a_launch_failure() {
     assert_eq!(f.exit_code, Some(1), "{f}");
     assert!(f.output.contains("-bogus-option"), "{f}");
     assert!(f.command_line.iter().any(|a| a == "chardev:qtest"), "{f}");
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 
     if !binary_has_qtest_accel(&qemu) {
         // Forcing the missing accelerator fails the same way.
@@ -448,7 +335,7 @@ async fn a_qemu_that_exits_during_launch_is_a_launch_failure() {
         let f = e.as_launch_failure().unwrap_or_else(|| panic!("{e:?}"));
         assert!(matches!(f.cause, LaunchCause::Exited { .. }), "{f}");
         assert!(f.output.contains("invalid accelerator qtest"), "{f}");
-        assert_empty(base.path());
+        assert_dir_empty(base.path());
     }
 }
 
@@ -464,7 +351,7 @@ async fn a_missing_binary_is_a_launch_failure() {
         .unwrap_err();
     let f = e.as_launch_failure().unwrap_or_else(|| panic!("{e:?}"));
     assert!(matches!(f.cause, LaunchCause::Spawn { .. }), "{f}");
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -481,7 +368,7 @@ async fn a_clashing_chardev_id_is_rejected_before_launch() {
         .await
         .unwrap_err();
     assert!(matches!(e, MachineError::InvalidConfig(_)), "{e:?}");
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 /// Counts descriptors and children before and after launches, shutdowns, drops and
@@ -528,7 +415,7 @@ async fn nothing_leaks_on_any_path() {
     drop(cancelled);
 
     assert_eq!(children(), vec![]);
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
     // The client's tasks were aborted on drop; the runtime frees their sockets the
     // next time it runs them, so give it a (bounded) moment. Descriptors of other
     // tests that were still being released when we started may be gone by now; what
@@ -578,7 +465,7 @@ async fn manual_accel_from_an_existing_builder() {
     let status: Value = vm.command("query-status", None).await.unwrap();
     assert_eq!(status["status"], "running");
     vm.shutdown().await.unwrap();
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test]
@@ -597,7 +484,7 @@ async fn without_qmp_the_qtest_channel_still_works() {
     // SIGTERM, since there is no QMP.
     vm.shutdown().await.unwrap();
     assert!(!vm.is_running());
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,5 +514,5 @@ async fn several_qtest_machines_at_once() {
     for (_, vm) in &vms {
         vm.shutdown().await.unwrap();
     }
-    assert_empty(base.path());
+    assert_dir_empty(base.path());
 }

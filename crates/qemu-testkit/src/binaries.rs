@@ -135,6 +135,12 @@ pub fn locate_binary(name: &str, env_var: &str) -> Result<PathBuf, String> {
     search_path(OsStr::new(name)).ok_or_else(|| "not found in PATH".to_owned())
 }
 
+/// `name` in a directory of `PATH`, if it is an executable file there (no
+/// `SKIPPED:` line, no panic).
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    search_path(OsStr::new(name))
+}
+
 fn search_path(name: &OsStr) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -160,4 +166,17 @@ pub(crate) fn require_binary(name: &str, env_var: &str) -> PathBuf {
             }
         )
     })
+}
+
+/// Whether `binary` (a `qemu-system-*`) lists the qtest accelerator in
+/// `-accel help`. Panics if it cannot be run.
+pub fn has_qtest_accel(binary: &Path) -> bool {
+    let out = std::process::Command::new(binary)
+        .args(["-accel", "help"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run qemu -accel help");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "qtest")
 }

@@ -37,14 +37,14 @@
 //!
 //! The modules:
 //! - finding binaries: [`qemu_system`], [`storage_daemon`], [`qemu_ga`],
-//!   [`qemu_img`], [`find_binary`], [`require_qemu_system!`],
+//!   [`qemu_img`], [`find_binary`], [`locate_binary`], [`find_in_path`], [`has_qtest_accel`], [`require_qemu_system!`],
 //!   [`require_storage_daemon!`]; saying so: [`loud`], [`test_name`];
 //! - [`QemuProcess`]: a child with inherited descriptors, a log, and kill and
 //!   reap on drop; [`above_stdio`];
 //! - [`start_agent`]: a `qemu-ga` by socket activation, with every command that
 //!   would change the test machine blocked;
 //! - `/proc`: [`children`], [`qemu_children`], [`assert_no_qemu_children`],
-//!   [`proc_state`], [`proc_stat`], [`gone`];
+//!   [`proc_state`], [`proc_stat`], [`gone`], [`assert_gone_within`];
 //! - files and output: [`tempdir`], [`assert_dir_empty`], [`init_tracing`].
 
 #![warn(missing_docs)]
@@ -56,8 +56,9 @@ mod procfs;
 
 pub use agent::{start_agent, GA_BLOCKED_RPCS};
 pub use binaries::{
-    find_binary, is_ci, locate_binary, loud, qemu_ga, qemu_img, qemu_system, storage_daemon,
-    test_name, QEMU_GA_ENV, QEMU_IMG_ENV, QEMU_SYSTEM_ENV, STORAGE_DAEMON_ENV,
+    find_binary, find_in_path, has_qtest_accel, is_ci, locate_binary, loud, qemu_ga, qemu_img,
+    qemu_system, storage_daemon, test_name, QEMU_GA_ENV, QEMU_IMG_ENV, QEMU_SYSTEM_ENV,
+    STORAGE_DAEMON_ENV,
 };
 pub use process::{above_stdio, QemuProcess};
 pub use procfs::{
