@@ -45,12 +45,14 @@
 //!   would change the test machine blocked;
 //! - `/proc`: [`children`], [`qemu_children`], [`assert_no_qemu_children`],
 //!   [`proc_state`], [`proc_stat`], [`gone`], [`assert_gone_within`];
-//! - files and output: [`tempdir`], [`assert_dir_empty`], [`init_tracing`].
+//! - files and output: [`tempdir`], [`assert_dir_empty`], [`init_tracing`];
+//! - [`output_within`]: run a program to completion, killed after a deadline.
 
 #![warn(missing_docs)]
 
 mod agent;
 mod binaries;
+mod command;
 mod process;
 mod procfs;
 
@@ -60,6 +62,7 @@ pub use binaries::{
     qemu_system, storage_daemon, test_name, QEMU_GA_ENV, QEMU_IMG_ENV, QEMU_SYSTEM_ENV,
     STORAGE_DAEMON_ENV,
 };
+pub use command::output_within;
 pub use process::{above_stdio, QemuProcess};
 pub use procfs::{
     assert_gone_within, assert_no_qemu_children, children, gone, proc_stat, proc_state,

@@ -14,13 +14,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qemu_qmp::server::{Fault, Reply, TestServer, TestServerBuilder};
 use qemu_qmp::{json, JsonObject, Value};
-use qemu_testkit::GA_BLOCKED_RPCS;
+use qemu_testkit::{output_within, GA_BLOCKED_RPCS};
 
 const GA: &str = env!("CARGO_BIN_EXE_qemu-ga-client");
 /// Deadline for one run of the binary.
@@ -75,28 +74,7 @@ fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
         cmd.env(k, v);
     }
     let start = Instant::now();
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {GA}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(RUN_TIMEOUT) {
-        Ok(out) => out.expect("waiting for the child"),
-        Err(_) => {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            let out = rx.recv().ok().and_then(Result::ok);
-            panic!(
-                "qemu-ga-client {args:?} did not finish within {RUN_TIMEOUT:?}; stderr:\n{}",
-                out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                    .unwrap_or_default()
-            );
-        }
-    };
+    let out = output_within(&mut cmd, RUN_TIMEOUT, &format!("qemu-ga-client {args:?}"));
     Run {
         status: out.status,
         stdout: out.stdout,

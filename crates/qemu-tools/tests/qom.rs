@@ -6,13 +6,11 @@
 
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use qemu_qmp::server::{Reply, TestServer};
 use qemu_qmp::{json, JsonObject, Value};
-use qemu_testkit::QemuProcess;
+use qemu_testkit::{output_within, QemuProcess};
 
 const QOM: &str = env!("CARGO_BIN_EXE_qom");
 /// Deadline for one run of the binary.
@@ -62,28 +60,7 @@ fn run_with(bin: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(timeout) {
-        Ok(out) => out.expect("waiting for the child"),
-        Err(_) => {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            let out = rx.recv().ok().and_then(Result::ok);
-            panic!(
-                "{bin} {args:?} did not finish within {timeout:?}; stderr:\n{}",
-                out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                    .unwrap_or_default()
-            );
-        }
-    };
+    let out = output_within(&mut cmd, timeout, &format!("{bin} {args:?}"));
     Run {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
