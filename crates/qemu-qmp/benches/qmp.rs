@@ -10,7 +10,9 @@
 //! - `schema_*`: median latency of `query-qmp-schema` (~200 KB reply), and the ratio;
 //! - `pipelined_per_s`: commands per second with many in flight, against the in-process
 //!   test server (no QEMU bottleneck);
-//! - `events_per_s`: events per second decoded and dispatched to a listener.
+//! - `events_per_s`: events per second decoded and dispatched to a listener;
+//! - `python_qemu_qmp`: for scale, QEMU's Python `qemu.qmp` on the same QEMU, when
+//!   `python3 -c "import qemu.qmp"` works (`pip install qemu.qmp`).
 //!
 //! The two clients take turns (several rounds, best round kept for each) so that
 //! machine noise hits both alike. Set `BENCH_QUICK=1` for a short run.
@@ -179,6 +181,51 @@ async fn ours_schema(path: &Path, n: usize) -> Duration {
     median(times)
 }
 
+/// The same measurements with QEMU's Python `qemu.qmp` (asyncio `QMPClient`).
+const PYTHON_BENCH: &str = r#"
+import asyncio, sys, time
+from qemu.qmp import QMPClient
+async def main(path, n, schema_n):
+    qmp = QMPClient('bench')
+    await qmp.connect(path)
+    await qmp.execute('query-status')
+    t = time.perf_counter()
+    for _ in range(n):
+        await qmp.execute('query-status')
+    seq = n / (time.perf_counter() - t)
+    times = []
+    for _ in range(schema_n):
+        t = time.perf_counter()
+        await qmp.execute('query-qmp-schema')
+        times.append(time.perf_counter() - t)
+    times.sort()
+    await qmp.disconnect()
+    print(seq, times[len(times) // 2])
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"#;
+
+fn python_available() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import qemu.qmp"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One round of the Python client: (commands/s, median schema latency in seconds).
+fn python_round(path: &Path, seq: usize, schema: usize) -> Option<(f64, f64)> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", PYTHON_BENCH])
+        .arg(path)
+        .arg(seq.to_string())
+        .arg(schema.to_string())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|x| x.parse::<f64>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -233,6 +280,8 @@ fn main() {
     let (mut raw, mut ours_mt, mut ours_ct) = (vec![], vec![], vec![]);
     let (mut raw_s, mut ours_s) = (vec![], vec![]);
     let (mut r_mt, mut r_ct, mut r_s) = (vec![], vec![], vec![]);
+    let python = python_available();
+    let (mut py, mut py_s, mut r_py, mut r_py_s) = (vec![], vec![], vec![], vec![]);
     for _ in 0..s.rounds {
         let a = raw_seq(&path, s.seq);
         // In a task on the multi-thread runtime (a block_on future runs on the
@@ -258,11 +307,32 @@ fn main() {
         ours_ct.push(c);
         raw_s.push(d.as_secs_f64());
         ours_s.push(e.as_secs_f64());
+        // Python's qemu.qmp, for scale, in every fifth round (a process start each).
+        if python && raw.len() % 5 == 1 {
+            if let Some((seq, schema)) = python_round(&path, s.seq, s.schema) {
+                let raw_now = raw_seq(&path, s.seq);
+                let raw_schema_now = raw_schema(&path, s.schema);
+                r_py.push(seq / raw_now);
+                r_py_s.push(schema / raw_schema_now.as_secs_f64());
+                py.push(seq);
+                py_s.push(schema);
+            }
+        }
     }
     drop(qemu);
 
     let (pipelined, events) = multi.block_on(server_benches(s.pipelined, s.events));
 
+    let python_figures = if py.is_empty() {
+        json!("not measured: python3 with qemu.qmp is not installed (pip install qemu.qmp)")
+    } else {
+        json!({
+            "seq_per_s": fmedian(py).round(),
+            "seq_ratio": round(fmedian(r_py), 3),
+            "schema_ms": round(fmedian(py_s) * 1e3, 3),
+            "schema_ratio": round(fmedian(r_py_s), 3),
+        })
+    };
     let out = json!({
         "qemu": "qemu-system-x86_64 -machine none",
         "rounds": s.rounds,
@@ -276,6 +346,7 @@ fn main() {
         "schema_ratio": round(fmedian(r_s), 3),
         "pipelined_per_s": pipelined.round(),
         "events_per_s": events.round(),
+        "python_qemu_qmp": python_figures,
     });
     println!("{out}");
 }
