@@ -573,9 +573,17 @@ impl Client {
             std::mem::replace(&mut *slot, Slot::Connecting)
         };
         self.inner.state.send_replace(Runstate::Disconnecting);
-        let result = match prev {
+        // Back to Idle however this ends, even if this future is dropped half-way
+        // (then the session is closed at once instead of gracefully).
+        let mut guard = DisconnectGuard {
+            client: self,
+            session: None,
+        };
+        match prev {
             Slot::Session(s) => {
+                guard.session = Some(s.clone());
                 let cause = s.close().await;
+                guard.session = None;
                 match cause {
                     None | Some(Error::ConnectionClosed { mid_message: false }) => Ok(()),
                     Some(e) => Err(e),
@@ -583,10 +591,7 @@ impl Client {
             }
             // Dropping the listener closes it and removes its socket file.
             Slot::Listening(_) | Slot::Idle | Slot::Connecting => Ok(()),
-        };
-        *self.slot() = Slot::Idle;
-        self.inner.state.send_replace(Runstate::Idle);
-        result
+        }
     }
 
     // ---- events ----------------------------------------------------------------
@@ -700,6 +705,23 @@ impl Drop for Inner {
         if let Slot::Session(s) = slot {
             s.abort();
         }
+    }
+}
+
+/// Ends a `disconnect()`: the client is Idle afterwards, and a session whose graceful
+/// close was interrupted is closed at once.
+struct DisconnectGuard<'a> {
+    client: &'a Client,
+    session: Option<Arc<Session>>,
+}
+
+impl Drop for DisconnectGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.abort();
+        }
+        *self.client.slot() = Slot::Idle;
+        self.client.inner.state.send_replace(Runstate::Idle);
     }
 }
 

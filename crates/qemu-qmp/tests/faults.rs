@@ -1102,3 +1102,23 @@ fn requests_carry_the_shortest_unambiguous_id() {
         qmp.disconnect().await.unwrap();
     });
 }
+
+#[test]
+fn a_dropped_disconnect_still_leaves_the_client_idle() {
+    run(async {
+        let (server, _dir) = unix_server(TestServer::builder()).await;
+        let qmp = connect(&server).await;
+        let mut events = qmp.listen_all();
+        {
+            // Polled once at most, then dropped half-way.
+            let fut = qmp.disconnect();
+            let _ = timeout(Duration::ZERO, fut).await;
+        }
+        assert_eq!(qmp.runstate(), qemu_qmp::Runstate::Idle);
+        assert!(bounded(events.recv()).await.is_err());
+        // The client is usable again.
+        qmp.connect_to(server.address()).await.unwrap();
+        qmp.execute("query-status", None).await.unwrap();
+        qmp.disconnect().await.unwrap();
+    });
+}
