@@ -295,6 +295,9 @@ fn qemu_dies_with_the_test_process() {
     let Some(_qemu) = qemu_testkit::qemu_system() else {
         return;
     };
+    // The helper is killed, so its QemuProcess never removes its temporary
+    // directory: give it a TMPDIR of ours, removed when this test ends.
+    let helper_tmp = tempfile::tempdir().unwrap();
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -304,6 +307,7 @@ fn qemu_dies_with_the_test_process() {
             "--test-threads=1",
         ])
         .env(HELPER_ENV, "1")
+        .env("TMPDIR", helper_tmp.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
