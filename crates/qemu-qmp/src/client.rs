@@ -451,22 +451,17 @@ impl Client {
         let mut reader = MessageReader::default();
         let mut greeting = None;
         if config.await_greeting || config.negotiate {
-            let obj = match reader.next(&stream, &mut decoder).await {
-                Ok(Some(obj)) => obj,
-                Ok(None) => {
-                    return Err(Error::Greeting {
-                        reason: "the peer closed the connection before sending a greeting".into(),
+            let obj = reader
+                .handshake_message(
+                    &stream,
+                    &mut decoder,
+                    "the peer closed the connection before sending a greeting",
+                    |reason| Error::Greeting {
+                        reason,
                         received: None,
-                    })
-                }
-                Err(Error::Protocol(p)) => {
-                    return Err(Error::Greeting {
-                        reason: p.to_string(),
-                        received: None,
-                    })
-                }
-                Err(e) => return Err(e),
-            };
+                    },
+                )
+                .await?;
             let g = Greeting::from_object(obj).map_err(|(reason, obj)| Error::Greeting {
                 reason,
                 received: Some(Box::new(obj)),
@@ -491,22 +486,17 @@ impl Client {
                     received: None,
                 })?;
             loop {
-                let obj = match reader.next(&stream, &mut decoder).await {
-                    Ok(Some(obj)) => obj,
-                    Ok(None) => {
-                        return Err(Error::Negotiation {
-                            reason: "the peer closed the connection during negotiation".into(),
+                let obj = reader
+                    .handshake_message(
+                        &stream,
+                        &mut decoder,
+                        "the peer closed the connection during negotiation",
+                        |reason| Error::Negotiation {
+                            reason,
                             received: None,
-                        })
-                    }
-                    Err(Error::Protocol(p)) => {
-                        return Err(Error::Negotiation {
-                            reason: p.to_string(),
-                            received: None,
-                        })
-                    }
-                    Err(e) => return Err(e),
-                };
+                        },
+                    )
+                    .await?;
                 match Message::classify(obj) {
                     Message::Event(e) => {
                         self.inner.registry.dispatch(&e);
@@ -892,6 +882,23 @@ impl MessageReader {
         decoder: &mut Decoder,
     ) -> Result<Option<JsonObject>> {
         self.next_with(stream, decoder, || {}).await
+    }
+
+    /// The next message of a handshake step: a hang-up or a protocol error becomes
+    /// that step's error, built by `step_error` from a reason.
+    async fn handshake_message(
+        &mut self,
+        stream: &Stream,
+        decoder: &mut Decoder,
+        closed: &str,
+        step_error: impl Fn(String) -> Error,
+    ) -> Result<JsonObject> {
+        match self.next(stream, decoder).await {
+            Ok(Some(obj)) => Ok(obj),
+            Ok(None) => Err(step_error(closed.to_owned())),
+            Err(Error::Protocol(p)) => Err(step_error(p.to_string())),
+            Err(e) => Err(e),
+        }
     }
 
     /// [`next`](Self::next), calling `drained` whenever every buffered message has

@@ -202,6 +202,18 @@ impl Error {
         )
     }
 
+    /// What ended the session, for an [`Error::Disconnected`] that knows it (the peer
+    /// hung up, a protocol or I/O error); `None` for other errors and for a deliberate
+    /// `disconnect()`.
+    pub fn disconnect_cause(&self) -> Option<&Error> {
+        match self {
+            Error::Disconnected {
+                cause: Some(cause), ..
+            } => Some(cause),
+            _ => None,
+        }
+    }
+
     /// True for [`Error::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })

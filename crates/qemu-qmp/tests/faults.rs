@@ -125,11 +125,9 @@ async fn bounded<F: Future>(f: F) -> F::Output {
 
 /// The error that ended the session, from a command that was interrupted by it.
 fn interrupted_cause(e: Error) -> Error {
-    match e {
-        Error::Disconnected {
-            cause: Some(cause), ..
-        } => *cause,
-        other => panic!("expected Disconnected with a cause, got {other:?}"),
+    match e.disconnect_cause() {
+        Some(cause) => cause.clone(),
+        None => panic!("expected Disconnected with a cause, got {e:?}"),
     }
 }
 

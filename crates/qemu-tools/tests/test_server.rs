@@ -204,11 +204,9 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
 
 /// The error that ended the session, from a command it interrupted.
 fn interrupted_cause(e: Error) -> Error {
-    match e {
-        Error::Disconnected {
-            cause: Some(cause), ..
-        } => *cause,
-        other => panic!("expected Disconnected with a cause, got {other:?}"),
+    match e.disconnect_cause() {
+        Some(cause) => cause.clone(),
+        None => panic!("expected Disconnected with a cause, got {e:?}"),
     }
 }
 
