@@ -30,7 +30,7 @@
 //!
 //! `clock_step` and `clock_set` exist only under `-accel qtest`; with any
 //! other accelerator QEMU answers `FAIL Unknown command 'clock_step'`
-//! ([`QtestError::Failed`]). Some distribution builds of QEMU (Debian's 7.2,
+//! ([`QtestError::Failed`]). Some distribution builds of QEMU (Debian's 7.2 and 10.0,
 //! for one) leave that accelerator out; the other commands work with `-accel
 //! tcg -S` as well.
 //!

@@ -45,8 +45,8 @@ pub enum QtestAccel {
     /// [`QtestClient::clock_step`] and [`QtestClient::clock_set`]. What Python uses.
     /// A binary built without it fails the launch ("invalid accelerator qtest").
     Qtest,
-    /// `-accel tcg -S`, for binaries without the qtest accelerator (Debian's QEMU 7.2,
-    /// for one): the CPUs stay stopped (QMP status `prelaunch`), so no firmware runs
+    /// `-accel tcg -S`, for binaries without the qtest accelerator (Debian's QEMU 7.2
+    /// and 10.0, for two): the CPUs stay stopped (QMP status `prelaunch`), so no firmware runs
     /// and only qtest touches the devices. Every qtest command works except the clock
     /// ones, which QEMU answers with `FAIL Unknown command 'clock_step'`
     /// ([`QtestError::Failed`](crate::qtest::QtestError::Failed)); the virtual clock

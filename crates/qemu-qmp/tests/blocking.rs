@@ -103,7 +103,10 @@ fn connect_and_query_version_without_a_runtime() {
     let version = qmp.execute("query-version", None).unwrap();
     assert!(version["qemu"]["major"].as_u64().unwrap() >= 7, "{version}");
     assert_eq!(version["qemu"]["major"], greeting.version.qemu.major);
-    assert!(qmp.as_async().oob_enabled(), "QEMU 7.2 offers OOB");
+    assert!(
+        qmp.as_async().oob_enabled(),
+        "QEMU offers OOB on a socket monitor"
+    );
     qmp.close().unwrap();
     assert_no_qemu_left(qemu);
 }

@@ -80,12 +80,19 @@ macro_rules! require_storage_daemon {
 /// Finds `name`: the path in `env_var` if that is set (a bare name in it is
 /// looked up in `PATH`), else `name` in `PATH`.
 ///
+/// The first time a process finds a binary, it writes `qemu-testkit: <name>
+/// <version> (<path>)` to stderr, and a test that panics later names it in
+/// its failure report (see [`version_of`](crate::version_of)).
+///
 /// When it is not found: panics if `CI` is `true` or `1`, otherwise writes
 /// `SKIPPED: <test> needs <name>, ...` to stderr (bypassing libtest's output
 /// capture so it is always visible) and returns `None`.
 pub fn find_binary(name: &str, env_var: &str) -> Option<PathBuf> {
     match locate_binary(name, env_var) {
-        Ok(path) => Some(path),
+        Ok(path) => {
+            crate::version::announce(name, &path);
+            Some(path)
+        }
         Err(why) => {
             if is_ci() {
                 panic!(
@@ -155,7 +162,7 @@ fn is_executable_file(path: &Path) -> bool {
 
 /// Like the public lookups but for constructors that cannot return `None`.
 pub(crate) fn require_binary(name: &str, env_var: &str) -> PathBuf {
-    locate_binary(name, env_var).unwrap_or_else(|why| {
+    let path = locate_binary(name, env_var).unwrap_or_else(|why| {
         panic!(
             "{name}: {why}. Start the test with \
              `let Some(_) = qemu_testkit::{}() else {{ return }};` so it is skipped when QEMU is absent",
@@ -165,7 +172,9 @@ pub(crate) fn require_binary(name: &str, env_var: &str) -> PathBuf {
                 "qemu_system"
             }
         )
-    })
+    });
+    crate::version::announce(name, &path);
+    path
 }
 
 /// Whether `binary` (a `qemu-system-*`) lists the qtest accelerator in

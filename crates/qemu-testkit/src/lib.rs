@@ -29,6 +29,11 @@
 //! early. Under `CI=true` (or `CI=1`) they panic instead, so CI cannot go green
 //! by silently skipping everything.
 //!
+//! The suite runs once per supported QEMU version (10.0 and 7.2; `.ci/run`
+//! sets the variables above for the second run). Tests assert what every
+//! version guarantees and branch on [`version_of`] for what one version has
+//! and another lacks.
+//!
 //! Every QEMU is started with `PR_SET_PDEATHSIG=SIGKILL` from one long-lived
 //! spawner thread (the death signal is tied to the thread that forked, so a
 //! short-lived thread would take QEMU down with it). [`QemuProcess`] sends
@@ -45,6 +50,8 @@
 //!   would change the test machine blocked;
 //! - `/proc`: [`children`], [`qemu_children`], [`assert_no_qemu_children`],
 //!   [`proc_state`], [`proc_stat`], [`gone`], [`assert_gone_within`];
+//! - which QEMU: [`version_of`] a binary, as a [`QemuVersion`]; each lookup
+//!   names the binary and its version in the test output;
 //! - files and output: [`tempdir`], [`assert_dir_empty`], [`init_tracing`];
 //! - [`output_within`]: run a program to completion, killed after a deadline.
 
@@ -55,6 +62,7 @@ mod binaries;
 mod command;
 mod process;
 mod procfs;
+mod version;
 
 pub use agent::{start_agent, GA_BLOCKED_RPCS};
 pub use binaries::{
@@ -68,6 +76,7 @@ pub use procfs::{
     assert_gone_within, assert_no_qemu_children, children, gone, proc_stat, proc_state,
     qemu_children,
 };
+pub use version::{version_of, QemuVersion};
 
 use std::path::Path;
 use std::sync::Once;
