@@ -1,5 +1,6 @@
 //! An async client for the QEMU Machine Protocol (QMP), with a blocking API for
-//! scripts and a QMP server for testing clients.
+//! scripts and, behind the `server` cargo feature, a QMP server for testing clients
+//! (`server::TestServer`, with fault injection).
 //!
 //! This crate does in Rust what QEMU's Python `qemu.qmp` package does, and the names
 //! carry over: [`Client`] is `QMPClient`, [`Client::execute`] is `execute()`,
@@ -39,6 +40,7 @@ pub mod events;
 pub mod framing;
 pub mod message;
 pub mod runstate;
+#[cfg(feature = "server")]
 pub mod server;
 mod transport;
 
@@ -50,6 +52,7 @@ pub use message::{
     ErrorInfo, Event, Greeting, JsonObject, Message, Response, Timestamp, VersionInfo,
 };
 pub use runstate::Runstate;
+#[cfg(feature = "server")]
 pub use server::{TestServer, TestServerBuilder};
 
 /// Re-exported so callers can build arguments without naming `serde_json` themselves.
