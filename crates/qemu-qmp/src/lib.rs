@@ -38,6 +38,7 @@ mod client;
 pub mod error;
 pub mod events;
 pub mod framing;
+pub mod json;
 pub mod message;
 pub mod runstate;
 #[cfg(feature = "server")]

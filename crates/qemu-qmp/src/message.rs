@@ -334,52 +334,15 @@ pub fn request_command(req: &JsonObject) -> Option<&str> {
 /// unread in QEMU's socket buffer after a final `quit`, and closing a Unix socket with
 /// unread data makes the kernel reset the connection.
 pub fn encode(obj: &JsonObject) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    // Writing into a Vec cannot fail, and a Map<String, Value> always serialises.
-    let _ = serde_json::to_writer(&mut AsciiWriter(&mut out), obj);
-    out
+    crate::json::to_vec(obj, crate::json::Style::Compact)
 }
 
-/// Serialise a message the way QEMU sends it: like [`encode`], followed by CRLF.
+/// Serialise a message like [`encode`], followed by CRLF (the test server writes
+/// QEMU's own style instead: see [`crate::json`]).
 pub fn encode_line(obj: &JsonObject) -> Vec<u8> {
     let mut out = encode(obj);
     out.extend_from_slice(b"\r\n");
     out
-}
-
-/// Escapes non-ASCII characters as `\uXXXX` on the fly. serde_json emits UTF-8; only
-/// string contents can hold non-ASCII bytes, so escaping each multi-byte character is
-/// valid JSON.
-struct AsciiWriter<'a>(&'a mut Vec<u8>);
-
-impl std::io::Write for AsciiWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.is_ascii() {
-            self.0.extend_from_slice(buf);
-            return Ok(buf.len());
-        }
-        // serde_json writes whole UTF-8 sequences in one call.
-        match std::str::from_utf8(buf) {
-            Ok(s) => {
-                for ch in s.chars() {
-                    if ch.is_ascii() {
-                        self.0.push(ch as u8);
-                    } else {
-                        let mut units = [0u16; 2];
-                        for u in ch.encode_utf16(&mut units) {
-                            self.0.extend_from_slice(format!("\\u{u:04x}").as_bytes());
-                        }
-                    }
-                }
-            }
-            Err(_) => self.0.extend_from_slice(buf),
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -566,7 +566,8 @@ fn raw_socket_python_style() {
     s.send(br#"{"execute": "query-status", "id": "a"}"#);
     assert_eq!(
         s.line(),
-        json!({"return": {"status": "running", "singlestep": false, "running": true}, "id": "a"})
+        // The default version, 9.2.0, has no `singlestep` any more.
+        json!({"return": {"status": "running", "running": true}, "id": "a"})
     );
     s.send(br#"{"execute": "nope", "id": 7}"#);
     assert_eq!(

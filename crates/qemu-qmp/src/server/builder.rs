@@ -1,6 +1,5 @@
 //! Building a test server: what it answers and how it misbehaves.
 
-
 use super::*;
 
 // ---- public types ---------------------------------------------------------------
@@ -286,7 +285,12 @@ impl TestServerBuilder {
             GreetingMode::None => (None, false),
         };
         let mut version_json = Vec::new();
-        write_json(&mut version_json, &self.version);
+        match serde_json::to_value(&self.version) {
+            Ok(v) => write_value(&mut version_json, &v),
+            Err(_) => write_json(&mut version_json, &self.version),
+        }
+        let q = &self.version.qemu;
+        let status_has_singlestep = (q.major, q.minor) < (9, 0);
         let mut names: Vec<&str> = BUILTIN_COMMANDS.to_vec();
         let mut extra: Vec<&str> = self
             .handlers
@@ -301,13 +305,14 @@ impl TestServerBuilder {
             .map(|n| serde_json::json!({ "name": n }))
             .collect();
         let mut commands_json = Vec::new();
-        write_json(&mut commands_json, &commands);
+        write_value(&mut commands_json, &Value::Array(commands));
         Arc::new(Shared {
             config: Config {
                 greeting,
                 negotiation,
                 capabilities: self.capabilities,
                 version_json: version_json.into(),
+                status_has_singlestep,
                 commands_json: commands_json.into(),
                 handlers: self.handlers,
                 fault_hook: self.fault_hook,

@@ -1,7 +1,9 @@
 //! One client connection: reading requests, running them, writing answers.
 
-
 use super::*;
+
+/// The values of QEMU's `QMPCapability` enum.
+const KNOWN_CAPABILITIES: &[&str] = &["oob"];
 
 // ---- the connection -------------------------------------------------------------
 
@@ -292,8 +294,8 @@ impl Connection {
                         FrameError::NotAnObject { .. } => {
                             "QMP input must be a JSON object".to_owned()
                         }
-                        FrameError::Malformed { source, .. } => {
-                            format!("JSON parse error, {source}")
+                        FrameError::Malformed { source, excerpt } => {
+                            format!("JSON parse error, {}", qemu_parse_error(source, excerpt))
                         }
                         FrameError::TooLarge { .. } => e.to_string(),
                     };
@@ -337,12 +339,15 @@ impl Connection {
                 if let Some(f) = &fault {
                     debug!("fault on the reply to '{name}': {f:?}");
                 }
-                self.send_reply(&answer, id, fault);
+                // Like QEMU, `quit` announces SHUTDOWN before its reply.
                 if let Post::Quit = post {
                     self.write_event(&Event::new(
                         "SHUTDOWN",
                         Some(serde_json::json!({"guest": false, "reason": "host-qmp-quit"})),
                     ));
+                }
+                self.send_reply(&answer, id, fault);
+                if let Post::Quit = post {
                     self.out.close();
                 }
             }
@@ -397,7 +402,10 @@ impl Connection {
             },
             "query-status" => match no_arguments(args) {
                 Err(e) => e,
-                Ok(()) => Answer::Status(self.shared.running.load(Ordering::Relaxed)),
+                Ok(()) => Answer::Status {
+                    running: self.shared.running.load(Ordering::Relaxed),
+                    singlestep: self.shared.config.status_has_singlestep,
+                },
             },
             "stop" => match no_arguments(args) {
                 Err(e) => e,
@@ -464,6 +472,7 @@ impl Connection {
         }
     }
 
+    /// `qmp_capabilities`, with QEMU's checks and error texts.
     pub(super) fn qmp_capabilities<'a>(&mut self, args: &JsonObject) -> Answer<'a> {
         let mut requested: Vec<&str> = Vec::new();
         for (key, value) in args {
@@ -478,6 +487,14 @@ impl Connection {
             };
             for (i, c) in caps.iter().enumerate() {
                 match c.as_str() {
+                    // QEMU's QMPCapability enum knows only `oob` (7.2 and 10.0); the
+                    // odd parameter name is QEMU's own wording for list elements.
+                    Some(s) if !KNOWN_CAPABILITIES.contains(&s) => {
+                        return Answer::error(
+                            "GenericError",
+                            format!("Parameter 'null' does not accept value '{s}'"),
+                        )
+                    }
                     Some(s) => requested.push(s),
                     None => {
                         return Answer::error(
@@ -584,7 +601,12 @@ impl Connection {
         }
     }
 
-    pub(super) fn send_reply(&mut self, answer: &Answer<'_>, id: Option<&Value>, fault: Option<Fault>) {
+    pub(super) fn send_reply(
+        &mut self,
+        answer: &Answer<'_>,
+        id: Option<&Value>,
+        fault: Option<Fault>,
+    ) {
         let Some(fault) = fault else {
             self.out.write_with(|b| render(b, answer, id));
             return;
@@ -659,4 +681,3 @@ impl Connection {
         .await;
     }
 }
-

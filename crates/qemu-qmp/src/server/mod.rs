@@ -4,7 +4,11 @@
 //! it sends the greeting on connect, accepts nothing but `qmp_capabilities` until
 //! negotiation succeeds, echoes request ids verbatim, answers unknown commands with
 //! `CommandNotFound`, answers malformed JSON with an id-less `GenericError` and goes on,
-//! and serves one connection at a time, one after another. On top of that, tests can
+//! and serves one connection at a time, one after another. It writes what QEMU writes,
+//! byte for byte where a client could tell: QEMU's spacing, escaping and member order
+//! (see [`crate::json`]), CRLF line ends, the same error classes and texts for the
+//! same mistakes (checked against QEMU 10.0 and 7.2 by `tests/server_fidelity.rs`).
+//! On top of that, tests can
 //! inject [`Fault`]s into the replies, [`emit`](TestServer::emit) events, add command
 //! handlers, and look at what the server received.
 //!
@@ -33,8 +37,10 @@
 //!
 //! `qmp_capabilities`, `query-version` (the configured version), `query-status`,
 //! `query-commands`, `stop` and `cont` (which emit `STOP` and `RESUME` before their
-//! reply, like QEMU, and change what `query-status` says), `quit` (replies, emits
-//! `SHUTDOWN` and closes the connection; the server then waits for the next one),
+//! reply, like QEMU, and change what `query-status` says), `quit` (emits `SHUTDOWN`,
+//! replies, and closes the connection, in QEMU's order; the server then waits for the
+//! next one), `query-status` has `singlestep` when the configured version is before
+//! 9.0,
 //! `getfd` and `closefd` (descriptors passed with `SCM_RIGHTS` on Unix sockets), and
 //! `echo`, which returns its arguments. Handlers added with
 //! [`TestServerBuilder::handler`] override the built-ins.
@@ -51,7 +57,6 @@ mod builder;
 mod connection;
 mod dispatch;
 mod output;
-
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -78,15 +83,14 @@ use tracing::{debug, info, warn, Instrument};
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::framing::{Decoder, FrameError};
+use crate::json::{self, Style};
 use crate::message::{Event, Greeting, JsonObject, VersionInfo, VersionTriple};
-
 
 pub use builder::{Fault, Reply, TestServerBuilder};
 use builder::{FaultHook, Handler};
 use connection::{Conn, Connection, Ending};
 use dispatch::*;
 use output::*;
-
 
 /// The name of the events sent by [`Fault::FloodEvents`]; their data is
 /// `{"seq": N}`, counting from 0.
@@ -357,6 +361,8 @@ struct Config {
     negotiation: bool,
     capabilities: Vec<String>,
     version_json: Arc<[u8]>,
+    /// `query-status` has `singlestep` (QEMU before 9.0; 7.2 has it, 10.0 not).
+    status_has_singlestep: bool,
     commands_json: Arc<[u8]>,
     handlers: HashMap<String, Handler>,
     fault_hook: Option<FaultHook>,
@@ -520,10 +526,47 @@ mod tests {
                 json!({"error": {"class": "GenericError", "desc": "ü"}, "id": 1}),
             )),
         );
-        let status: Value = serde_json::from_slice(&rendered(&Answer::Status(true), None)).unwrap();
+    }
+
+    #[test]
+    fn replies_are_written_as_qemu_writes_them() {
+        // Byte for byte as QEMU 10.0 and 7.2 write them.
+        let text = |answer: &Answer<'_>, id: Option<&Value>| {
+            String::from_utf8(rendered(answer, id)).unwrap()
+        };
         assert_eq!(
-            status["return"],
-            json!({"status": "running", "running": true, "singlestep": false})
+            text(
+                &Answer::Status {
+                    running: true,
+                    singlestep: true
+                },
+                Some(&json!([1, {"a": 2}]))
+            ),
+            "{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}, \"id\": [1, {\"a\": 2}]}\r\n"
+        );
+        assert_eq!(
+            text(
+                &Answer::Status {
+                    running: false,
+                    singlestep: false
+                },
+                None
+            ),
+            "{\"return\": {\"status\": \"paused\", \"running\": false}}\r\n"
+        );
+        assert_eq!(
+            text(
+                &Answer::error(
+                    "CommandNotFound",
+                    "The command nope has not been found".into()
+                ),
+                Some(&json!("x"))
+            ),
+            "{\"id\": \"x\", \"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command nope has not been found\"}}\r\n"
+        );
+        assert_eq!(
+            text(&Answer::Empty, Some(&json!(7))),
+            "{\"return\": {}, \"id\": 7}\r\n"
         );
     }
 
@@ -600,4 +643,3 @@ mod tests {
         assert!(text.ends_with("}\r\nbc"), "{text}");
     }
 }
-

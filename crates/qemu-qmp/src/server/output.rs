@@ -1,6 +1,5 @@
 //! Output: buffering, deferred event floods, and the JSON QEMU would write.
 
-
 use super::*;
 
 // ---- output ---------------------------------------------------------------------
@@ -124,63 +123,52 @@ impl Output {
 }
 
 // ---- serialisation --------------------------------------------------------------
+//
+// Everything the server writes is in QEMU's own form (see `crate::json`): spaced,
+// upper-case escapes, members in QEMU's order, CRLF after each message. Replies put
+// `return` before `id` and `id` before `error`, as QEMU's hash table does.
 
-/// Serialise compact JSON the way [`crate::message::encode`] does (non-ASCII
-/// characters escaped), into `out`.
+const STYLE: Style = Style::Qemu;
+
+/// Any serialisable value (strings, pre-built structures) in QEMU's style.
 pub(super) fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-    let start = out.len();
-    if serde_json::to_writer(&mut *out, value).is_err() {
-        out.truncate(start);
-        out.extend_from_slice(b"null");
-        return;
-    }
-    if !out[start..].is_ascii() {
-        // Only string contents can hold non-ASCII characters, so escaping each one
-        // keeps the JSON valid.
-        let tail = out.split_off(start);
-        match String::from_utf8(tail) {
-            Ok(s) => {
-                for ch in s.chars() {
-                    if ch.is_ascii() {
-                        out.push(ch as u8);
-                    } else {
-                        let mut units = [0u16; 2];
-                        for u in ch.encode_utf16(&mut units) {
-                            let _ = write!(out, "\\u{u:04x}");
-                        }
-                    }
-                }
-            }
-            Err(e) => out.extend_from_slice(e.as_bytes()),
-        }
-    }
+    json::write(out, value, STYLE);
+}
+
+/// A JSON value in QEMU's style and member order.
+pub(super) fn write_value(out: &mut Vec<u8>, value: &Value) {
+    json::write_value(out, value, STYLE);
 }
 
 /// A whole message: JSON and CRLF.
 pub(super) fn write_message(out: &mut Vec<u8>, obj: &JsonObject) {
-    write_json(out, obj);
+    json::write_object(out, obj, STYLE);
     out.extend_from_slice(b"\r\n");
 }
 
 pub(super) fn write_id(out: &mut Vec<u8>, id: Option<&Value>) {
     if let Some(id) = id {
-        out.extend_from_slice(b",\"id\":");
-        write_json(out, id);
+        out.extend_from_slice(b", \"id\": ");
+        write_value(out, id);
     }
 }
 
 pub(super) fn render_error(out: &mut Vec<u8>, class: &str, desc: &str, id: Option<&Value>) {
-    out.extend_from_slice(b"{\"error\":{\"class\":");
+    out.push(b'{');
+    if let Some(id) = id {
+        out.extend_from_slice(b"\"id\": ");
+        write_value(out, id);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(b"\"error\": {\"class\": ");
     write_json(out, class);
-    out.extend_from_slice(b",\"desc\":");
+    out.extend_from_slice(b", \"desc\": ");
     write_json(out, desc);
-    out.push(b'}');
-    write_id(out, id);
-    out.extend_from_slice(b"}\r\n");
+    out.extend_from_slice(b"}}\r\n");
 }
 
 pub(super) fn render(out: &mut Vec<u8>, answer: &Answer<'_>, id: Option<&Value>) {
-    let body_start = b"{\"return\":";
+    let body_start = b"{\"return\": ";
     match answer {
         Answer::None => return,
         Answer::Error { class, desc } => return render_error(out, class, desc, id),
@@ -199,22 +187,34 @@ pub(super) fn render(out: &mut Vec<u8>, answer: &Answer<'_>, id: Option<&Value>)
         }
         Answer::Object(obj) => {
             out.extend_from_slice(body_start);
-            write_json(out, *obj);
+            json::write_object(out, obj, STYLE);
         }
         Answer::Value(v) => {
             out.extend_from_slice(body_start);
-            write_json(out, v);
+            write_value(out, v);
         }
         Answer::Encoded(bytes) => {
             out.extend_from_slice(body_start);
             out.extend_from_slice(bytes);
         }
-        Answer::Status(running) => {
+        Answer::Status {
+            running,
+            singlestep,
+        } => {
             out.extend_from_slice(body_start);
+            // QEMU's order: `status` and `singlestep` share a bucket, newest first.
             out.extend_from_slice(if *running {
-                b"{\"status\":\"running\",\"singlestep\":false,\"running\":true}"
+                b"{\"status\": \"running\", "
             } else {
-                b"{\"status\":\"paused\",\"singlestep\":false,\"running\":false}"
+                b"{\"status\": \"paused\", "
+            });
+            if *singlestep {
+                out.extend_from_slice(b"\"singlestep\": false, ");
+            }
+            out.extend_from_slice(if *running {
+                b"\"running\": true}"
+            } else {
+                b"\"running\": false}"
             });
         }
     }
@@ -227,7 +227,7 @@ pub(super) fn render_oversized(out: &mut Vec<u8>, size: usize, id: Option<&Value
     tail.extend_from_slice(b"\"}");
     write_id(&mut tail, id);
     tail.extend_from_slice(b"}\r\n");
-    let head = b"{\"return\":{\"data\":\"";
+    let head = b"{\"return\": {\"data\": \"";
     let pad = size.saturating_sub(head.len() + tail.len());
     out.reserve(head.len() + pad + tail.len());
     out.extend_from_slice(head);
@@ -245,4 +245,3 @@ impl fmt::Display for JsonDisplay<'_> {
         f.write_str(&String::from_utf8_lossy(&v))
     }
 }
-
