@@ -1,6 +1,7 @@
 //! Shared code of the command-line tools.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+pub mod exit;
 pub mod ga;
 pub mod qom;
 pub mod shell;

@@ -52,6 +52,14 @@ pub enum QomError {
         /// What is wrong with the reply.
         reason: String,
     },
+    /// A `qom set` value that does not fit the property's type.
+    #[error("{what}: {reason}")]
+    BadValue {
+        /// `path.property`.
+        what: String,
+        /// Why the value does not fit.
+        reason: String,
+    },
     /// A `<path>.<property>` argument without a `.`.
     #[error(
         "invalid <path>.<property> {0:?}: expected a QOM path and a property name separated by '.'"
@@ -236,6 +244,31 @@ impl Qom {
             )
             .await
             .map_err(|e| QomError::from_qmp(what(path, property, &e), e))
+    }
+
+    /// `qom set`: read the type of `property` from `qom-list`, turn `text` into a
+    /// value of that type ([`typed_value`]), and `qom-set` it; returns QEMU's reply
+    /// (`{}`). A property that does not exist fails with QEMU's own message, as does
+    /// one that cannot be set (`Property '...' is not writable`).
+    pub async fn set_typed(
+        &self,
+        path: &str,
+        property: &str,
+        text: &str,
+    ) -> Result<Value, QomError> {
+        let props = self.list(path).await?;
+        let what = format!("{path}.{property}");
+        let Some(info) = props.iter().find(|p| p.name == property) else {
+            // QEMU's words for it: reading the property fails as setting it would.
+            self.get(path, property).await?;
+            return Err(QomError::BadValue {
+                what,
+                reason: "the property is not listed by qom-list".into(),
+            });
+        };
+        let value =
+            typed_value(&info.type_, text).map_err(|reason| QomError::BadValue { what, reason })?;
+        self.set(path, property, value).await
     }
 
     /// `qom-list-get` (QEMU 10.1 and later): every property with its value, for each
@@ -445,9 +478,12 @@ impl Shown {
 }
 
 /// What an error message names: the object when it does not exist, else the
-/// property.
+/// property (also when the object missing is another, e.g. a link's target).
 fn what(path: &str, property: &str, e: &qemu_qmp::Error) -> String {
-    if e.error_class() == Some("DeviceNotFound") {
+    let about_path = e
+        .as_execute_error()
+        .is_some_and(|x| x.desc().contains(&format!("'{path}'")));
+    if e.error_class() == Some("DeviceNotFound") && about_path {
         path.to_owned()
     } else {
         format!("{path}.{property}")
@@ -489,21 +525,166 @@ pub fn split_path_property(arg: &str) -> Result<(&str, &str), QomError> {
     }
 }
 
-/// The JSON value for a `qom set` argument: `true`/`false` are booleans, numbers are
-/// numbers, other JSON (objects, lists, `null`, `"quoted strings"`) is taken as
-/// JSON, and anything else is a string.
+/// How [`typed_value`] reads the text given for a property of a QOM type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// `string`, `str`: the text as it is.
+    String,
+    /// `bool`: `true`/`false`, `on`/`off`, `yes`/`no`, in any case.
+    Bool,
+    /// An integer type (`int`, `int8` ... `int64`, `uint8` ... `uint64`, `size`, and
+    /// their `_t` spellings), with its range: decimal, or hexadecimal with `0x`.
+    Integer {
+        /// The smallest value.
+        min: i128,
+        /// The largest value.
+        max: i128,
+    },
+    /// `double`, `number`, `float`: a finite number.
+    Float,
+    /// `link<TYPE>`: the path of the object to point to (empty to clear the link).
+    Link,
+    /// `child<TYPE>`: not settable; the text is sent as it is and QEMU says so.
+    Child,
+    /// Anything else (enumerations such as `OnOffAuto`, structures such as
+    /// `BootConfiguration`): JSON when the text starts with `{` or `[`, else the text
+    /// as a string (an enumeration's value).
+    Other,
+}
+
+impl ValueKind {
+    /// The kind of value a property of QOM type `type_` takes.
+    ///
+    /// ```
+    /// use qemu_tools::qom::ValueKind;
+    /// assert_eq!(ValueKind::of("string"), ValueKind::String);
+    /// assert_eq!(ValueKind::of("uint8"), ValueKind::Integer { min: 0, max: 255 });
+    /// assert_eq!(ValueKind::of("link<memory-backend>"), ValueKind::Link);
+    /// assert_eq!(ValueKind::of("OnOffAuto"), ValueKind::Other);
+    /// ```
+    pub fn of(type_: &str) -> ValueKind {
+        if type_.starts_with("link<") {
+            return ValueKind::Link;
+        }
+        if type_.starts_with("child<") {
+            return ValueKind::Child;
+        }
+        let base = type_.strip_suffix("_t").unwrap_or(type_);
+        let signed = |bits: u32| ValueKind::Integer {
+            min: -(1i128 << (bits - 1)),
+            max: (1i128 << (bits - 1)) - 1,
+        };
+        let unsigned = |bits: u32| ValueKind::Integer {
+            min: 0,
+            max: (1i128 << bits) - 1,
+        };
+        match base {
+            "string" | "str" => ValueKind::String,
+            "bool" => ValueKind::Bool,
+            "int" | "int64" => signed(64),
+            "int8" => signed(8),
+            "int16" => signed(16),
+            "int32" => signed(32),
+            "uint64" | "size" => unsigned(64),
+            "uint8" => unsigned(8),
+            "uint16" => unsigned(16),
+            "uint32" => unsigned(32),
+            "double" | "number" | "float" => ValueKind::Float,
+            _ => ValueKind::Other,
+        }
+    }
+}
+
+/// The JSON value `qom set` sends for `text` to a property of QOM type `type_` (see
+/// [`ValueKind`]), or why the text does not fit the type.
 ///
 /// ```
-/// use qemu_tools::qom::parse_value;
+/// use qemu_tools::qom::typed_value;
 /// use qemu_qmp::json;
-/// assert_eq!(parse_value("true"), json!(true));
-/// assert_eq!(parse_value("42"), json!(42));
-/// assert_eq!(parse_value("[1, 2]"), json!([1, 2]));
-/// assert_eq!(parse_value("\"42\""), json!("42"));
-/// assert_eq!(parse_value("hello world"), json!("hello world"));
+/// assert_eq!(typed_value("string", "42").unwrap(), json!("42"));
+/// assert_eq!(typed_value("int", "-42").unwrap(), json!(-42));
+/// assert_eq!(typed_value("bool", "on").unwrap(), json!(true));
+/// assert_eq!(typed_value("BootConfiguration", r#"{"order": "c"}"#).unwrap(), json!({"order": "c"}));
+/// assert!(typed_value("uint8", "256").is_err());
 /// ```
-pub fn parse_value(arg: &str) -> Value {
-    serde_json::from_str(arg).unwrap_or_else(|_| Value::String(arg.to_owned()))
+pub fn typed_value(type_: &str, text: &str) -> Result<Value, String> {
+    match ValueKind::of(type_) {
+        ValueKind::String | ValueKind::Link | ValueKind::Child => {
+            Ok(Value::String(text.to_owned()))
+        }
+        ValueKind::Bool => parse_bool(text)
+            .map(Value::Bool)
+            .ok_or_else(|| format!("'{text}' is not a boolean (true/false, on/off, yes/no)")),
+        ValueKind::Integer { min, max } => {
+            let n = parse_integer(text).ok_or_else(|| {
+                format!("'{text}' is not an integer (the property is of type {type_})")
+            })?;
+            if n < min || n > max {
+                return Err(format!(
+                    "{text} is out of range for {type_} ({min} to {max})"
+                ));
+            }
+            Ok(match i64::try_from(n) {
+                Ok(i) => Value::from(i),
+                // Within uint64's range, checked above.
+                Err(_) => Value::from(n as u64),
+            })
+        }
+        ValueKind::Float => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+            .ok_or_else(|| format!("'{text}' is not a number (the property is of type {type_})")),
+        ValueKind::Other => {
+            let t = text.trim_start();
+            if t.starts_with('{') || t.starts_with('[') {
+                serde_json::from_str(text).map_err(|e| format!("'{text}' is not valid JSON: {e}"))
+            } else {
+                Ok(Value::String(text.to_owned()))
+            }
+        }
+    }
+}
+
+/// `true`/`false`, `on`/`off`, `yes`/`no`, in any case (so that `True`, as `qom get`
+/// prints it, reads back).
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" => Some(true),
+        "false" | "off" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// A decimal integer, or a hexadecimal one with `0x`, with an optional sign.
+fn parse_integer(text: &str) -> Option<i128> {
+    let t = text.trim();
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let magnitude = match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            i128::from_str_radix(hex, 16).ok()?
+        }
+        Some(_) => return None,
+        None if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            digits.parse::<i128>().ok()?
+        }
+        None => return None,
+    };
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+/// A `qom set --json` value: JSON, as it is.
+pub fn json_value(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("'{text}' is not valid JSON: {e}"))
 }
 
 /// `qom list` output: a line per property, `name/` for children, `@name/` for links,
@@ -689,18 +870,60 @@ mod tests {
 
     #[test]
     fn value_typing() {
-        assert_eq!(parse_value("false"), json!(false));
-        assert_eq!(parse_value("-7"), json!(-7));
-        assert_eq!(parse_value("1.5"), json!(1.5));
-        assert_eq!(parse_value("{\"a\": 1}"), json!({"a": 1}));
-        assert_eq!(parse_value("null"), json!(null));
-        assert_eq!(parse_value("True"), json!("True"));
+        let ok = |t: &str, v: &str| typed_value(t, v).unwrap_or_else(|e| panic!("{t} {v}: {e}"));
+        let bad = |t: &str, v: &str| typed_value(t, v).unwrap_err();
+        // Strings, links and children: the text as it is.
+        assert_eq!(ok("string", "42"), json!("42"));
+        assert_eq!(ok("str", "\"42\""), json!("\"42\""));
+        assert_eq!(ok("string", ""), json!(""));
         assert_eq!(
-            parse_value("/machine/unattached"),
-            json!("/machine/unattached")
+            ok("link<memory-backend>", "/objects/m"),
+            json!("/objects/m")
         );
-        assert_eq!(parse_value(""), json!(""));
-        assert_eq!(parse_value("[1, "), json!("[1, "));
+        assert_eq!(ok("child<container>", "x"), json!("x"));
+        // Booleans.
+        for t in ["true", "on", "yes", "True", "ON"] {
+            assert_eq!(ok("bool", t), json!(true), "{t}");
+        }
+        for f in ["false", "off", "no", "False"] {
+            assert_eq!(ok("bool", f), json!(false), "{f}");
+        }
+        assert!(bad("bool", "maybe").contains("not a boolean"));
+        assert!(bad("bool", "1").contains("not a boolean"));
+        // Integers, with ranges.
+        assert_eq!(ok("int", "-3"), json!(-3));
+        assert_eq!(ok("int", "+7"), json!(7));
+        assert_eq!(
+            ok("uint64", "18446744073709551615"),
+            json!(18446744073709551615u64)
+        );
+        assert_eq!(ok("uint64_t", "0x10"), json!(16));
+        assert_eq!(ok("int8", "-128"), json!(-128));
+        assert_eq!(ok("size", "4096"), json!(4096));
+        assert_eq!(
+            bad("uint8", "256"),
+            "256 is out of range for uint8 (0 to 255)"
+        );
+        assert!(bad("uint64_t", "-1").contains("out of range"));
+        assert!(bad("int64", "9223372036854775808").contains("out of range"));
+        assert!(bad("int", "1.5").contains("not an integer"));
+        assert!(bad("int", "12x").contains("not an integer"));
+        assert!(bad("int", "0x").contains("not an integer"));
+        assert!(bad("int", "").contains("not an integer"));
+        // Floats.
+        assert_eq!(ok("double", "1.5"), json!(1.5));
+        assert!(bad("double", "inf").contains("not a number"));
+        // Other types: JSON objects and lists, else strings (enumerations).
+        assert_eq!(ok("OnOffAuto", "off"), json!("off"));
+        assert_eq!(
+            ok("BootConfiguration", "{\"order\": \"c\"}"),
+            json!({"order": "c"})
+        );
+        assert_eq!(ok("strList", "[\"a\"]"), json!(["a"]));
+        assert!(bad("BootConfiguration", "{order").contains("not valid JSON"));
+        // --json.
+        assert_eq!(json_value("\"42\"").unwrap(), json!("42"));
+        assert!(json_value("hello").is_err());
     }
 
     #[test]

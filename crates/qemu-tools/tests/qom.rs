@@ -216,7 +216,7 @@ fn list_get_and_set_on_a_pc_machine() {
         link.stdout
     );
 
-    // Typed values: booleans, numbers, strings.
+    // Typed values (more in set_converts_the_value_to_the_property_type).
     assert_eq!(
         qom(sock, &["get", "/machine.dump-guest-core"]).ok(),
         "True\n"
@@ -229,18 +229,6 @@ fn list_get_and_set_on_a_pc_machine() {
         qom(sock, &["get", "/machine.dump-guest-core"]).ok(),
         "False\n"
     );
-    qom(sock, &["set", "/machine.phandle-start", "4242"]).ok();
-    assert_eq!(qom(sock, &["get", "/machine.phandle-start"]).ok(), "4242\n");
-    qom(sock, &["set", "/machine.phandle-start", "-3"]).ok();
-    assert_eq!(qom(sock, &["get", "/machine.phandle-start"]).ok(), "-3\n");
-    qom(sock, &["set", "/machine.dt-compatible", "hello, world"]).ok();
-    assert_eq!(
-        qom(sock, &["get", "/machine.dt-compatible"]).ok(),
-        "hello, world\n"
-    );
-    // A JSON string stays a string even when it looks like a number.
-    qom(sock, &["set", "/machine.dt-compatible", "\"42\""]).ok();
-    assert_eq!(qom(sock, &["get", "/machine.dt-compatible"]).ok(), "42\n");
 
     // Errors: exit status 1 and a message naming what failed.
     let err = qom(sock, &["get", "/nope.x"]);
@@ -258,20 +246,162 @@ fn list_get_and_set_on_a_pc_machine() {
         "{}",
         err.stderr
     );
-    let err = qom(sock, &["set", "/machine.dump-guest-core", "maybe"]);
+    // A malformed <path>.<property> is bad usage.
+    let err = qom(sock, &["get", "/machine"]);
+    assert_eq!(err.status.code(), Some(2), "{}", err.stderr);
+    assert!(err.stderr.contains("<path>.<property>"), "{}", err.stderr);
+}
+
+/// A stopped `-machine pc` QEMU with a memory backend to link to.
+fn qemu_pc_with_backend() -> Option<QemuProcess> {
+    qemu_testkit::qemu_system()?;
+    Some(QemuProcess::system_with_listener(&[
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg",
+        "-S",
+        "-object",
+        "memory-backend-ram,id=mem0,size=1M",
+    ]))
+}
+
+#[test]
+fn set_converts_the_value_to_the_property_type() {
+    let Some(qemu) = qemu_pc_with_backend() else {
+        return;
+    };
+    let sock = qemu.qmp_path();
+    let set = |prop: &str, value: &str| qom(sock, &["set", prop, value]);
+    let get = |prop: &str| qom(sock, &["get", prop]).ok().to_owned();
+
+    // A string property takes the text as it is: digits and quotes included.
+    assert_eq!(set("/machine.dt-compatible", "42").ok(), "{}\n");
+    assert_eq!(get("/machine.dt-compatible"), "42\n");
+    set("/machine.dt-compatible", "\"42\"").ok();
+    assert_eq!(get("/machine.dt-compatible"), "\"42\"\n");
+    set("/machine.dt-compatible", "hello, world").ok();
+    assert_eq!(get("/machine.dt-compatible"), "hello, world\n");
+
+    // An integer (type int): decimal, negative, hexadecimal; range and form checked.
+    set("/machine.phandle-start", "4242").ok();
+    assert_eq!(get("/machine.phandle-start"), "4242\n");
+    set("/machine.phandle-start", "-3").ok();
+    assert_eq!(get("/machine.phandle-start"), "-3\n");
+    set("/machine.phandle-start", "0x10").ok();
+    assert_eq!(get("/machine.phandle-start"), "16\n");
+    let err = set("/machine.phandle-start", "12x");
+    assert_eq!(
+        err.fails(),
+        "qom: /machine.phandle-start: '12x' is not an integer (the property is of type int)\n"
+    );
+    let err = set("/machine.phandle-start", "9223372036854775808");
+    assert_eq!(
+        err.fails(),
+        "qom: /machine.phandle-start: 9223372036854775808 is out of range for int \
+         (-9223372036854775808 to 9223372036854775807)\n"
+    );
+    assert_eq!(get("/machine.phandle-start"), "16\n");
+    // An unsigned one (uint64_t): no negative values.
+    let err = set("/machine.bus-lock-ratelimit", "-1");
     assert!(
-        err.fails().starts_with("qom: /machine.dump-guest-core: "),
+        err.fails()
+            .starts_with("qom: /machine.bus-lock-ratelimit: -1 is out of range for uint64_t"),
         "{}",
         err.stderr
     );
-    let err = qom(sock, &["get", "/machine"]);
-    assert!(err.fails().contains("<path>.<property>"), "{}", err.stderr);
+
+    // A boolean: true/false, on/off, yes/no in any case (True reads back).
+    for (text, shown) in [
+        ("off", "False"),
+        ("YES", "True"),
+        ("false", "False"),
+        ("True", "True"),
+    ] {
+        set("/machine.dump-guest-core", text).ok();
+        assert_eq!(
+            get("/machine.dump-guest-core"),
+            format!("{shown}\n"),
+            "{text}"
+        );
+    }
+    let err = set("/machine.dump-guest-core", "maybe");
+    assert_eq!(
+        err.fails(),
+        "qom: /machine.dump-guest-core: 'maybe' is not a boolean (true/false, on/off, yes/no)\n"
+    );
+
+    // A link takes a path; QEMU checks the target's type.
+    set("/machine.memory-backend", "/objects/mem0").ok();
+    assert_eq!(get("/machine.memory-backend"), "/objects/mem0\n");
+    let err = set("/machine.memory-backend", "/machine");
+    assert_eq!(
+        err.fails(),
+        "qom: /machine.memory-backend: Invalid parameter type for 'memory-backend', \
+         expected: memory-backend\n"
+    );
+    let err = set("/machine.memory-backend", "/nope");
+    assert_eq!(
+        err.fails(),
+        "qom: /machine.memory-backend: Device '/nope' not found\n"
+    );
+    set("/machine.memory-backend", "").ok();
+    assert_eq!(get("/machine.memory-backend"), "\n");
+
+    // A structure takes JSON; an enumeration its value's name.
+    set("/machine.boot", "{\"order\": \"dc\"}").ok();
+    assert_eq!(get("/machine.boot"), "order: dc\n");
+    set("/machine.smm", "off").ok();
+    assert_eq!(get("/machine.smm"), "off\n");
+
+    // --json: the value as JSON, whatever the type (QEMU judges it).
+    qom(
+        sock,
+        &["set", "--json", "/machine.boot", "{\"order\": \"c\"}"],
+    )
+    .ok();
+    assert_eq!(get("/machine.boot"), "order: c\n");
+    qom(
+        sock,
+        &["set", "--json", "/machine.dt-compatible", "\"x y\""],
+    )
+    .ok();
+    assert_eq!(get("/machine.dt-compatible"), "x y\n");
+    let err = qom(sock, &["set", "--json", "/machine.phandle-start", "\"5\""]);
+    assert_eq!(
+        err.fails(),
+        "qom: /machine.phandle-start: Invalid parameter type for 'phandle-start', \
+         expected: integer\n"
+    );
+
+    // No such property, object, or a read-only one: QEMU's words.
+    let machine_type = get("/machine.type");
+    let machine_type = machine_type.trim_end();
+    let err = set("/machine.nope", "1");
+    assert_eq!(
+        err.fails(),
+        format!("qom: /machine.nope: Property '{machine_type}.nope' not found\n")
+    );
+    let err = set("/nope.x", "1");
+    assert_eq!(err.fails(), "qom: /nope: Device '/nope' not found\n");
+    let err = set("/machine.type", "x");
+    assert_eq!(
+        err.fails(),
+        format!("qom: /machine.type: Property '{machine_type}.type' is not writable\n")
+    );
+    let err = set("/machine.i440fx", "x");
+    assert_eq!(
+        err.fails(),
+        format!("qom: /machine.i440fx: Property '{machine_type}.i440fx' is not writable\n")
+    );
 }
 
 #[test]
 fn a_missing_socket_is_a_clear_error() {
+    // No socket, or a malformed one: bad usage (status 2), as argparse has it.
     let r = run_with(QOM, &["list", "/"], &[], RUN_TIMEOUT);
-    assert!(r.fails().contains("No QMP socket"), "{}", r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("No QMP socket"), "{}", r.stderr);
 
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.sock");
@@ -281,9 +411,9 @@ fn a_missing_socket_is_a_clear_error() {
     assert!(msg.contains("missing.sock"), "{msg}");
 
     let r = run_with(QOM, &["-s", "localhost:notaport", "list"], &[], RUN_TIMEOUT);
-    assert!(r.fails().contains("bad port"), "{}", r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("bad port"), "{}", r.stderr);
 
-    // Bad usage is status 2, as argparse has it.
     let r = run_with(QOM, &[], &[], RUN_TIMEOUT);
     assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
 }

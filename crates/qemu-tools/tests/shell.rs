@@ -560,6 +560,34 @@ fn skip_negotiation_with_qemu() {
     sh.expect("(QEMU) ");
     sh.send("\x04");
     assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
+    // QEMU's greeting was taken out quietly: not shown, not warned about.
+    let shown = sh.shown();
+    assert!(!shown.contains("WARN"), "{shown}");
+    assert!(!shown.contains("\"QMP\""), "{shown}");
+}
+
+#[test]
+fn skip_negotiation_takes_the_greeting_out_quietly() {
+    let Some(qemu) = start_qemu() else { return };
+    let path = qemu.qmp.to_str().unwrap();
+    // The first command is sent at once, before or after the greeting arrives:
+    // either way, the greeting is neither its reply nor a warning.
+    let (status, out, err) = run_piped(
+        SHELL,
+        &["-N", path],
+        "query-status\nqmp_capabilities\nquery-status\n",
+    );
+    assert_eq!(err, "", "stdout:\n{out}");
+    let replies: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(replies.len(), 3, "{out}");
+    assert_eq!(replies[0]["error"]["class"], "CommandNotFound", "{out}");
+    assert_eq!(replies[1], json!({"return": {}}), "{out}");
+    assert!(is_status(&replies[2], "running", true), "{out}");
+    // A piped run with a failed command exits 1.
+    assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
 }
 
 #[test]
@@ -737,6 +765,7 @@ fn connection_failures_are_reported() {
     assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
     assert!(err.starts_with("ERROR: failed to connect to"), "{err}");
     assert!(err.contains("No such file or directory"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 
     let (status, _, err) = run_piped(SHELL, &["localhost:port"], "");
     assert_eq!(status.code(), Some(2));

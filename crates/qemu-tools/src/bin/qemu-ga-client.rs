@@ -6,7 +6,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use qemu_qmp::Address;
+use qemu_tools::exit;
 use qemu_tools::ga::{self, GaError, GuestAgent, ShutdownMode, SuspendMode};
+
+/// This tool's exit statuses, besides the convention.
+const EXIT_HELP: &str = "\
+`exec` exits with the guest program's status (128+N when a signal N killed it),
+or 1 when it cannot be run or its status cannot be had.";
 
 /// QEMU guest agent client.
 ///
@@ -23,8 +30,7 @@ use qemu_tools::ga::{self, GaError, GuestAgent, ShutdownMode, SuspendMode};
     name = "qemu-ga-client",
     version,
     verbatim_doc_comment,
-    after_help = "Exit status: 0 on success, 1 on failure, 2 for bad usage; \
-`exec` exits with the guest command's status (128+N when killed by signal N)."
+    after_help = exit::after_help("", EXIT_HELP)
 )]
 struct Cli {
     /// The agent's Unix socket path, or host:port. May also be set via the
@@ -87,7 +93,7 @@ enum Command {
     /// Check that the agent answers.
     Ping {
         /// Seconds to wait for the answer (default: --timeout).
-        #[arg(id = "ping_timeout", value_name = "TIMEOUT")]
+        #[arg(id = "ping_timeout", value_name = "TIMEOUT", value_parser = check_seconds)]
         seconds: Option<String>,
     },
     /// Power the guest off.
@@ -128,6 +134,11 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}': too long"))
 }
 
+/// [`parse_seconds`], keeping the text as typed (for `Not responded in TIMEOUT sec`).
+fn check_seconds(s: &str) -> Result<String, String> {
+    parse_seconds(s).map(|_| s.to_owned())
+}
+
 fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -158,40 +169,31 @@ impl From<io::Error> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let Some(address) = cli.address.clone() else {
-        use clap::CommandFactory;
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "address is not specified (use --address or QGA_CLIENT_ADDRESS)",
-            )
-            .exit();
+    let Some(text) = cli.address.as_deref().filter(|a| !a.is_empty()) else {
+        exit::usage_error::<Cli>("address is not specified (use --address or QGA_CLIENT_ADDRESS)")
     };
+    let address = exit::parse_address::<Cli>(text);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("qemu-ga-client: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return exit::fail(
+                "qemu-ga-client: ",
+                format!("cannot start the async runtime: {e}"),
+            )
         }
     };
-    match rt.block_on(run(&address, cli.timeout, cli.command)) {
+    match rt.block_on(run(address, cli.timeout, cli.command)) {
         Ok(code) => code,
-        Err(Failure::Agent(e)) if e.is_broken_pipe() => ExitCode::SUCCESS,
-        Err(Failure::Agent(e)) => {
-            eprintln!("qemu-ga-client: {e}");
-            ExitCode::FAILURE
-        }
-        Err(Failure::Message(m)) => {
-            eprintln!("qemu-ga-client: {m}");
-            ExitCode::FAILURE
-        }
+        Err(Failure::Agent(e)) if e.is_broken_pipe() => ExitCode::from(exit::SUCCESS),
+        Err(Failure::Agent(e)) => exit::fail("qemu-ga-client: ", e),
+        Err(Failure::Message(m)) => exit::fail("qemu-ga-client: ", m),
     }
 }
 
-async fn run(address: &str, timeout: Duration, command: Command) -> Result<ExitCode, Failure> {
+async fn run(address: Address, timeout: Duration, command: Command) -> Result<ExitCode, Failure> {
     if let Command::Ping { seconds } = &command {
         return ping(address, seconds.as_deref(), timeout).await;
     }
@@ -202,7 +204,7 @@ async fn run(address: &str, timeout: Duration, command: Command) -> Result<ExitC
 }
 
 /// `ping [TIMEOUT]`: connect, synchronise and ping, all within the timeout.
-async fn ping(address: &str, arg: Option<&str>, default: Duration) -> Result<ExitCode, Failure> {
+async fn ping(address: Address, arg: Option<&str>, default: Duration) -> Result<ExitCode, Failure> {
     let (timeout, shown) = match arg {
         Some(s) => (parse_seconds(s).map_err(Failure::Message)?, s.to_owned()),
         None => (default, format!("{}", default.as_secs_f64())),
@@ -220,7 +222,7 @@ async fn ping(address: &str, arg: Option<&str>, default: Duration) -> Result<Exi
     let result = agent.execute_within("guest-ping", None, left).await;
     agent.disconnect().await;
     match result {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+        Ok(_) => Ok(ExitCode::from(exit::SUCCESS)),
         Err(e) if e.is_timeout() => Err(not_responded()),
         Err(e) => Err(e.into()),
     }
@@ -280,7 +282,7 @@ async fn run_command(agent: &GuestAgent, command: Command) -> Result<ExitCode, F
         Command::Ping { .. } => {}
     }
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(exit::SUCCESS))
 }
 
 /// `exec`: the guest's standard output and error go to ours, then `exitcode: N` (or
@@ -321,12 +323,12 @@ async fn exec(
             if (0..=255).contains(&code) {
                 code
             } else {
-                1
+                i64::from(exit::FAILURE)
             }
         }
         (None, None) => {
             writeln!(err, "exitcode: unknown")?;
-            1
+            i64::from(exit::FAILURE)
         }
     };
     Ok(ExitCode::from(code as u8))

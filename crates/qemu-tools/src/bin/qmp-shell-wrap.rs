@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use qemu_machine::{LaunchCause, MachineError, QemuMachine};
+use qemu_tools::exit;
 use qemu_tools::shell::{self, cli};
 
 /// How long QEMU has to exit after the shell ends before it is killed.
@@ -26,9 +27,18 @@ QEMU's output goes to a log file, shown if QEMU fails to start or exits
 abnormally. Typing 'quit' stops QEMU and ends the shell; leaving the shell
 (Ctrl-D) shuts QEMU down. See qmp-shell --help for the command syntax.";
 
+/// This tool's exit statuses, besides the shell's.
+const EXIT_HELP: &str = "\
+1 also when QEMU cannot start or does not shut down cleanly (the error line is
+followed by QEMU's command line and output).";
+
 /// Launch QEMU and open a QMP shell on its monitor.
 #[derive(Debug, Parser)]
-#[command(name = "qmp-shell-wrap", version, after_help = AFTER_HELP)]
+#[command(
+    name = "qmp-shell-wrap",
+    version,
+    after_help = exit::after_help(AFTER_HELP, &format!("{}\n\n{EXIT_HELP}", cli::EXIT_HELP))
+)]
 struct Cli {
     #[command(flatten)]
     shell: cli::ShellArgs,
@@ -50,7 +60,7 @@ fn launch_error(binary: &str, e: &MachineError) -> String {
         }
         return f.to_string();
     }
-    cli::error_chain(e)
+    exit::one_line(e)
 }
 
 fn main() -> ExitCode {
@@ -65,10 +75,7 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("ERROR: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return exit::fail("ERROR: ", format!("cannot start the async runtime: {e}")),
     };
     runtime.block_on(async move {
         let binary = command[0].clone();
@@ -82,25 +89,23 @@ fn main() -> ExitCode {
         let vm = match launched {
             Ok(vm) => vm,
             Err(e) => {
+                // The first line says why; QEMU's command line and output follow.
                 eprintln!("ERROR: {}", launch_error(&binary, &e));
-                return ExitCode::FAILURE;
+                return ExitCode::from(exit::FAILURE);
             }
         };
         let outcome = shell::run(vm.qmp().clone(), args.shell.options()).await;
         let mut code = match &outcome {
             Ok(o) => ExitCode::from(o.exit_code()),
-            Err(e) => {
-                eprintln!("ERROR: {}", cli::error_chain(e));
-                ExitCode::FAILURE
-            }
+            Err(e) => exit::fail_with("ERROR: ", e),
         };
         if let Err(e) = vm.shutdown().await {
-            eprintln!("ERROR: {}", cli::error_chain(&e));
+            eprintln!("ERROR: {}", exit::one_line(&e));
             let log = vm.log();
             if !log.trim().is_empty() {
                 eprintln!("QEMU's output:\n{}", log.trim_end());
             }
-            code = ExitCode::FAILURE;
+            code = ExitCode::from(exit::FAILURE);
         }
         code
     })

@@ -8,9 +8,10 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use qemu_qmp::{Address, Client};
-use qemu_tools::shell::{self, cli};
+use qemu_tools::exit;
+use qemu_tools::shell::{self, cli, raw};
 
 const AFTER_HELP: &str = "\
 Start QEMU with a monitor to connect to, e.g.:
@@ -35,11 +36,11 @@ Events are printed as they arrive. Tab completes command and argument names.
 Ctrl-C cancels the line (or stops waiting for a reply); Ctrl-D leaves.
 History: ~/.qmp-shell_history (or $QMP_SHELL_HISTORY).
 When stdin or stdout is not a terminal, commands are read one per line, with no
-banner or prompt, and the exit status is 1 if any command failed.";
+banner or prompt.";
 
 /// Low-level QEMU shell on top of QMP.
 #[derive(Debug, Parser)]
-#[command(name = "qmp-shell", version, after_help = AFTER_HELP)]
+#[command(name = "qmp-shell", version, after_help = exit::after_help(AFTER_HELP, cli::EXIT_HELP))]
 struct Cli {
     #[command(flatten)]
     shell: cli::ShellArgs,
@@ -55,52 +56,38 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     cli::init_logging();
     let Some(text) = args.address.clone().filter(|a| !a.is_empty()) else {
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "QMP socket or TCP address must be specified (or set QMP_SOCKET)",
-            )
-            .exit()
+        exit::usage_error::<Cli>("QMP socket or TCP address must be specified (or set QMP_SOCKET)")
     };
-    let address: Address = match text.parse() {
-        Ok(a) => a,
-        Err(e) => Cli::command()
-            .error(clap::error::ErrorKind::ValueValidation, e)
-            .exit(),
-    };
+    let address: Address = exit::parse_address::<Cli>(&text);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("ERROR: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return exit::fail("ERROR: ", format!("cannot start the async runtime: {e}")),
     };
     runtime.block_on(async move {
-        let negotiate = !args.skip_negotiation;
-        let connected = Client::builder()
-            .name("qmp-shell")
-            .await_greeting(negotiate)
-            .negotiate(negotiate)
-            .connect(address)
-            .await;
+        let connected = if args.skip_negotiation {
+            // QEMU's greeting (if the peer is QEMU) is taken out before the client.
+            raw::connect(address, "qmp-shell")
+                .await
+                .map_err(|e| exit::one_line(&e))
+        } else {
+            Client::builder()
+                .name("qmp-shell")
+                .connect(address)
+                .await
+                .map_err(|e| exit::one_line(&e))
+        };
         let client = match connected {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("ERROR: {}", cli::error_chain(&e));
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return exit::fail("ERROR: ", e),
         };
         let outcome = shell::run(client.clone(), args.shell.options()).await;
         let _ = client.disconnect().await;
         match outcome {
             Ok(o) => ExitCode::from(o.exit_code()),
-            Err(e) => {
-                eprintln!("ERROR: {}", cli::error_chain(&e));
-                ExitCode::FAILURE
-            }
+            Err(e) => exit::fail_with("ERROR: ", &e),
         }
     })
 }

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
 use qemu_qmp::VersionInfo;
-use qemu_tools::shell::cli::{error_chain, init_logging};
+use qemu_tools::exit;
+use qemu_tools::shell::cli::init_logging;
 use qemu_tools::test_server::{self, Config, FaultRule, Listen, LogTarget, Script};
 
 const AFTER_HELP: &str = r#"Built-in commands (as QEMU answers them): qmp_capabilities, query-version,
@@ -76,10 +77,13 @@ EXAMPLES:
   # in a shell script: start it, read the address, test, stop it
   coproc SERVER { qmp-test-server --tcp 127.0.0.1:0 -q; }
   read -r _ _ ADDR <&"${SERVER[0]}"     # "listening on 127.0.0.1:45678"
-  my-client "$ADDR"; kill "$SERVER_PID"
+  my-client "$ADDR"; kill "$SERVER_PID""#;
 
-Exit status: 0 when stopped by SIGINT or SIGTERM, 1 on errors (unreadable or bad
-script, cannot listen), 2 for bad usage."#;
+/// This tool's exit statuses, besides the convention.
+const EXIT_HELP: &str = "\
+The server exits 0 when stopped by SIGINT or SIGTERM; 1 when it cannot listen,
+or the script cannot be read or is wrong; 2 for a malformed --fault, --tcp or
+--version-string.";
 
 /// A QMP server for testing QMP clients: QEMU's greeting, negotiation and errors,
 /// canned replies and events from a script, and injected faults.
@@ -87,7 +91,7 @@ script, cannot listen), 2 for bad usage."#;
 #[command(
     name = "qmp-test-server",
     version,
-    after_help = AFTER_HELP,
+    after_help = exit::after_help(AFTER_HELP, EXIT_HELP),
     group(ArgGroup::new("listen").required(true).args(["socket", "tcp"])),
 )]
 struct Cli {
@@ -96,7 +100,7 @@ struct Cli {
     socket: Option<PathBuf>,
 
     /// Listen on TCP HOST:PORT (port 0: a free port, printed on the first line)
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_tcp)]
     tcp: Option<String>,
 
     /// Canned replies, events, faults and timer events, as JSON Lines (see below)
@@ -147,6 +151,16 @@ struct Cli {
     verbose: bool,
 }
 
+/// `--tcp`: HOST:PORT with a numeric port (a usage error otherwise, not a failure to
+/// listen).
+fn parse_tcp(text: &str) -> Result<String, String> {
+    match text.parse::<qemu_qmp::Address>() {
+        Ok(a @ qemu_qmp::Address::Tcp { .. }) => Ok(a.to_string()),
+        Ok(_) => Err(format!("'{text}' is not HOST:PORT")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.verbose && std::env::var_os("RUST_LOG").is_none() {
@@ -164,7 +178,7 @@ fn main() -> ExitCode {
         (Some(path), _) => Listen::Unix(path),
         (None, Some(addr)) => Listen::Tcp(addr),
         // clap requires one of them.
-        (None, None) => return ExitCode::from(2),
+        (None, None) => return ExitCode::from(exit::USAGE),
     };
     let mut capabilities: Vec<String> = cli
         .capabilities
@@ -198,8 +212,10 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("qmp-test-server: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return exit::fail(
+                "qmp-test-server: ",
+                format!("cannot start the async runtime: {e}"),
+            )
         }
     };
     let result = rt.block_on(test_server::run(config));
@@ -212,6 +228,5 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &test_server::ServerError) -> ExitCode {
-    eprintln!("qmp-test-server: {}", error_chain(e));
-    ExitCode::FAILURE
+    exit::fail_with("qmp-test-server: ", e)
 }

@@ -7,17 +7,29 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use qemu_qmp::Client;
+use qemu_qmp::{Address, Client, Value};
+use qemu_tools::exit;
 use qemu_tools::qom::{self, Qom, QomError};
+
+const SET_HELP: &str = "\
+`set` converts the value to the property's type, as qom-list gives it:
+  string, str          the text as it is (`set /machine.dt-compatible 42` sets the
+                       string 42)
+  bool                 true/false, on/off, yes/no (any case)
+  int, int8..int64,    an integer in the type's range, decimal or 0x hexadecimal
+  uint8..uint64, size
+  double, number       a number
+  link<TYPE>           the path of the object to link to (empty: no object)
+  anything else        JSON if it starts with { or [ (structures), else the text
+                       (enumeration values such as on/off/auto)
+With --json the value is JSON, sent as it is, whatever the type.";
 
 /// Query and manipulate QOM data.
 #[derive(Debug, Parser)]
 #[command(
     name = "qom",
     version,
-    after_help = "Values given to `set` are typed: true/false are booleans, numbers are numbers, \
-other JSON ({...}, [...], null, \"quoted\") is JSON, anything else is a string.\n\
-Exit status: 0 on success, 1 on failure, 2 for bad usage."
+    after_help = exit::after_help(SET_HELP, "")
 )]
 struct Cli {
     /// QMP socket path or address (host:port). May also be set via the QMP_SOCKET
@@ -42,10 +54,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Set a QOM property value.
+    /// Set a QOM property value (converted to the property's type; see below).
+    #[command(after_help = SET_HELP)]
     Set {
+        /// Take the value as JSON and send it as it is.
+        #[arg(long)]
+        json: bool,
         /// QOM path and property, separated by a period '.'
-        #[arg(value_name = "<path>.<property>")]
+        #[arg(value_name = "<path>.<property>", value_parser = parse_path_property)]
         path_prop: String,
         /// New QOM property value.
         #[arg(value_name = "<value>", allow_hyphen_values = true)]
@@ -54,7 +70,7 @@ enum Command {
     /// Get a QOM property value.
     Get {
         /// QOM path and property, separated by a period '.'
-        #[arg(value_name = "<path>.<property>")]
+        #[arg(value_name = "<path>.<property>", value_parser = parse_path_property)]
         path_prop: String,
     },
     /// List QOM properties at a given path: children as `name/`, links as `@name/`.
@@ -69,6 +85,12 @@ enum Command {
         #[arg(value_name = "<path>", default_value = "/")]
         path: String,
     },
+}
+
+fn parse_path_property(s: &str) -> Result<String, String> {
+    qom::split_path_property(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -93,53 +115,60 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let Some(socket) = cli.socket.clone() else {
-        eprintln!("qom: No QMP socket path or address given (use --socket or QMP_SOCKET)");
-        return ExitCode::FAILURE;
+    let Some(socket) = cli.socket.as_deref().filter(|s| !s.is_empty()) else {
+        exit::usage_error::<Cli>("No QMP socket path or address given (use --socket or QMP_SOCKET)")
+    };
+    let address = exit::parse_address::<Cli>(socket);
+    // A --json value is checked before connecting: bad JSON is bad usage.
+    let json = match &cli.command {
+        Command::Set {
+            json: true, value, ..
+        } => Some(qom::json_value(value).unwrap_or_else(|e| exit::usage_error::<Cli>(e))),
+        _ => None,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("qom: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return exit::fail("qom: ", format!("cannot start the async runtime: {e}")),
     };
-    match rt.block_on(run(&socket, cli.timeout, cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qom: {e}");
-            ExitCode::FAILURE
-        }
+    match rt.block_on(run(address, cli.timeout, cli.command, json)) {
+        Ok(()) => ExitCode::from(exit::SUCCESS),
+        Err(e) if e.is_broken_pipe() => ExitCode::from(exit::SUCCESS),
+        Err(e) => exit::fail("qom: ", e),
     }
 }
 
-async fn run(socket: &str, timeout: Duration, command: Command) -> Result<(), QomError> {
-    // Check the arguments before connecting.
-    if let Command::Set { path_prop, .. } | Command::Get { path_prop } = &command {
-        qom::split_path_property(path_prop)?;
-    }
+async fn run(
+    address: Address,
+    timeout: Duration,
+    command: Command,
+    json: Option<Value>,
+) -> Result<(), QomError> {
     let client = Client::builder()
         .name("qom")
         .connect_timeout(timeout)
         .command_timeout(timeout)
-        .connect(socket)
+        .connect(address)
         .await?;
     let qom = Qom::new(client.clone());
-    let result = run_command(&qom, command).await;
+    let result = run_command(&qom, command, json).await;
     let _ = client.disconnect().await;
     result
 }
 
-async fn run_command(qom: &Qom, command: Command) -> Result<(), QomError> {
+async fn run_command(qom: &Qom, command: Command, json: Option<Value>) -> Result<(), QomError> {
     let stdout = io::stdout();
     match command {
-        Command::Set { path_prop, value } => {
+        Command::Set {
+            path_prop, value, ..
+        } => {
             let (path, prop) = qom::split_path_property(&path_prop)?;
-            let rsp = qom.set(path, prop, qom::parse_value(&value)).await?;
+            let rsp = match json {
+                Some(v) => qom.set(path, prop, v).await?,
+                None => qom.set_typed(path, prop, &value).await?,
+            };
             // Python's tool prints the reply as it is: `{}`.
             writeln!(stdout.lock(), "{}", qom::python_str(&rsp))?;
         }

@@ -1,9 +1,17 @@
 //! What the `qmp-shell` and `qmp-shell-wrap` binaries share: their common options,
-//! logging, and error reporting.
+//! logging, and the exit statuses they add to the convention of [`crate::exit`].
 
 use std::path::PathBuf;
 
 use super::runner::{Mode, ShellOptions};
+
+/// The shells' own exit statuses, after [`crate::exit::HELP`] in `--help`.
+pub const EXIT_HELP: &str = "\
+When stdin or stdout is not a terminal, the shell reads to the end of its input
+and then exits 1 if any command failed (an error reply, a line that did not parse),
+else 0; at a terminal, failed commands do not change the exit status.
+1 also when the connection to QEMU is lost; 130 after Ctrl-C (piped input);
+143 after SIGTERM or SIGHUP.";
 
 /// The options both shells take (as QEMU's Python shells).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -49,39 +57,4 @@ pub fn init_logging() {
         .without_time()
         .with_target(false)
         .try_init();
-}
-
-/// An error and its causes, one a line; a cause whose text the message already
-/// contains is not repeated.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str("\n  caused by: ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer: {0}")]
-    struct Outer(#[source] Inner);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("inner")]
-    struct Inner(#[source] std::io::Error);
-
-    #[test]
-    fn chains_skip_repeats() {
-        let e = Outer(Inner(std::io::Error::other("root")));
-        assert_eq!(error_chain(&e), "outer: inner\n  caused by: root");
-    }
 }

@@ -23,6 +23,7 @@
 //!   `query-qmp-schema` (or HMP's `help`);
 //! - [`input`]: the line editor thread, piped input, the history file;
 //! - [`runner`]: the loop that ties them together;
+//! - [`raw`]: connecting without negotiation (`qmp-shell -N`);
 //! - [`cli`]: what the two binaries share.
 //!
 //! # Behaviour, compared with QEMU's Python shell
@@ -39,13 +40,16 @@
 //! QEMU's socket); the address may come from `$QMP_SOCKET`; Ctrl-C cancels the line
 //! (or the wait for a reply) instead of killing the shell; when stdin is not a
 //! terminal there is no banner or prompt and the exit status is 1 if any command
-//! failed; the value-parsing fixes listed in [`parser`].
+//! failed; with `-N`, QEMU's greeting is taken out quietly and never mistaken for a
+//! reply (Python's client dropped it, or gave it as the reply to a command already
+//! waiting); the value-parsing fixes listed in [`parser`].
 
 pub mod cli;
 pub mod complete;
 pub mod display;
 pub mod input;
 pub mod parser;
+pub mod raw;
 pub mod runner;
 
 pub use runner::{run, Mode, Outcome, Shell, ShellOptions, PROMPT, TRANSACTION_PROMPT};

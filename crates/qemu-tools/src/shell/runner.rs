@@ -100,15 +100,17 @@ impl Outcome {
     /// The exit status for the tools: 143 when terminated, 130 when interrupted; 1
     /// when the connection was lost, or (non-interactive) when any command failed;
     /// else 0.
+    /// See [`crate::exit`] for the convention.
     pub fn exit_code(&self) -> u8 {
+        use crate::exit;
         if self.terminated {
-            143
+            exit::TERMINATED
         } else if self.interrupted {
-            130
+            exit::INTERRUPTED
         } else if self.lost_connection.is_some() || (!self.interactive && self.failures > 0) {
-            1
+            exit::FAILURE
         } else {
-            0
+            exit::SUCCESS
         }
     }
 }
