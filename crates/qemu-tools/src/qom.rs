@@ -709,7 +709,7 @@ pub fn format_get(value: &Value) -> String {
     match value {
         Value::Object(m) => {
             let mut s = String::new();
-            for (k, v) in m {
+            for (k, v) in qemu_qmp::json::qemu_order(m) {
                 let _ = writeln!(s, "{k}: {}", python_str(v));
             }
             s
@@ -726,8 +726,12 @@ pub fn format_get(value: &Value) -> String {
 /// use qemu_qmp::json;
 /// assert_eq!(python_str(&json!("pc")), "pc");
 /// assert_eq!(python_str(&json!(true)), "True");
-/// // Members come out in the order the JSON object keeps them (sorted by key).
-/// assert_eq!(python_str(&json!({"order": "cad", "n": [1, null]})), "{'n': [1, None], 'order': 'cad'}");
+/// // Members come out in QEMU's order (see `qemu_qmp::json::qemu_order`), as
+/// // Python shows them as received.
+/// assert_eq!(
+///     python_str(&json!({"id": 1, "return": {"running": true, "status": "running"}})),
+///     "{'return': {'status': 'running', 'running': True}, 'id': 1}"
+/// );
 /// ```
 pub fn python_str(v: &Value) -> String {
     match v {
@@ -768,7 +772,7 @@ fn repr_into(out: &mut String, v: &Value) {
         }
         Value::Object(m) => {
             out.push('{');
-            for (i, (k, item)) in m.iter().enumerate() {
+            for (i, (k, item)) in qemu_qmp::json::qemu_order(m).into_iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
@@ -863,8 +867,9 @@ mod tests {
             r#"["it's", 'a"b', 'both\'"', 'tab\there\\', '\x01']"#
         );
         assert_eq!(
+            // QEMU's member order.
             python_str(&json!({"tm_year": 125, "ok": true, "s": "x"})),
-            "{'ok': True, 's': 'x', 'tm_year': 125}"
+            "{'ok': True, 'tm_year': 125, 's': 'x'}"
         );
     }
 

@@ -537,7 +537,7 @@ const EXPECTED_TREE: &str = "\
 /machine
   type: fake-machine (string)
   flag: True (bool)
-  opts: {'a': [1, 'x'], 'n': None} (Opts)
+  opts: {'n': None, 'a': [1, 'x']} (Opts)
   secret: SECRET (str)
   boot-cpu: /machine/cpu0 (link<cpu>)
 
@@ -677,7 +677,8 @@ fn tree_falls_back_to_qom_list_and_qom_get() {
     );
     assert_eq!(
         served.qom(&["get", "/machine.opts"]).ok(),
-        "a: [1, 'x']\nn: None\n"
+        // QEMU's member order.
+        "n: None\na: [1, 'x']\n"
     );
     assert_eq!(served.qom(&["get", "/machine/cpu0.speed"]).ok(), "3.5\n");
     let err = served.qom(&["get", "/machine.secret"]);

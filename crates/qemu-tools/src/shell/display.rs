@@ -1,15 +1,16 @@
 //! How the shell shows JSON: the layout of Python's `json.dumps`, which QEMU's shell
 //! uses, so output reads the same.
 //!
-//! - one line: `{"return": {"running": true, "status": "running"}}` (a space after
-//!   `:` and `,`), members in the order the JSON map keeps them (as received when
-//!   serde_json's `preserve_order` feature is on, sorted otherwise);
+//! - one line: `{"return": {"status": "running", "running": true}}` (a space after
+//!   `:` and `,`), members in QEMU's order ([`qemu_qmp::json::qemu_order`], which is
+//!   the order QEMU writes them in; Python shows them as received);
 //! - pretty (`-p`): indented by 4, members sorted by name (`indent=4, sort_keys=True`).
 //!
 //! Unlike Python, non-ASCII text is shown as is rather than as `\u` escapes.
 
 use std::fmt::Write as _;
 
+use qemu_qmp::json::qemu_order;
 use qemu_qmp::{JsonObject, Value};
 
 /// Format a value as QEMU's shell does: one line, or pretty (indented, sorted keys).
@@ -66,8 +67,15 @@ fn write_compact(out: &mut String, value: &Value) {
 }
 
 fn write_compact_object(out: &mut String, m: &JsonObject) {
+    write_compact_members(out, qemu_order(m));
+}
+
+fn write_compact_members<'a>(
+    out: &mut String,
+    members: impl IntoIterator<Item = (&'a String, &'a Value)>,
+) {
     out.push('{');
-    for (i, (k, v)) in m.iter().enumerate() {
+    for (i, (k, v)) in members.into_iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
@@ -126,14 +134,19 @@ fn write_pretty_object(out: &mut String, m: &JsonObject, level: usize) {
     out.push('}');
 }
 
-/// Merge a request and its reply into one object, as QEMU's shell writes its log
-/// (`{**command, **reply}`): the reply's members win.
-pub fn merge_for_log(request: &JsonObject, reply: &JsonObject) -> JsonObject {
-    let mut m = request.clone();
-    for (k, v) in reply {
-        m.insert(k.clone(), v.clone());
-    }
-    m
+/// A request and its reply as one line of the log, as QEMU's shell writes it
+/// (`{**command, **reply}`): the request's members first, then the reply's; a
+/// member in both keeps the request's place and takes the reply's value.
+pub fn format_log_entry(request: &JsonObject, reply: &JsonObject) -> String {
+    let from_request = qemu_order(request)
+        .into_iter()
+        .map(|(k, v)| (k, reply.get(k).unwrap_or(v)));
+    let from_reply = qemu_order(reply)
+        .into_iter()
+        .filter(|(k, _)| !request.contains_key(*k));
+    let mut out = String::new();
+    write_compact_members(&mut out, from_request.chain(from_reply));
+    out
 }
 
 #[cfg(test)]
@@ -143,10 +156,11 @@ mod tests {
 
     #[test]
     fn compact_is_python_json_dumps() {
-        let v = json!({"return": {"running": true, "singlestep": false, "status": "running"}});
+        // QEMU's member order, whatever order the map holds.
+        let v = json!({"id": 1, "return": {"running": true, "status": "running"}});
         assert_eq!(
             format_json(&v, false),
-            r#"{"return": {"running": true, "singlestep": false, "status": "running"}}"#
+            r#"{"return": {"status": "running", "running": true}, "id": 1}"#
         );
         assert_eq!(
             format_json(
@@ -183,14 +197,11 @@ mod tests {
 
     #[test]
     fn log_entries_merge_request_and_reply() {
-        let req = json!({"execute": "stop", "arguments": {}});
-        let rep = json!({"return": {}});
+        let req = json!({"execute": "stop", "arguments": {}, "id": 5});
+        let rep = json!({"return": {}, "id": 5});
         assert_eq!(
-            Value::Object(merge_for_log(
-                req.as_object().unwrap(),
-                rep.as_object().unwrap()
-            )),
-            json!({"execute": "stop", "arguments": {}, "return": {}})
+            format_log_entry(req.as_object().unwrap(), rep.as_object().unwrap()),
+            r#"{"execute": "stop", "arguments": {}, "id": 5, "return": {}}"#
         );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use qemu_qmp::{Client, Error, JsonObject, RecvError, Response, Value};
 
 use super::complete::{self, ShellHelper};
-use super::display::{format_json, format_object, merge_for_log};
+use super::display::{format_json, format_log_entry, format_object};
 use super::input::{
     default_history_file, read_history, write_history, EventSink, Input, Interrupter, PipedInput,
     Terminal, HISTORY_SIZE,
@@ -163,11 +163,10 @@ struct Log {
 }
 
 impl Log {
-    fn write(&mut self, obj: &JsonObject) {
+    fn write(&mut self, line: &str) {
         if self.failed {
             return;
         }
-        let line = format_object(obj, false);
         if let Err(e) = writeln!(self.file, "{line}").and_then(|()| self.file.flush()) {
             self.failed = true;
             eprintln!("WARNING: cannot write the log file: {e}; logging stops");
@@ -177,9 +176,10 @@ impl Log {
 
 type SharedLog = Arc<Mutex<Option<Log>>>;
 
-fn log_write(log: &SharedLog, obj: &JsonObject) {
+/// Log one line (formatted only when there is a log).
+fn log_write(log: &SharedLog, line: impl FnOnce() -> String) {
     if let Some(l) = log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-        l.write(obj);
+        l.write(&line());
     }
 }
 
@@ -279,7 +279,7 @@ impl Shell {
             let mut listener = listener;
             let show = |item: Result<qemu_qmp::Event, u64>| match item {
                 Ok(ev) => {
-                    log_write(&log, ev.as_object());
+                    log_write(&log, || format_object(ev.as_object(), false));
                     sink.print(format_json(&ev.to_value(), pretty));
                 }
                 Err(n) => sink.print(format!(
@@ -662,7 +662,7 @@ impl Shell {
                     self.outcome.failures += 1;
                 }
                 show(self, &raw);
-                log_write(&self.log, &merge_for_log(request, &raw));
+                log_write(&self.log, || format_log_entry(request, &raw));
             }
             Waited::Done(Err(e)) => {
                 if self.quit_sent && e.is_disconnected() {
