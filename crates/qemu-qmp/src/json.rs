@@ -33,7 +33,7 @@
 //! assert_eq!(to_vec(&v, Style::Compact), br#"{"desc":"caf\u00e9","n":[1,0.1]}"#);
 //! let mut qemu = Vec::new();
 //! j::write_value(&mut qemu, &v, Style::Qemu);
-//! assert_eq!(qemu, br#"{"desc": "caf\u00E9", "n": [1, 0.10000000000000001]}"#);
+//! assert_eq!(qemu, br#"{"n": [1, 0.10000000000000001], "desc": "caf\u00E9"}"#);
 //!
 //! // QEMU's member order, not the map's.
 //! let reply = serde_json::json!({"id": 7, "return": {}});

@@ -338,7 +338,7 @@ pub fn encode(obj: &JsonObject) -> Vec<u8> {
 }
 
 /// Serialise a message like [`encode`], followed by CRLF (the test server writes
-/// QEMU's own style instead: see [`crate::json`]).
+/// QEMU's own style instead: see [`crate::json`](mod@crate::json)).
 pub fn encode_line(obj: &JsonObject) -> Vec<u8> {
     let mut out = encode(obj);
     out.extend_from_slice(b"\r\n");

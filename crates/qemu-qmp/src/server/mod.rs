@@ -6,7 +6,7 @@
 //! `CommandNotFound`, answers malformed JSON with an id-less `GenericError` and goes on,
 //! and serves one connection at a time, one after another. It writes what QEMU writes,
 //! byte for byte where a client could tell: QEMU's spacing, escaping and member order
-//! (see [`crate::json`]), CRLF line ends, the same error classes and texts for the
+//! (see [`crate::json`](mod@crate::json)), CRLF line ends, the same error classes and texts for the
 //! same mistakes (checked against QEMU 10.0 and 7.2 by `tests/server_fidelity.rs`).
 //! On top of that, tests can
 //! inject [`Fault`]s into the replies, [`emit`](TestServer::emit) events, add command
