@@ -57,10 +57,11 @@
 //! still disconnects gracefully instead of abandoning the runtime with
 //! `shutdown_background`.
 //!
-//! Every event is queued for [`pull_event`](Client::pull_event) by a listener that is
-//! registered before the connection starts, so not even an event sent during
-//! negotiation is missed. The queue is bounded
-//! ([`DEFAULT_EVENT_QUEUE_CAPACITY`], see [`ClientBuilder::event_queue_capacity`]):
+//! Every event is queued for [`pull_event`](Client::pull_event) in an
+//! [`EventQueue`] whose listener is registered before the
+//! connection starts, so not even an event sent during negotiation is missed. The
+//! queue is bounded ([`DEFAULT_EVENT_CAPACITY`](crate::DEFAULT_EVENT_CAPACITY), the
+//! one default of every event queue; see [`ClientBuilder::event_queue_capacity`]):
 //! when it overflows, the oldest events are dropped, counted by
 //! [`events_lost`](Client::events_lost), and logged.
 //!
@@ -90,13 +91,14 @@ use tracing::{debug, warn};
 
 use crate::address::{Address, ToAddress};
 use crate::error::{Error, Result};
-use crate::events::{ListenOptions, RecvError, TryRecvError};
+use crate::events::{EventQueue, ListenOptions, RecvError, SessionEnded, TryRecvError};
 use crate::message::{Event, Greeting, JsonObject, Response};
 use crate::runstate::Runstate;
 
 /// How many events a blocking client queues for [`Client::pull_event`] before it starts
-/// dropping the oldest.
-pub const DEFAULT_EVENT_QUEUE_CAPACITY: usize = 65536;
+/// dropping the oldest: [`DEFAULT_EVENT_CAPACITY`](crate::DEFAULT_EVENT_CAPACITY), the
+/// default of every event queue (kept under its former name).
+pub const DEFAULT_EVENT_QUEUE_CAPACITY: usize = crate::events::DEFAULT_EVENT_CAPACITY;
 
 /// How long [`Client::pull_event`] and [`Client::get_events`] wait for an event.
 ///
@@ -291,6 +293,38 @@ fn next_event(listener: &mut crate::EventListener, wait: Wait) -> Result<Option<
     }
 }
 
+/// The oldest event of the client's queue, waiting as `wait` says; as
+/// [`next_event`], except that losses are counted and logged by the queue.
+fn next_queued(queue: &EventQueue, wait: Wait) -> Result<Option<Event>> {
+    if wait != Wait::No {
+        check_runtime()?;
+    }
+    if let Some(event) = queue.try_recv() {
+        return Ok(Some(event));
+    }
+    if wait == Wait::No {
+        return Ok(None);
+    }
+    wait_on(queue.recv(), wait).map(Some)
+}
+
+/// Poll a wait of an [`EventQueue`] on this thread, within `wait` (not [`Wait::No`]).
+fn wait_on<T>(
+    future: impl Future<Output = std::result::Result<T, SessionEnded>>,
+    wait: Wait,
+) -> Result<T> {
+    let (deadline, t) = match wait {
+        // `Timeout` too long to represent waits for ever.
+        Wait::Timeout(t) => (Instant::now().checked_add(t), t),
+        _ => (None, Duration::ZERO),
+    };
+    match park_on(future, deadline) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(ended)) => Err(self::ended(ended.cause)),
+        None => Err(Error::timeout("an event", t)),
+    }
+}
+
 fn lagged(n: u64) {
     warn!("the event queue overflowed: {n} events were dropped");
 }
@@ -480,7 +514,9 @@ impl ClientBuilder {
         };
         let rt = Rt::new(&thread_name)?;
         let client = self.inner.build();
-        let events = client.listen_with(ListenOptions::new().capacity(self.event_capacity));
+        let events = EventQueue::from(
+            client.listen_with(ListenOptions::new().capacity(self.event_capacity)),
+        );
         Ok(Core {
             events,
             client,
@@ -493,7 +529,7 @@ impl ClientBuilder {
 /// What a [`Client`] and a [`Server`] are made of. The fields drop in this order:
 /// the listener, the async client, then the runtime.
 struct Core {
-    events: crate::EventListener,
+    events: EventQueue,
     client: crate::Client,
     timeout: Option<Duration>,
     rt: Rt,
@@ -715,9 +751,11 @@ impl Client {
     /// Send a request object as given and return the whole reply, error replies
     /// included (Python: `cmd_obj()`).
     ///
-    /// An `id` in the message is kept and comes back in the reply (it must not be in
-    /// use by another command in flight); without one, only one such command may be
-    /// in flight at a time.
+    /// Any `id` works, whatever other threads have in flight: the id in the message
+    /// comes back in the reply, and no other command's id can collide with it, not
+    /// even the same id in flight twice. The library sends its own short id in its
+    /// place and puts the caller's back into the reply; without an `id`, the reply
+    /// has none. See [`crate::Client::execute_raw`].
     ///
     /// ```no_run
     /// # fn f(qmp: qemu_qmp::blocking::Client) -> qemu_qmp::Result<()> {
@@ -736,7 +774,9 @@ impl Client {
 
     /// Execute a command with file descriptors attached (`SCM_RIGHTS`; Unix sockets
     /// only), for `getfd` and `add-fd`. The descriptors are duplicated: the caller
-    /// keeps its own.
+    /// keeps its own. More than one message can pass (253) fail with
+    /// [`Error::TooManyFds`] before anything is sent, descriptors the kernel refuses
+    /// with [`Error::NotSent`]; only this call fails, the session goes on.
     ///
     /// ```no_run
     /// # fn f(qmp: qemu_qmp::blocking::Client) -> Result<(), Box<dyn std::error::Error>> {
@@ -794,26 +834,27 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn pull_event(&mut self, wait: Wait) -> Result<Option<Event>> {
-        next_event(&mut self.core.events, wait)
+        next_queued(&self.core.events, wait)
     }
 
     /// Every queued event; when none is queued, waits for one as `wait` says (Python:
     /// `get_events()`). An empty list means none was queued and `wait` was
     /// [`Wait::No`].
     pub fn get_events(&mut self, wait: Wait) -> Result<Vec<Event>> {
-        let mut events = self.clear_events();
-        if events.is_empty() {
-            if let Some(first) = next_event(&mut self.core.events, wait)? {
-                events.push(first);
-                events.extend(self.clear_events());
-            }
+        if wait == Wait::No {
+            return Ok(self.core.events.take_all());
         }
-        Ok(events)
+        check_runtime()?;
+        let events = self.core.events.take_all();
+        if !events.is_empty() {
+            return Ok(events);
+        }
+        wait_on(self.core.events.recv_all(), wait)
     }
 
     /// Remove and return every queued event (Python: `clear_events()`).
     pub fn clear_events(&mut self) -> Vec<Event> {
-        self.core.events.clear()
+        self.core.events.take_all()
     }
 
     /// How many events were dropped, in all, because the event queue was full.

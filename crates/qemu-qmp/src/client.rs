@@ -1,6 +1,7 @@
 //! The async QMP client (Python: `QMPClient`).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -18,7 +19,7 @@ use crate::events::{EventListener, ListenOptions, Registry};
 use crate::framing::{Decoder, JsonObject, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::message::{self, request_command, Greeting, Message, Response};
 use crate::runstate::Runstate;
-use crate::transport::{dup_fd, Listener, Stream, Writer};
+use crate::transport::{dup_fd, Listener, Rejected, SendError, Stream, Writer, SCM_MAX_FD};
 
 /// QEMU queues at most this many in-band commands per monitor once OOB is on; when the
 /// queue is full it stops reading, and an `exec-oob` could not get through.
@@ -451,21 +452,43 @@ impl Client {
         let mut reader = MessageReader::default();
         let mut greeting = None;
         if config.await_greeting || config.negotiate {
-            let obj = reader
-                .handshake_message(
-                    &stream,
-                    &mut decoder,
-                    "the peer closed the connection before sending a greeting",
-                    |reason| Error::Greeting {
-                        reason,
-                        received: None,
-                    },
-                )
-                .await?;
-            let g = Greeting::from_object(obj).map_err(|(reason, obj)| Error::Greeting {
-                reason,
-                received: Some(Box::new(obj)),
-            })?;
+            let g = loop {
+                let obj = reader
+                    .handshake_message(
+                        &stream,
+                        &mut decoder,
+                        "the peer closed the connection before sending a greeting",
+                        |reason| Error::Greeting {
+                            reason,
+                            received: None,
+                        },
+                    )
+                    .await?;
+                // QEMU can send an event before its greeting: a monitor leaves the
+                // negotiation phase when a client negotiates and only enters it again
+                // (and at startup, first enters it) in its "opened" handler, which the
+                // socket chardev calls from the monitor's I/O thread just after
+                // marking itself connected. An event the main thread emits in between
+                // (`RESUME` at startup, say) goes out ahead of the greeting. Deliver
+                // it like an event during negotiation, and wait on for the greeting.
+                let obj = if obj.contains_key("QMP") {
+                    obj
+                } else {
+                    match message::Event::from_object(obj) {
+                        Ok(e) => {
+                            debug!(name = %self.inner.label, "event before the greeting: {}", e.name());
+                            self.inner.registry.dispatch(&e);
+                            self.inner.registry.wake();
+                            continue;
+                        }
+                        Err(obj) => obj,
+                    }
+                };
+                break Greeting::from_object(obj).map_err(|(reason, obj)| Error::Greeting {
+                    reason,
+                    received: Some(Box::new(obj)),
+                })?;
+            };
             debug!(name = %self.inner.label, "greeting: QEMU {} capabilities {:?}", g.version.qemu, g.capabilities);
             greeting = Some(g);
         }
@@ -655,8 +678,22 @@ impl Client {
     /// Execute a request object as given and return the whole reply, error replies
     /// included (Python: `_raw()` / legacy `cmd_obj()`). For tools such as a shell.
     ///
-    /// An `id` in the message is kept and the reply is matched by it; without one, the
-    /// reply is matched as the one id-less command in flight (only one may be).
+    /// Any `id` works, whatever else is in flight: the id in the message comes back in
+    /// the reply, and no other command's id can collide with it, not even the same id
+    /// used by two requests at once. The library sends its own short id in its place
+    /// (the smallest number free on this connection) and, when the reply arrives, puts
+    /// the caller's id back where QEMU echoed its own. Without an `id`, the reply has
+    /// none either (the library's id, if it needed one, is removed). So QEMU never
+    /// sees the caller's id; everything else is sent as given.
+    ///
+    /// ```no_run
+    /// # async fn f(qmp: qemu_qmp::Client) -> qemu_qmp::Result<()> {
+    /// use qemu_qmp::{json, Value};
+    /// let Value::Object(msg) = json!({"execute": "query-status", "id": "mine"}) else { unreachable!() };
+    /// let reply = qmp.execute_raw(msg, None).await?;
+    /// assert_eq!(reply.id(), Some(&json!("mine")));
+    /// # Ok(()) }
+    /// ```
     pub async fn execute_raw(
         &self,
         message: JsonObject,
@@ -664,7 +701,7 @@ impl Client {
     ) -> Result<Response> {
         let session = self.session()?;
         let timeout = timeout.or(self.inner.config.command_timeout);
-        session.call(message, false, Vec::new(), timeout).await
+        session.call(message, Vec::new(), timeout).await
     }
 
     /// Send a file descriptor with `SCM_RIGHTS` alongside a single space, the way
@@ -675,8 +712,8 @@ impl Client {
         let dup = dup_fd(fd.as_fd()).map_err(|e| Error::io("duplicating a descriptor", e))?;
         session
             .writer
-            .send(b" ".to_vec(), vec![dup])
-            .map_err(|e| session.write_error(None, e))
+            .send(b" ".to_vec(), vec![dup], None)
+            .map_err(|e| session.send_error(None, e))
     }
 
     /// How many commands are waiting for replies (late replies to abandoned commands
@@ -808,22 +845,22 @@ impl Request<'_> {
     /// Send and return the whole reply, error replies included. The id the library
     /// chose for the request, if it needed one, is removed from the reply, so the
     /// reply reads as QEMU's answer to the command as typed.
+    ///
+    /// With more file descriptors than one message can pass (253, the kernel's
+    /// `SCM_MAX_FD`), fails with [`Error::TooManyFds`] before anything is sent; with
+    /// descriptors the kernel refuses to pass, with [`Error::NotSent`]. Either way
+    /// only this request fails: the session goes on.
     pub async fn send_raw(self) -> Result<Response> {
         if let Some(e) = self.fd_error {
             return Err(Error::io("duplicating a descriptor", e));
         }
         let session = self.client.session()?;
         let msg = message::make_request(&self.command, self.arguments, self.oob, None);
-        let (sent, mut reply) = session
-            .call_keep_request(msg, true, self.fds, self.timeout)
-            .await?;
-        if sent.contains_key("id") {
-            reply.raw.remove("id");
-        }
-        Ok(reply)
+        session.call(msg, self.fds, self.timeout).await
     }
 
     /// Send and return the `return` value; an error reply becomes [`Error::Execute`].
+    /// Errors about descriptors as for [`send_raw`](Self::send_raw).
     pub async fn send(self) -> Result<Value> {
         if let Some(e) = self.fd_error {
             return Err(Error::io("duplicating a descriptor", e));
@@ -831,9 +868,20 @@ impl Request<'_> {
         let session = self.client.session()?;
         let msg = message::make_request(&self.command, self.arguments, self.oob, None);
         let (sent, reply) = session
-            .call_keep_request(msg, true, self.fds, self.timeout)
+            .call_keep_request(msg, self.fds, self.timeout)
             .await?;
         into_return(sent, reply)
+    }
+}
+
+/// Put `caller_id` where the library's wire id is in a request or reply, or remove
+/// the wire id when the caller gave none. A message without an id (a peer that did
+/// not echo one) is left as it is.
+fn swap_id(obj: &mut JsonObject, caller_id: Option<Value>) {
+    if obj.remove("id").is_some() {
+        if let Some(id) = caller_id {
+            obj.insert("id".into(), id);
+        }
     }
 }
 
@@ -1045,46 +1093,48 @@ struct Session {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// Commands waiting for replies.
+///
+/// Every id on the wire is the library's own: a caller's id (`execute_raw`) is kept
+/// aside and put back into the reply, so no caller id can collide with another
+/// command's, and two callers may even use the same id at once.
 #[derive(Default)]
 struct Pending {
-    /// Keyed by the JSON text of the id; `None` for an id-less command.
-    map: HashMap<Option<String>, Entry>,
-    /// Automatic ids free for reuse, and the next never used.
-    free_ids: Vec<u64>,
+    /// Keyed by the id on the wire; `None` for the one command sent without an id.
+    map: HashMap<Option<u64>, Entry>,
+    /// Wire ids free for reuse (smallest first), and the next never used.
+    free_ids: BinaryHeap<Reverse<u64>>,
     next_id: u64,
+    /// Numbers every command, so that a message the kernel refuses finds its entry.
+    next_seq: u64,
     ended: bool,
     cause: Option<Error>,
 }
 
 impl Pending {
     /// Give a request the shortest identity that is unambiguous: none at all when no
-    /// id-less command is in flight (its reply is the one reply without an id), else
-    /// the smallest free number. QEMU reads a monitor's input one byte per read
-    /// call, so every byte of a request costs the round trip several microseconds.
-    fn assign_id(&mut self, msg: &mut JsonObject) -> (Option<String>, Option<u64>) {
-        if !self.map.contains_key(&None) {
-            msg.remove("id");
-            return (None, None);
+    /// id-less command is in flight (its reply is the one reply without an id) unless
+    /// `numbered`, else the smallest free number. QEMU reads a monitor's input one
+    /// byte per read call, so every byte of a request costs the round trip several
+    /// microseconds.
+    fn assign_id(&mut self, numbered: bool) -> Option<u64> {
+        if !numbered && !self.map.contains_key(&None) {
+            return None;
         }
-        loop {
-            let n = self.free_ids.pop().unwrap_or_else(|| {
+        Some(match self.free_ids.pop() {
+            Some(Reverse(n)) => n,
+            None => {
                 self.next_id += 1;
                 self.next_id - 1
-            });
-            let key = Some(n.to_string());
-            // A caller's own numeric id (execute_raw) may hold this number.
-            if !self.map.contains_key(&key) {
-                msg.insert("id".into(), Value::from(n));
-                return (key, Some(n));
             }
-        }
+        })
     }
 
-    /// Remove an entry, releasing its automatic id.
-    fn take(&mut self, key: &Option<String>) -> Option<Entry> {
+    /// Remove an entry, releasing its wire id.
+    fn take(&mut self, key: &Option<u64>) -> Option<Entry> {
         let entry = self.map.remove(key)?;
-        if let Some(n) = entry.auto_id {
-            self.free_ids.push(n);
+        if let Some(n) = *key {
+            self.free_ids.push(Reverse(n));
         }
         Some(entry)
     }
@@ -1093,8 +1143,8 @@ impl Pending {
 struct Entry {
     tx: oneshot::Sender<Result<Response>>,
     command: String,
-    /// The automatic id, returned to the free list when the reply arrives.
-    auto_id: Option<u64>,
+    /// This command's number (see [`Pending::next_seq`]).
+    seq: u64,
     /// Held until the reply arrives, even if the caller stops waiting: the command
     /// still occupies the server's queue until then.
     _permit: Option<OwnedSemaphorePermit>,
@@ -1139,7 +1189,7 @@ impl Session {
         let s = session.clone();
         let flush_task = tokio::spawn(
             async move {
-                if let Err(e) = writer.run_flusher().await {
+                if let Err(e) = writer.run_flusher(|r| s.rejected(r)).await {
                     let err = Error::io("writing to the peer", e);
                     s.end(Some(err));
                 }
@@ -1228,7 +1278,21 @@ impl Session {
     }
 
     fn deliver(&self, reply: Response) -> Result<()> {
-        let key = reply.id().map(|id| id.to_string());
+        // Every id we send is a number of ours.
+        let key = match reply.id() {
+            None => None,
+            Some(id) => match id.as_u64() {
+                Some(n) => Some(n),
+                None => {
+                    warn!(
+                        "reply with unknown id {} dropped: {}",
+                        id.clone(),
+                        serde_json::Value::Object(reply.raw)
+                    );
+                    return Ok(());
+                }
+            },
+        };
         let entry = {
             let mut p = self.pending();
             match p.take(&key) {
@@ -1265,7 +1329,7 @@ impl Session {
             None => {
                 warn!(
                     "reply with unknown id {} dropped: {}",
-                    key.as_deref().unwrap_or("(none)"),
+                    key.map_or_else(|| "(none)".to_owned(), |n| n.to_string()),
                     serde_json::Value::Object(reply.raw)
                 );
                 Ok(())
@@ -1277,44 +1341,59 @@ impl Session {
     async fn call(
         &self,
         msg: JsonObject,
-        assign_id: bool,
         fds: Vec<OwnedFd>,
         timeout: Option<Duration>,
     ) -> Result<Response> {
-        self.call_keep_request(msg, assign_id, fds, timeout)
+        self.call_keep_request(msg, fds, timeout)
             .await
             .map(|(_, r)| r)
     }
 
+    /// Send a request and wait for its reply; returns the request and the reply in
+    /// the caller's terms (see [`call_inner`](Self::call_inner)).
     async fn call_keep_request(
         &self,
         msg: JsonObject,
-        assign_id: bool,
         fds: Vec<OwnedFd>,
         timeout: Option<Duration>,
     ) -> Result<(JsonObject, Response)> {
+        if fds.len() > SCM_MAX_FD {
+            return Err(Error::TooManyFds {
+                command: request_command(&msg).unwrap_or("").to_owned(),
+                count: fds.len(),
+                limit: SCM_MAX_FD,
+            });
+        }
         match timeout {
-            None => self.call_inner(msg, assign_id, fds).await,
+            None => self.call_inner(msg, fds).await,
             Some(t) => {
                 let what = format!(
                     "the reply to '{}'",
                     request_command(&msg).unwrap_or("(no command)")
                 );
-                tokio::time::timeout(t, self.call_inner(msg, assign_id, fds))
+                tokio::time::timeout(t, self.call_inner(msg, fds))
                     .await
                     .map_err(|_| Error::timeout(what, t))?
             }
         }
     }
 
+    /// Send a request under an id of the library's and wait for its reply.
+    ///
+    /// The caller's id, if the request has one, never goes on the wire: it is kept
+    /// aside and put back into the reply in place of the library's (a peer that
+    /// echoes no id gets none added). The request returned is the caller's, as given.
+    /// A request with an id of the caller's always gets a number on the wire, so that
+    /// its reply is matched by id, as its caller asked; one without is sent without an
+    /// id when no other id-less command is in flight.
     async fn call_inner(
         &self,
         mut msg: JsonObject,
-        assign_id: bool,
         fds: Vec<OwnedFd>,
     ) -> Result<(JsonObject, Response)> {
         let command = request_command(&msg).unwrap_or("").to_owned();
         let oob = msg.contains_key("exec-oob");
+        let caller_id = msg.remove("id");
         let permit = match (&self.inband, oob) {
             (Some(sem), false) => Some(
                 sem.clone()
@@ -1325,7 +1404,7 @@ impl Session {
             _ => None,
         };
         let (tx, rx) = oneshot::channel();
-        let key = {
+        let (key, seq) = {
             let mut p = self.pending();
             if p.ended {
                 let cause = p.cause.clone();
@@ -1334,39 +1413,68 @@ impl Session {
                     cause: cause.map(Box::new),
                 });
             }
-            let (key, auto_id) = if assign_id {
-                p.assign_id(&mut msg)
-            } else {
-                let key = msg.get("id").map(|v| v.to_string());
-                if p.map.contains_key(&key) {
-                    return Err(Error::InvalidRequest(match &key {
-                        Some(k) => format!("id {k} is already in use by a command in flight"),
-                        None => "another command without an id is already in flight; give this one an id".into(),
-                    }));
-                }
-                (key, None)
-            };
+            let key = p.assign_id(caller_id.is_some());
+            let seq = p.next_seq;
+            p.next_seq += 1;
             p.map.insert(
-                key.clone(),
+                key,
                 Entry {
                     tx,
                     command: command.clone(),
-                    auto_id,
+                    seq,
                     _permit: permit,
                 },
             );
-            key
+            (key, seq)
         };
-        let bytes = message::encode(&msg);
-        trace!(name = %self.label, "--> {command}");
-        if let Err(e) = self.writer.send(bytes, fds) {
-            self.pending().take(&key);
-            return Err(self.write_error(Some(&command), e));
+        if let Some(n) = key {
+            msg.insert("id".into(), Value::from(n));
         }
+        let bytes = message::encode(&msg);
+        match key {
+            Some(n) => trace!(name = %self.label, "--> {command} (id {n})"),
+            None => trace!(name = %self.label, "--> {command}"),
+        }
+        if let Err(e) = self.writer.send(bytes, fds, Some(seq)) {
+            self.pending().take(&key);
+            return Err(self.send_error(Some(&command), e));
+        }
+        swap_id(&mut msg, caller_id.clone());
         match rx.await {
-            Ok(Ok(reply)) => Ok((msg, reply)),
+            Ok(Ok(mut reply)) => {
+                swap_id(&mut reply.raw, caller_id);
+                Ok((msg, reply))
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(self.disconnected(Some(&command))),
+        }
+    }
+
+    /// The kernel refused a queued message before writing any of it: fail its
+    /// command (the session goes on).
+    fn rejected(&self, r: Rejected) {
+        let Some(seq) = r.tag else {
+            warn!(
+                "a descriptor sent with send_fd_scm was not sent: the kernel refused it: {}",
+                r.error
+            );
+            return;
+        };
+        let entry = {
+            let mut p = self.pending();
+            let key = p.map.iter().find(|(_, e)| e.seq == seq).map(|(k, _)| *k);
+            key.and_then(|k| p.take(&k))
+        };
+        // No entry: the session ended in the meantime, and its end failed the command.
+        if let Some(e) = entry {
+            warn!(
+                "command '{}' was not sent: the kernel refused it: {}",
+                e.command, r.error
+            );
+            let _ = e.tx.send(Err(Error::NotSent {
+                command: Some(e.command),
+                source: Arc::new(r.error),
+            }));
         }
     }
 
@@ -1377,10 +1485,21 @@ impl Session {
         }
     }
 
-    fn write_error(&self, command: Option<&str>, e: io::Error) -> Error {
-        if e.kind() == io::ErrorKind::Unsupported {
-            return Error::InvalidRequest(e.to_string());
-        }
+    /// The error for a failed [`Writer::send`]: a refused message fails only its
+    /// command; a broken connection ends the session.
+    fn send_error(&self, command: Option<&str>, e: SendError) -> Error {
+        let e = match e {
+            SendError::Rejected(e) if e.kind() == io::ErrorKind::Unsupported => {
+                return Error::InvalidRequest(e.to_string())
+            }
+            SendError::Rejected(e) => {
+                return Error::NotSent {
+                    command: command.map(str::to_owned),
+                    source: Arc::new(e),
+                }
+            }
+            SendError::Closed(e) => e,
+        };
         if self.pending().ended || e.kind() == io::ErrorKind::NotConnected {
             return self.disconnected(command);
         }
@@ -1428,7 +1547,8 @@ impl Session {
     /// before this call, if anything did.
     async fn close(&self) -> Option<Error> {
         if !self.writer.is_flushed() {
-            let flushed = tokio::time::timeout(FLUSH_TIMEOUT, self.writer.flush()).await;
+            let flushed =
+                tokio::time::timeout(FLUSH_TIMEOUT, self.writer.flush(|r| self.rejected(r))).await;
             match flushed {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -1456,5 +1576,116 @@ impl Session {
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::{pin, Pin};
+    use std::task::Poll;
+
+    use qemu_testkit::QemuProcess;
+    use rustix::io::Errno;
+    use serde_json::json;
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// Poll once: that sends the request. It must still be waiting for its reply.
+    async fn start<F: Future + Unpin>(call: &mut F) {
+        let pending =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *call).poll(cx).is_pending()));
+        assert!(pending.await, "completed at once");
+    }
+
+    fn copies(file: &std::fs::File, n: usize) -> Vec<OwnedFd> {
+        (0..n).map(|_| dup_fd(file.as_fd()).expect("dup")).collect()
+    }
+
+    fn assert_refused_by_the_kernel(err: &Error) {
+        match err {
+            Error::NotSent {
+                command: Some(c),
+                source,
+            } => {
+                assert_eq!(c, "getfd");
+                assert_eq!(Errno::from_io_error(source), Some(Errno::INVAL), "{source}");
+            }
+            other => panic!("expected NotSent, got {other:?}"),
+        }
+        assert!(!err.is_disconnected());
+        assert!(err.to_string().contains("was not sent"), "{err}");
+    }
+
+    /// The kernel's own refusal (`sendmsg` → `EINVAL`), which the count check in
+    /// `call_keep_request` normally pre-empts: reached here by sending 254
+    /// descriptors through `call_inner` directly, against a real QEMU.
+    #[tokio::test]
+    async fn a_request_the_kernel_refuses_fails_alone_sent_at_once_or_queued() {
+        qemu_testkit::require_qemu_system!();
+        let (qemu, stream) = QemuProcess::system_with_socketpair(&[]);
+        // A small send buffer, so that one long request keeps the queue busy: QEMU
+        // reads its monitor a byte at a time.
+        rustix::net::sockopt::set_socket_send_buffer_size(&stream, 4096).unwrap();
+        let qmp = Client::builder()
+            .command_timeout(T)
+            .connect(stream)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}\n{}", qemu.log()));
+        let session = qmp.session().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let getfd = message::make_request("getfd", Some(json!({"fdname": "many"})), false, None);
+
+        // Refused at once, by the caller's own write.
+        let err = session
+            .call_inner(getfd.clone(), copies(&file, SCM_MAX_FD + 1))
+            .await
+            .unwrap_err();
+        assert_refused_by_the_kernel(&err);
+        assert_eq!(qmp.pending_commands(), 0);
+
+        // Refused in the flusher, queued between two commands that go through.
+        let pad = "x".repeat(64 * 1024);
+        let mut long = pin!(qmp.execute("query-status", Some(json!({ "pad": pad }))));
+        start(&mut long).await;
+        assert!(
+            !session.writer.is_flushed(),
+            "the long request went out at once"
+        );
+        let mut refused = pin!(session.call_inner(getfd, copies(&file, SCM_MAX_FD + 1)));
+        start(&mut refused).await;
+        let mut after = pin!(qmp.execute("query-version", None));
+        start(&mut after).await;
+        assert_eq!(qmp.pending_commands(), 3);
+        let (long, refused, after) =
+            tokio::time::timeout(T, async { tokio::join!(long, refused, after) })
+                .await
+                .expect("bounded");
+        // QEMU refuses the unknown argument, which shows it read the whole request.
+        assert_eq!(long.unwrap_err().error_class(), Some("GenericError"));
+        assert_refused_by_the_kernel(&refused.unwrap_err());
+        assert!(after.unwrap()["qemu"].is_object());
+
+        // The session goes on; a descriptor still passes.
+        assert_eq!(qmp.runstate(), Runstate::Running);
+        assert!(qmp.disconnect_cause().is_none());
+        qmp.request("getfd")
+            .arg("fdname", "one")
+            .fd(&file)
+            .send()
+            .await
+            .unwrap();
+        qmp.execute("closefd", Some(json!({"fdname": "one"})))
+            .await
+            .unwrap();
+        let err = qmp
+            .execute("closefd", Some(json!({"fdname": "many"})))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_class(), Some("GenericError"), "{err}");
+        assert_eq!(qmp.pending_commands(), 0);
+        qmp.disconnect().await.unwrap();
     }
 }

@@ -56,8 +56,10 @@ pub enum Error {
         source: Arc<io::Error>,
     },
 
-    /// The peer's first message was not a valid QMP greeting (Python: `GreetingError`).
-    #[error("did not understand the greeting: {reason}")]
+    /// The peer's first message (events aside: QEMU can send one before its greeting)
+    /// was not a valid QMP greeting (Python: `GreetingError`). The message shows the
+    /// start of what was received in its place.
+    #[error("did not understand the greeting: {reason}{}", received_excerpt(.received))]
     Greeting {
         /// Why the greeting was rejected.
         reason: String,
@@ -138,14 +140,95 @@ pub enum Error {
         reason: String,
     },
 
-    /// A request the library refuses to send (bad id, reserved id prefix, id in use,
-    /// file descriptors on a transport that cannot carry them, ...).
+    /// A request the library refuses to send (file descriptors on a transport that
+    /// cannot carry them, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+
+    /// A request carries more file descriptors than one message can pass (Linux's
+    /// `SCM_MAX_FD`, 253). Checked before anything is queued: nothing was sent, and
+    /// the session and the other commands in flight go on.
+    #[error("command '{command}' carries {count} file descriptors, but one message can pass at most {limit} (the kernel's SCM_MAX_FD); nothing was sent")]
+    TooManyFds {
+        /// The command.
+        command: String,
+        /// How many descriptors it carries.
+        count: usize,
+        /// The most one message can pass.
+        limit: usize,
+    },
+
+    /// The kernel refused to send a request's file descriptors, before any byte of the
+    /// request was written: `sendmsg` failed with `EINVAL` (a descriptor that cannot
+    /// be passed), `ETOOMANYREFS` (too many descriptors in flight) or `EBADF`. Only
+    /// this request failed; the session and the other commands in flight go on.
+    #[error("{} was not sent: the kernel refused to pass its file descriptors: {source}", not_sent_what(.command))]
+    NotSent {
+        /// The command, or `None` for a descriptor sent with `send_fd_scm`.
+        command: Option<String>,
+        /// What `sendmsg` said.
+        #[source]
+        source: Arc<io::Error>,
+    },
 
     /// The blocking API was used from inside an async runtime, where it would deadlock.
     #[error("the blocking QMP API cannot be used from inside an async runtime; use the async client there")]
     InsideRuntime,
+}
+
+/// How much of a received message an error's text quotes, in bytes of JSON.
+const RECEIVED_EXCERPT_LEN: usize = 200;
+
+/// `"; received: {...}"`: the start of a received message as compact JSON, at most
+/// about [`RECEIVED_EXCERPT_LEN`] bytes (then `...`); empty if there is none. Only
+/// that much is serialized, however large the message.
+fn received_excerpt(received: &Option<Box<JsonObject>>) -> String {
+    /// Keeps the first `room` bytes written, then fails, which stops serde.
+    struct Capped {
+        out: Vec<u8>,
+        room: usize,
+    }
+    impl io::Write for Capped {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            let n = data.len().min(self.room);
+            self.out.extend_from_slice(&data[..n]);
+            self.room -= n;
+            if n < data.len() {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let Some(obj) = received else {
+        return String::new();
+    };
+    let mut capped = Capped {
+        out: Vec::new(),
+        room: RECEIVED_EXCERPT_LEN,
+    };
+    let cut = serde_json::to_writer(&mut capped, obj).is_err();
+    // A cut may split a UTF-8 sequence: keep the valid prefix.
+    let text = match String::from_utf8(capped.out) {
+        Ok(s) => s,
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let mut bytes = e.into_bytes();
+            bytes.truncate(valid);
+            String::from_utf8(bytes).unwrap_or_default()
+        }
+    };
+    format!("; received: {text}{}", if cut { "..." } else { "" })
+}
+
+fn not_sent_what(command: &Option<String>) -> String {
+    match command {
+        Some(c) => format!("command '{c}'"),
+        None => "the descriptor of send_fd_scm".to_owned(),
+    }
 }
 
 fn disconnected_message(command: &Option<String>, cause: &Option<Box<Error>>) -> String {
@@ -229,14 +312,18 @@ impl From<ExecuteError> for Error {
 /// An error reply to a command (Python: `ExecuteError`).
 ///
 /// Keeps the QMP error class and description, the request that was sent and the
-/// reply that was received.
+/// reply that was received, both in the caller's terms: the id the library put on
+/// the wire is not in them (the library chooses its own ids; see
+/// [`Client::execute_raw`](crate::Client::execute_raw)), so `sent` is the request as
+/// the caller made it and `received` is QEMU's reply to it, every other member as
+/// received.
 #[derive(Debug, Clone)]
 pub struct ExecuteError {
     /// The `error` member of the reply.
     pub error: ErrorInfo,
-    /// The request as it was sent.
+    /// The request as the caller made it (without the library's wire id).
     pub sent: JsonObject,
-    /// The whole reply as it was received.
+    /// The whole reply as received, without the library's wire id.
     pub received: JsonObject,
 }
 

@@ -48,7 +48,10 @@ mod transport;
 pub use address::{Address, ToAddress};
 pub use client::{Client, ClientBuilder, Config, Request};
 pub use error::{Error, ExecuteError, ProtocolError, Result};
-pub use events::{EventListener, Lagged, ListenOptions, RecvError, TryRecvError};
+pub use events::{
+    EventListener, EventQueue, Lagged, ListenOptions, RecvError, SessionEnded, TryRecvError,
+    DEFAULT_EVENT_CAPACITY,
+};
 pub use message::{
     ErrorInfo, Event, Greeting, JsonObject, Message, Response, Timestamp, VersionInfo,
 };

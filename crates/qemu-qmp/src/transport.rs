@@ -216,12 +216,57 @@ impl Drop for Listener {
     }
 }
 
+/// The most descriptors one `sendmsg` can pass: Linux's `SCM_MAX_FD`. With more, the
+/// kernel refuses the whole message with `EINVAL`.
+pub(crate) const SCM_MAX_FD: usize = 253;
+
+/// Why [`Writer::send`] failed.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// This message was refused before any byte of it was written (descriptors the
+    /// kernel will not pass, or a transport that cannot carry them). The connection is
+    /// unharmed and stays at a message boundary.
+    Rejected(io::Error),
+    /// The connection is closed, or the write broke it.
+    Closed(io::Error),
+}
+
+/// A queued message that the kernel refused before any byte of it was written; the
+/// writer dropped it and went on with the next.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    /// The tag the message was sent with.
+    pub(crate) tag: Option<u64>,
+    /// What `sendmsg` said.
+    pub(crate) error: io::Error,
+}
+
+/// True for the errors with which `sendmsg` refuses one message because of its
+/// `SCM_RIGHTS` data, writing nothing: too many descriptors or one that cannot be
+/// passed (`EINVAL`), too many descriptors in flight (`ETOOMANYREFS`), a descriptor
+/// that is not open (`EBADF`). The socket itself is fine, so only that message fails.
+/// (Every other error, and any error once a byte of the message was written, is the
+/// connection's.)
+fn refuses_message(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::INVAL | Errno::TOOMANYREFS | Errno::BADF)
+    ) || (e.kind() == io::ErrorKind::InvalidInput && e.raw_os_error().is_none())
+}
+
 /// Ordered, cancel-safe writes.
 ///
 /// A message is written straight from the caller's thread when the socket can take it
 /// (the common case: no hop through another task). What the socket cannot take at once
 /// is queued, and a flusher task finishes it in order, so a caller that stops waiting
 /// never leaves half a message on the wire.
+///
+/// A message with descriptors that the kernel refuses before writing any of its bytes
+/// ([`refuses_message`]) is that message's failure, not the connection's: it is
+/// dropped, reported with its tag (to the caller of [`send`](Self::send), or to the
+/// flusher's `on_reject`), and the next message is written. Descriptors travel with a
+/// message's first byte, so once a byte is written no such refusal can come.
 #[derive(Debug)]
 pub(crate) struct Writer {
     stream: Arc<Stream>,
@@ -241,6 +286,8 @@ struct Chunk {
     data: Vec<u8>,
     pos: usize,
     fds: Vec<OwnedFd>,
+    /// Who to tell if the kernel refuses the message.
+    tag: Option<u64>,
 }
 
 impl Writer {
@@ -259,33 +306,57 @@ impl Writer {
     }
 
     /// Queue a message (and descriptors) and write as much of it as the socket takes
-    /// now. Returns an error if the connection is already closed or the write failed.
-    pub(crate) fn send(&self, data: Vec<u8>, fds: Vec<OwnedFd>) -> io::Result<()> {
+    /// now. `tag` names the message's owner should the kernel refuse it later, in the
+    /// flusher. Fails with [`SendError::Rejected`] if this message is refused now (and
+    /// nothing of it was written), with [`SendError::Closed`] if the connection is
+    /// already closed or the write broke it.
+    pub(crate) fn send(
+        &self,
+        data: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        tag: Option<u64>,
+    ) -> Result<(), SendError> {
         if !fds.is_empty() && !self.stream.can_pass_fds() {
-            return Err(io::Error::new(
+            return Err(SendError::Rejected(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
                     "file descriptors can only be passed over a Unix socket, and this connection is a {}",
                     self.stream.kind()
                 ),
-            ));
+            )));
         }
         let mut q = self.lock();
         if let Some(kind) = q.closed {
-            return Err(io::Error::new(kind, "the connection is closed"));
+            return Err(SendError::Closed(io::Error::new(
+                kind,
+                "the connection is closed",
+            )));
         }
         let was_empty = q.chunks.is_empty();
-        q.chunks.push_back(Chunk { data, pos: 0, fds });
+        q.chunks.push_back(Chunk {
+            data,
+            pos: 0,
+            fds,
+            tag,
+        });
         if was_empty {
-            match self.flush_locked(&mut q) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
+            let mut rejected = Vec::new();
+            match self.flush_locked(&mut q, &mut rejected) {
+                Ok(done) => {
+                    // Ours was the only message queued, so a refusal is ours.
+                    if let Some(r) = rejected.pop() {
+                        return Err(SendError::Rejected(r.error));
+                    }
+                    if done {
+                        return Ok(());
+                    }
+                }
                 Err(e) => {
                     q.closed = Some(e.kind());
                     q.chunks.clear();
                     drop(q);
                     self.wake.notify_one();
-                    return Err(e);
+                    return Err(SendError::Closed(e));
                 }
             }
         }
@@ -295,7 +366,9 @@ impl Writer {
     }
 
     /// Write queued chunks until done (`Ok(true)`) or the socket is full (`Ok(false)`).
-    fn flush_locked(&self, q: &mut WriteQueue) -> io::Result<bool> {
+    /// Messages the kernel refuses before any of their bytes is written are dropped
+    /// and added to `rejected`; any other error is the connection's.
+    fn flush_locked(&self, q: &mut WriteQueue, rejected: &mut Vec<Rejected>) -> io::Result<bool> {
         while let Some(chunk) = q.chunks.front_mut() {
             match self.stream.try_write(&chunk.data[chunk.pos..], &chunk.fds) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -309,49 +382,65 @@ impl Writer {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Nothing of this message is on the wire (its descriptors would have
+                // gone with its first byte): the stream is still at a message
+                // boundary, so drop it and go on with the next.
+                Err(e) if chunk.pos == 0 && !chunk.fds.is_empty() && refuses_message(&e) => {
+                    let tag = chunk.tag;
+                    q.chunks.pop_front();
+                    rejected.push(Rejected { tag, error: e });
+                }
                 Err(e) => return Err(e),
             }
         }
         Ok(true)
     }
 
-    /// The flusher: finishes queued writes whenever the socket becomes writable.
-    /// Returns when the writer is closed, or with the error that broke the socket.
-    pub(crate) async fn run_flusher(&self) -> io::Result<()> {
+    /// The flusher: finishes queued writes whenever the socket becomes writable,
+    /// handing each message the kernel refuses to `on_reject`. Returns when the writer
+    /// is closed, or with the error that broke the socket.
+    pub(crate) async fn run_flusher(&self, on_reject: impl Fn(Rejected)) -> io::Result<()> {
         loop {
             self.wake.notified().await;
             loop {
-                {
+                let mut rejected = Vec::new();
+                let flushed = {
                     let mut q = self.lock();
                     if q.closed.is_some() {
                         return Ok(());
                     }
-                    match self.flush_locked(&mut q) {
-                        Ok(true) => break,
-                        Ok(false) => {}
-                        Err(e) => {
-                            q.closed = Some(e.kind());
-                            q.chunks.clear();
-                            return Err(e);
-                        }
+                    let flushed = self.flush_locked(&mut q, &mut rejected);
+                    if let Err(e) = &flushed {
+                        q.closed = Some(e.kind());
+                        q.chunks.clear();
                     }
+                    flushed
+                };
+                // Outside the lock: the owner's handler may take other locks.
+                rejected.into_iter().for_each(&on_reject);
+                if flushed? {
+                    break;
                 }
                 self.stream.writable().await?;
             }
         }
     }
 
-    /// Write everything queued, waiting for the socket as needed.
-    pub(crate) async fn flush(&self) -> io::Result<()> {
+    /// Write everything queued, waiting for the socket as needed; messages the kernel
+    /// refuses go to `on_reject`.
+    pub(crate) async fn flush(&self, on_reject: impl Fn(Rejected)) -> io::Result<()> {
         loop {
-            {
+            let mut rejected = Vec::new();
+            let flushed = {
                 let mut q = self.lock();
                 if q.closed.is_some() {
                     return Err(io::ErrorKind::NotConnected.into());
                 }
-                if self.flush_locked(&mut q)? {
-                    return Ok(());
-                }
+                self.flush_locked(&mut q, &mut rejected)
+            };
+            rejected.into_iter().for_each(&on_reject);
+            if flushed? {
+                return Ok(());
             }
             self.stream.writable().await?;
         }
@@ -378,4 +467,162 @@ impl Writer {
 /// caller closes its own copy.
 pub(crate) fn dup_fd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+
+    use rustix::io::Errno;
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use tokio::io::AsyncReadExt;
+
+    const T: Duration = Duration::from_secs(10);
+
+    fn writer_and_peer() -> (Writer, UnixStream) {
+        let (ours, peer) = UnixStream::pair().expect("socketpair");
+        (Writer::new(Arc::new(Stream::Unix(ours))), peer)
+    }
+
+    fn copies(n: usize) -> Vec<OwnedFd> {
+        let file = tempfile::tempfile().expect("tempfile");
+        (0..n).map(|_| dup_fd(file.as_fd()).expect("dup")).collect()
+    }
+
+    fn errno(e: &io::Error) -> Option<Errno> {
+        Errno::from_io_error(e)
+    }
+
+    /// Read what is there (the writes were synchronous), counting descriptors.
+    fn read_available(peer: &UnixStream) -> (Vec<u8>, usize) {
+        let mut data = Vec::new();
+        let mut fds = 0;
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut space =
+                vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            match rustix::net::recvmsg(
+                peer,
+                &mut [io::IoSliceMut::new(&mut buf)],
+                &mut control,
+                RecvFlags::DONTWAIT,
+            ) {
+                Ok(r) if r.bytes == 0 => break,
+                Ok(r) => {
+                    data.extend_from_slice(&buf[..r.bytes]);
+                    for m in control.drain() {
+                        if let RecvAncillaryMessage::ScmRights(received) = m {
+                            fds += received.count();
+                        }
+                    }
+                }
+                Err(Errno::AGAIN) => break,
+                Err(e) => panic!("recvmsg: {e}"),
+            }
+        }
+        (data, fds)
+    }
+
+    #[test]
+    fn refusals_of_one_message_are_told_apart_from_broken_connections() {
+        for e in [Errno::INVAL, Errno::TOOMANYREFS, Errno::BADF] {
+            assert!(refuses_message(&e.into()), "{e:?}");
+        }
+        for e in [Errno::PIPE, Errno::CONNRESET, Errno::NOTCONN, Errno::NOBUFS] {
+            assert!(!refuses_message(&e.into()), "{e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_kernel_passes_scm_max_fd_and_refuses_one_more_alone() {
+        let (writer, peer) = writer_and_peer();
+        writer
+            .send(b"a".to_vec(), copies(SCM_MAX_FD), Some(1))
+            .unwrap();
+        match writer.send(b"b".to_vec(), copies(SCM_MAX_FD + 1), Some(2)) {
+            Err(SendError::Rejected(e)) => assert_eq!(errno(&e), Some(Errno::INVAL), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // The connection is unharmed and nothing of the refused message was written.
+        writer.send(b"c".to_vec(), Vec::new(), None).unwrap();
+        writer.send(b"d".to_vec(), copies(1), Some(3)).unwrap();
+        assert!(writer.is_flushed());
+        assert_eq!(read_available(&peer), (b"acd".to_vec(), SCM_MAX_FD + 1));
+    }
+
+    #[tokio::test]
+    async fn a_queued_refused_message_is_reported_to_its_owner_and_skipped() {
+        let (writer, mut peer) = writer_and_peer();
+        let writer = Arc::new(writer);
+        let refused = Arc::new(StdMutex::new(Vec::new()));
+        let flusher = tokio::spawn({
+            let writer = writer.clone();
+            let refused = refused.clone();
+            async move {
+                writer
+                    .run_flusher(|r| refused.lock().unwrap().push((r.tag, errno(&r.error))))
+                    .await
+            }
+        });
+        // More than the socket buffer holds: the rest waits in the queue.
+        let big = vec![b'x'; 4 << 20];
+        writer.send(big.clone(), Vec::new(), Some(1)).unwrap();
+        assert!(!writer.is_flushed());
+        // Queued behind it, so refused in the flusher.
+        writer
+            .send(b"REFUSED".to_vec(), copies(SCM_MAX_FD + 1), Some(7))
+            .unwrap();
+        writer.send(b"tail".to_vec(), copies(1), Some(8)).unwrap();
+
+        let mut got = vec![0u8; big.len() + 4];
+        tokio::time::timeout(T, peer.read_exact(&mut got))
+            .await
+            .expect("bounded")
+            .unwrap();
+        assert!(got.starts_with(&big) && got.ends_with(b"tail"));
+        assert_eq!(*refused.lock().unwrap(), [(Some(7), Some(Errno::INVAL))]);
+        writer.close();
+        tokio::time::timeout(T, flusher)
+            .await
+            .expect("bounded")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_first_byte_is_the_connections() {
+        let (writer, peer) = writer_and_peer();
+        let writer = Arc::new(writer);
+        // Part of it is written at once, descriptors with the first byte.
+        writer
+            .send(vec![b'x'; 4 << 20], copies(1), Some(1))
+            .unwrap();
+        assert!(!writer.is_flushed());
+        let refused = Arc::new(StdMutex::new(Vec::new()));
+        let flusher = tokio::spawn({
+            let writer = writer.clone();
+            let refused = refused.clone();
+            async move {
+                writer
+                    .run_flusher(|r| refused.lock().unwrap().push(r.tag))
+                    .await
+            }
+        });
+        writer.send(b"more".to_vec(), Vec::new(), None).unwrap();
+        drop(peer);
+        let err = tokio::time::timeout(T, flusher)
+            .await
+            .expect("bounded")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(errno(&err), Some(Errno::PIPE), "{err}");
+        assert!(refused.lock().unwrap().is_empty());
+        assert!(matches!(
+            writer.send(b"late".to_vec(), Vec::new(), None),
+            Err(SendError::Closed(_))
+        ));
+    }
 }

@@ -1,29 +1,16 @@
-//! Event listeners.
-//!
-//! Any number of [`EventListener`]s can watch a client's events, each with its own
-//! queue and its own choice of events (a set of names and/or a filter closure). The
-//! reader never waits for a listener: each queue is bounded, and when a listener falls
-//! behind, its oldest events are dropped and the listener is told how many it lost
-//! ([`RecvError::Lagged`]) before it receives the next one. Losses are never silent.
-//!
-//! A listener's stream ends when the session it watches ends (the peer hung up, a
-//! protocol error, or `disconnect()`); a listener created while the client is idle
-//! watches the next session.
+//! [`EventListener`]: one reader's queue of a client's events, and what it wants.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::queue::{Closed, Core, State};
+use super::registry::Registry;
+use super::DEFAULT_EVENT_CAPACITY;
 use crate::error::Error;
 use crate::message::Event;
-
-/// The default number of events a listener buffers before it starts dropping the
-/// oldest.
-pub const DEFAULT_LISTENER_CAPACITY: usize = 4096;
 
 type FilterFn = dyn Fn(&Event) -> bool + Send + Sync;
 
@@ -49,7 +36,7 @@ impl Default for ListenOptions {
         ListenOptions {
             names: Vec::new(),
             filter: None,
-            capacity: DEFAULT_LISTENER_CAPACITY,
+            capacity: DEFAULT_EVENT_CAPACITY,
         }
     }
 }
@@ -65,7 +52,7 @@ impl fmt::Debug for ListenOptions {
 }
 
 impl ListenOptions {
-    /// All events, default capacity.
+    /// All events, default capacity ([`DEFAULT_EVENT_CAPACITY`]).
     pub fn new() -> Self {
         Self::default()
     }
@@ -87,13 +74,18 @@ impl ListenOptions {
         self
     }
 
-    /// How many events to buffer before the oldest are dropped (at least 1).
+    /// How many events to buffer before the oldest are dropped (at least 1; default
+    /// [`DEFAULT_EVENT_CAPACITY`]).
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
     }
 
-    fn accepts(&self, event: &Event) -> bool {
+    pub(super) fn capacity_value(&self) -> usize {
+        self.capacity
+    }
+
+    pub(super) fn accepts(&self, event: &Event) -> bool {
         (self.names.is_empty() || self.names.iter().any(|n| n == event.name()))
             && self.filter.as_ref().is_none_or(|f| f(event))
     }
@@ -138,163 +130,28 @@ pub type StreamItem = Result<Event, Lagged>;
 #[error("{0} events were dropped because the listener fell behind")]
 pub struct Lagged(pub u64);
 
-#[derive(Debug)]
-enum Closed {
-    Open,
-    Closed(Option<Box<Error>>),
-}
-
-struct Queue {
-    events: VecDeque<Event>,
-    lost: u64,
-    total_lost: u64,
-    closed: Closed,
-    waker: Option<Waker>,
-}
-
-pub(crate) struct Shared {
-    options: ListenOptions,
-    queue: Mutex<Queue>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Offer an event; called by the reader.
-    fn offer(&self, event: &Event) {
-        if !self.options.accepts(event) {
-            return;
-        }
-        let mut q = self.lock();
-        if !matches!(q.closed, Closed::Open) {
-            return;
-        }
-        if q.events.len() >= self.options.capacity {
-            q.events.pop_front();
-            q.lost += 1;
-            q.total_lost += 1;
-        }
-        q.events.push_back(event.clone());
-    }
-
-    /// Wake the consumer if it waits and something is queued for it.
-    fn wake_if_ready(&self) {
-        let mut q = self.lock();
-        if q.events.is_empty() && q.lost == 0 {
-            return;
-        }
-        if let Some(w) = q.waker.take() {
-            drop(q);
-            w.wake();
-        }
-    }
-
-    fn close(&self, cause: Option<&Error>) {
-        let mut q = self.lock();
-        if matches!(q.closed, Closed::Open) {
-            q.closed = Closed::Closed(cause.map(|c| Box::new(c.clone())));
-        }
-        if let Some(w) = q.waker.take() {
-            drop(q);
-            w.wake();
-        }
-    }
-}
-
-/// The listeners of one client.
-#[derive(Default)]
-pub(crate) struct Registry {
-    listeners: Mutex<Vec<Arc<Shared>>>,
-    /// Set by `dispatch`, cleared by `wake`.
-    undelivered: AtomicBool,
-}
-
-impl Registry {
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Shared>>> {
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn register(self: &Arc<Self>, options: ListenOptions) -> EventListener {
-        let shared = Arc::new(Shared {
-            options,
-            queue: Mutex::new(Queue {
-                events: VecDeque::new(),
-                lost: 0,
-                total_lost: 0,
-                closed: Closed::Open,
-                waker: None,
-            }),
-        });
-        self.lock().push(shared.clone());
-        EventListener {
-            shared,
-            registry: Arc::downgrade(self),
-        }
-    }
-
-    /// Hand an event to every listener that wants it.
-    ///
-    /// Listeners are not woken here but by [`wake`](Self::wake), once per batch of
-    /// messages: a consumer that keeps up would otherwise be woken (a thread switch)
-    /// for every single event.
-    pub(crate) fn dispatch(&self, event: &Event) {
-        for l in self.lock().iter() {
-            l.offer(event);
-        }
-        self.undelivered.store(true, Ordering::Release);
-    }
-
-    /// Wake the listeners that have events queued since the last call.
-    pub(crate) fn wake(&self) {
-        if !self.undelivered.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        for l in self.lock().iter() {
-            l.wake_if_ready();
-        }
-    }
-
-    /// End every listener's stream (the session ended) and forget them.
-    pub(crate) fn close_all(&self, cause: Option<&Error>) {
-        let listeners = std::mem::take(&mut *self.lock());
-        for l in listeners {
-            l.close(cause);
-        }
-    }
-
-    fn remove(&self, shared: &Arc<Shared>) {
-        self.lock().retain(|l| !Arc::ptr_eq(l, shared));
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-}
-
 /// A queue of the events a client receives, chosen by name and/or filter
 /// (Python: `EventListener`).
 ///
 /// Made by [`Client::listen`](crate::Client::listen) or
 /// [`Client::listen_with`](crate::Client::listen_with). Use it with
 /// [`recv`](Self::recv), [`recv_timeout`](Self::recv_timeout),
-/// [`try_recv`](Self::try_recv), or as a [`Stream`](futures_core::Stream). Dropping it
+/// [`try_recv`](Self::try_recv), or as a [`Stream`](futures_core::Stream); or turn it
+/// into an [`EventQueue`](super::EventQueue) that many tasks share. Dropping it
 /// unregisters it.
 pub struct EventListener {
-    shared: Arc<Shared>,
+    core: Arc<Core>,
     registry: Weak<Registry>,
 }
 
 impl fmt::Debug for EventListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let q = self.shared.lock();
+        let st = self.core.lock();
         f.debug_struct("EventListener")
-            .field("names", &self.shared.options.names)
-            .field("pending", &q.events.len())
-            .field("lost", &q.total_lost)
-            .field("closed", &!matches!(q.closed, Closed::Open))
+            .field("names", &self.core.options.names)
+            .field("pending", &st.events.len())
+            .field("lost", &st.total_lost)
+            .field("closed", &!matches!(st.closed, Closed::Open))
             .finish()
     }
 }
@@ -302,36 +159,30 @@ impl fmt::Debug for EventListener {
 impl Drop for EventListener {
     fn drop(&mut self) {
         if let Some(r) = self.registry.upgrade() {
-            r.remove(&self.shared);
+            r.remove(&self.core);
         }
     }
 }
 
 impl EventListener {
+    pub(super) fn new(core: Arc<Core>, registry: Weak<Registry>) -> EventListener {
+        EventListener { core, registry }
+    }
+
+    pub(super) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event, RecvError>> {
-        let mut q = self.shared.lock();
-        match self.take(&mut q) {
+        let mut st = self.core.lock();
+        match take(&mut st) {
             Err(TryRecvError::Empty) => {
-                q.waker = Some(cx.waker().clone());
+                st.consumer = Some(cx.waker().clone());
                 Poll::Pending
             }
             Ok(e) => Poll::Ready(Ok(e)),
             Err(TryRecvError::Lagged(n)) => Poll::Ready(Err(RecvError::Lagged(n))),
             Err(TryRecvError::Closed(c)) => Poll::Ready(Err(RecvError::Closed(c))),
-        }
-    }
-
-    fn take(&self, q: &mut Queue) -> Result<Event, TryRecvError> {
-        if q.lost > 0 {
-            let n = std::mem::take(&mut q.lost);
-            return Err(TryRecvError::Lagged(n));
-        }
-        if let Some(e) = q.events.pop_front() {
-            return Ok(e);
-        }
-        match &q.closed {
-            Closed::Open => Err(TryRecvError::Empty),
-            Closed::Closed(c) => Err(TryRecvError::Closed(c.clone())),
         }
     }
 
@@ -352,19 +203,19 @@ impl EventListener {
         limit: usize,
     ) -> Result<usize, RecvError> {
         std::future::poll_fn(|cx| {
-            let mut q = self.shared.lock();
-            if q.lost > 0 {
-                let n = std::mem::take(&mut q.lost);
+            let mut st = self.core.lock();
+            if st.lost > 0 {
+                let n = std::mem::take(&mut st.lost);
                 return Poll::Ready(Err(RecvError::Lagged(n)));
             }
-            if !q.events.is_empty() {
-                let n = q.events.len().min(limit.max(1));
-                buf.extend(q.events.drain(..n));
+            if !st.events.is_empty() {
+                let n = st.events.len().min(limit.max(1));
+                buf.extend(st.events.drain(..n).map(|q| q.event));
                 return Poll::Ready(Ok(n));
             }
-            match &q.closed {
+            match &st.closed {
                 Closed::Open => {
-                    q.waker = Some(cx.waker().clone());
+                    st.consumer = Some(cx.waker().clone());
                     Poll::Pending
                 }
                 Closed::Closed(c) => Poll::Ready(Err(RecvError::Closed(c.clone()))),
@@ -383,20 +234,19 @@ impl EventListener {
 
     /// The next event if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Result<Event, TryRecvError> {
-        let mut q = self.shared.lock();
-        self.take(&mut q)
+        take(&mut self.core.lock())
     }
 
     /// Remove and return every queued event (Python: `EventListener.clear()`).
     pub fn clear(&mut self) -> Vec<Event> {
-        let mut q = self.shared.lock();
-        q.lost = 0;
-        q.events.drain(..).collect()
+        let mut st = self.core.lock();
+        st.lost = 0;
+        st.events.drain(..).map(|q| q.event).collect()
     }
 
     /// How many events are queued.
     pub fn pending(&self) -> usize {
-        self.shared.lock().events.len()
+        self.core.lock().events.len()
     }
 
     /// True if no event is queued (Python: `empty()`).
@@ -406,17 +256,32 @@ impl EventListener {
 
     /// How many events this listener has lost in all because it fell behind.
     pub fn total_lost(&self) -> u64 {
-        self.shared.lock().total_lost
+        self.core.lock().total_lost
     }
 
     /// True once the session this listener watched has ended.
     pub fn is_closed(&self) -> bool {
-        !matches!(self.shared.lock().closed, Closed::Open)
+        !matches!(self.core.lock().closed, Closed::Open)
     }
 
     /// Would this listener accept the event? (Python: `accept()`.)
     pub fn accepts(&self, event: &Event) -> bool {
-        self.shared.options.accepts(event)
+        self.core.options.accepts(event)
+    }
+}
+
+/// The next item for a listener: losses first, then the oldest event, then the end.
+fn take(st: &mut State) -> Result<Event, TryRecvError> {
+    if st.lost > 0 {
+        let n = std::mem::take(&mut st.lost);
+        return Err(TryRecvError::Lagged(n));
+    }
+    if let Some(q) = st.events.pop_front() {
+        return Ok(q.event);
+    }
+    match &st.closed {
+        Closed::Open => Err(TryRecvError::Empty),
+        Closed::Closed(c) => Err(TryRecvError::Closed(c.clone())),
     }
 }
 
@@ -543,5 +408,23 @@ mod tests {
             l.recv_timeout(Duration::from_millis(10)).await,
             Err(RecvError::Timeout(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_listener_turned_queue_stays_registered_and_keeps_its_events() {
+        let reg = Arc::new(Registry::default());
+        let l = reg.register(ListenOptions::new().names(["STOP"]).capacity(2));
+        reg.dispatch(&ev("STOP", 0));
+        let q = crate::EventQueue::from(l);
+        assert_eq!(reg.len(), 1);
+        reg.dispatch(&ev("RESUME", 1));
+        reg.dispatch(&ev("STOP", 2));
+        reg.dispatch(&ev("STOP", 3));
+        assert_eq!(q.capacity(), 2);
+        assert_eq!(q.total_lost(), 1);
+        let left: Vec<_> = q.take_all().iter().map(|e| e.data()["n"].clone()).collect();
+        assert_eq!(left, [json!(2), json!(3)]);
+        drop(q);
+        assert_eq!(reg.len(), 0);
     }
 }
