@@ -264,10 +264,12 @@ impl Client {
         }
     }
 
-    /// The greeting of the current session (None when not connected, or when the
-    /// greeting was not awaited).
+    /// The greeting of the current session: None when not connected, or when the
+    /// greeting was not awaited and none has come (the guest agent sends none; a
+    /// QEMU monitor greets every client, and a greeting that was not awaited is
+    /// taken as the session's when it comes, quietly).
     pub fn greeting(&self) -> Option<Greeting> {
-        self.session().ok().and_then(|s| s.greeting.clone())
+        self.session().ok().and_then(|s| s.greeting.get().cloned())
     }
 
     /// True if out-of-band execution was negotiated on the current session.
@@ -1082,7 +1084,10 @@ struct Session {
     label: Arc<str>,
     stream: Arc<Stream>,
     writer: Arc<Writer>,
-    greeting: Option<Greeting>,
+    /// The peer's greeting: read while connecting, or, when the client did not wait
+    /// for one (`await_greeting(false)`, as `qmp-shell -N` talks to QEMU), the first
+    /// greeting the reader meets.
+    greeting: std::sync::OnceLock<Greeting>,
     oob: bool,
     /// Bounds in-band commands in flight when OOB is on.
     inband: Option<Arc<Semaphore>>,
@@ -1168,7 +1173,7 @@ impl Session {
             label: label.clone(),
             stream,
             writer: writer.clone(),
-            greeting,
+            greeting: greeting.map(std::sync::OnceLock::from).unwrap_or_default(),
             oob,
             inband: oob.then(|| Arc::new(Semaphore::new(QEMU_INBAND_QUEUE - 1))),
             pending: Mutex::new(Pending::default()),
@@ -1261,10 +1266,13 @@ impl Session {
             }
             Message::Response(r) => self.deliver(r),
             Message::Greeting(g) => {
-                warn!(
-                    "unexpected greeting dropped: {}",
-                    serde_json::Value::Object(g.raw)
-                );
+                // Not awaited (a monitor greets every client whether it waits or not):
+                // the session's greeting. A second one is the peer's mistake.
+                let text = serde_json::Value::Object(g.raw.clone());
+                match self.greeting.set(g) {
+                    Ok(()) => debug!("greeting, not awaited: {text}"),
+                    Err(_) => warn!("unexpected second greeting dropped: {text}"),
+                }
                 Ok(())
             }
             Message::Request(o) | Message::Other(o) => {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use qemu_qmp::{Address, Client};
 use qemu_tools::exit;
-use qemu_tools::shell::{self, cli, raw};
+use qemu_tools::shell::{self, cli};
 
 const AFTER_HELP: &str = "\
 Start QEMU with a monitor to connect to, e.g.:
@@ -67,23 +67,22 @@ fn main() -> ExitCode {
         Err(e) => return exit::fail("ERROR: ", format!("cannot start the async runtime: {e}")),
     };
     runtime.block_on(async move {
-        let connected = if args.skip_negotiation {
-            // QEMU's greeting (if the peer is QEMU) is taken out before the client.
-            raw::connect(address, "qmp-shell")
-                .await
-                .map_err(|e| exit::one_line(&e))
-        } else {
-            Client::builder()
-                .name("qmp-shell")
-                .connect(address)
-                .await
-                .map_err(|e| exit::one_line(&e))
-        };
+        // With -N the client neither waits for a greeting nor negotiates; QEMU's
+        // greeting, which a monitor sends anyway, is taken as the session's.
+        let connected = Client::builder()
+            .name("qmp-shell")
+            .await_greeting(!args.skip_negotiation)
+            .negotiate(!args.skip_negotiation)
+            .connect(address)
+            .await
+            .map_err(|e| exit::one_line(&e));
         let client = match connected {
             Ok(c) => c,
             Err(e) => return exit::fail("ERROR: ", e),
         };
-        let outcome = shell::run(client.clone(), args.shell.options()).await;
+        let mut options = args.shell.options();
+        options.skip_negotiation = args.skip_negotiation;
+        let outcome = shell::run(client.clone(), options).await;
         let _ = client.disconnect().await;
         match outcome {
             Ok(o) => ExitCode::from(o.exit_code()),

@@ -49,7 +49,6 @@ pub mod complete;
 pub mod display;
 pub mod input;
 pub mod parser;
-pub mod raw;
 pub mod runner;
 
 pub use runner::{run, Mode, Outcome, Shell, ShellOptions, PROMPT, TRANSACTION_PROMPT};

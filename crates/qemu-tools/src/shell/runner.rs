@@ -59,6 +59,9 @@ pub struct ShellOptions {
     /// Interactive (line editor, banner, prompt) or not (plain lines, no noise, exit
     /// status reflects failures). See [`ShellOptions::detect`].
     pub interactive: bool,
+    /// The client neither waited for a greeting nor negotiated (`-N`): the banner
+    /// says only `Connected`, as QEMU's shell does, whether a greeting came or not.
+    pub skip_negotiation: bool,
 }
 
 impl ShellOptions {
@@ -388,7 +391,11 @@ impl Shell {
             Mode::Qmp => "Welcome to the QMP low-level shell!",
             Mode::Hmp => "Welcome to the HMP shell!",
         };
-        let connected = match self.client.greeting() {
+        let greeting = self
+            .client
+            .greeting()
+            .filter(|_| !self.options.skip_negotiation);
+        let connected = match greeting {
             Some(g) => format!("Connected to QEMU {}\n", g.version.qemu),
             None => "Connected".to_owned(),
         };
