@@ -117,6 +117,7 @@ pub struct MachineBuilder {
     display_none: bool,
     nodefaults: bool,
     conv_keys: bool,
+    event_capacity: usize,
 }
 
 impl MachineBuilder {
@@ -145,6 +146,7 @@ impl MachineBuilder {
             display_none: true,
             nodefaults: false,
             conv_keys: false,
+            event_capacity: EVENT_CAPACITY,
         }
     }
 
@@ -164,10 +166,38 @@ impl MachineBuilder {
         self
     }
 
-    /// A command that runs QEMU, e.g. `["taskset", "-c", "0"]` or
-    /// `["valgrind", "--quiet"]`: the command line becomes `wrapper... binary args...`.
-    /// The wrapper must exec QEMU in the same process (or wait for it), since it is the
-    /// wrapper's process that is signalled and waited for.
+    /// A command that runs QEMU, e.g. `["taskset", "-c", "0"]`, `["timeout", "600"]`,
+    /// `["valgrind", "--quiet"]` or `["sh", "-c", "\"$@\"; true", "sh"]`: the command
+    /// line becomes `wrapper... binary args...`.
+    ///
+    /// The wrapper's process is the machine's process: its pid is
+    /// [`QemuMachine::pid`], its exit is QEMU's exit for the machine. So it must exec
+    /// QEMU, or fork it and wait for it. It is started as the leader of a new process
+    /// group, which QEMU and everything else it starts join (`timeout` puts itself in
+    /// a group of its own, which it already leads: nothing changes), and every
+    /// process that stays in that group is covered by these guarantees:
+    ///
+    /// - dropping the machine, [`QemuMachine::kill`], a hard shutdown, the SIGKILL
+    ///   that follows a failed graceful shutdown, and a failed or cancelled launch
+    ///   send SIGKILL to the whole group before the wrapper is reaped;
+    /// - when the wrapper's process exits, whatever is left of its group is killed
+    ///   with SIGKILL (a wrapper that starts QEMU in the background and exits takes
+    ///   QEMU with it);
+    /// - if this whole process dies, even by SIGKILL, a watchdog in the group (a
+    ///   `/bin/sh` blocked on a pipe whose write end only this process holds) kills
+    ///   the group; the wrapper also gets SIGKILL from the kernel
+    ///   (`PR_SET_PDEATHSIG`);
+    /// - a graceful shutdown without QMP sends SIGTERM to the group.
+    ///
+    /// Not covered: a process that leaves the group, i.e. calls `setsid()` or
+    /// `setpgid()`, such as `setsid(1)`, a shell with job control (`sh -m`, an
+    /// interactive shell), `sudo` with a pseudo-terminal, or QEMU's own
+    /// `-daemonize`; such a process survives the machine unless it exits when its
+    /// sockets close. A QEMU forked by a wrapper that was killed with it is reaped by
+    /// init (or the nearest subreaper), not by this process.
+    ///
+    /// Being in a group of its own, QEMU does not get the terminal's job-control
+    /// signals (Ctrl-C) meant for this process; it is killed when this process dies.
     pub fn wrapper<I, S>(mut self, wrapper: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -186,6 +216,15 @@ impl MachineBuilder {
 
     /// Where the machine's temporary directory is created (default: the system's
     /// temporary directory). The directory is removed at shutdown and on drop.
+    ///
+    /// Its name, `qemu-machine-<pid>.<start>.<pidns>-<random>`, records which process
+    /// made it: the pid, in hex that process's start time (so that a reused pid is not
+    /// mistaken for it) and the inode of its pid namespace. A process killed by
+    /// SIGKILL cannot remove its directories; every launch removes (while QEMU
+    /// starts, before `launch` returns) the directories under its base directory whose
+    /// owner no longer runs, if they belong to this user. Directories of live
+    /// processes, of other pid namespaces, and without that record (made by older
+    /// versions) are left alone.
     pub fn base_temp_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.base_temp_dir = Some(dir.into());
         self
@@ -324,6 +363,16 @@ impl MachineBuilder {
         &self.binary
     }
 
+    /// How many received events the machine keeps for
+    /// [`event_wait`](QemuMachine::event_wait) and the others before it drops the
+    /// oldest (at least 1; default
+    /// [`DEFAULT_EVENT_CAPACITY`](qemu_qmp::DEFAULT_EVENT_CAPACITY), 16,384). Drops
+    /// are counted by [`QemuMachine::events_lost`] and logged.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
     /// How long a graceful shutdown may take before QEMU is killed (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -449,6 +498,57 @@ impl MachineBuilder {
     }
 }
 
+/// How the names of machines' temporary directories start. The rest is
+/// `<owner>-<random>`, the owner being [`process::owner_tag`] of the process that
+/// launched the machine.
+const TEMP_DIR_PREFIX: &str = "qemu-machine-";
+
+/// Remove the temporary directories under `base` whose owner process has died
+/// (e.g. by SIGKILL, when nothing of ours could run): named
+/// `qemu-machine-<owner>-<random>`, a real directory (not a symlink) of our user, and
+/// an owner that no longer runs (see [`process::owner_state`]). A directory whose
+/// owner is alive, unknown (another pid namespace) or not in its name (made by an
+/// older version) is left alone. Errors are only logged: this is housekeeping.
+fn remove_stale_dirs(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let entries = match std::fs::read_dir(base) {
+        Ok(e) => e,
+        Err(e) => {
+            debug!(
+                "cannot look for stale machine directories in {}: {e}",
+                base.display()
+            );
+            return;
+        }
+    };
+    let uid = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_DIR_PREFIX))
+            .and_then(|rest| rest.rsplit_once('-'))
+            .map(|(owner, _random)| owner)
+        else {
+            continue;
+        };
+        if process::owner_state(owner) != process::Owner::Dead {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() && m.uid() == uid => {}
+            _ => continue,
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => debug!("removed {}, left by a process that died", path.display()),
+            // Another launch removed it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => debug!("cannot remove the stale {}: {e}", path.display()),
+        }
+    }
+}
+
 /// Builds a unique machine name.
 fn unique_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -543,9 +643,18 @@ impl Launch {
             .base_temp_dir
             .clone()
             .unwrap_or_else(std::env::temp_dir);
-        let temp_dir = tempfile::Builder::new()
-            .prefix("qemu-machine-")
-            .tempdir_in(&base)
+        // Directories left by machines of processes that died (SIGKILL) are removed
+        // meanwhile; awaited before the launch succeeds.
+        let sweep = {
+            let base = base.clone();
+            tokio::task::spawn_blocking(move || remove_stale_dirs(&base))
+        };
+        let temp_dir = process::owner_tag()
+            .and_then(|owner| {
+                tempfile::Builder::new()
+                    .prefix(&format!("{TEMP_DIR_PREFIX}{owner}-"))
+                    .tempdir_in(&base)
+            })
             .map_err(|e| {
                 self.setup(
                     format!("creating a temporary directory in {}", base.display()),
@@ -570,7 +679,7 @@ impl Launch {
             .connect_timeout(None)
             .build();
         // Registered before the session exists, so that it sees every event.
-        let listener = client.listen_with(ListenOptions::new().capacity(EVENT_CAPACITY));
+        let listener = client.listen_with(ListenOptions::new().capacity(self.b.event_capacity));
 
         let mut inherit: Vec<OwnedFd> = Vec::new();
         let (qmp_chardev, qmp_conn) = if self.b.qmp {
@@ -673,6 +782,8 @@ impl Launch {
                 return Err(self.fail_running(cause, process, &log_path, console).await);
             }
         }
+        // Long done by now (it ran while QEMU started); it cannot fail the launch.
+        let _ = sweep.await;
 
         Ok(QemuMachine::new(MachineParts {
             name: self.name,

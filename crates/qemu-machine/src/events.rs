@@ -1,28 +1,28 @@
 //! The machine's event queue (Python: `QEMUMachine._events` plus the QMP client's
-//! event queue).
+//! event queue), a [`qemu_qmp::EventQueue`].
 //!
 //! One listener for all events is registered on the QMP client before the
 //! connection is made, so no event is missed, not even one sent during capability
-//! negotiation. Events that a wait passes over are kept, in order, for later calls.
+//! negotiation. Its queue is the only place events are kept: events that a wait
+//! passes over stay there, in order, for later calls; it is bounded (the oldest are
+//! dropped, counted and logged), and any number of waits may run on it at once
+//! without a lock held across them.
 
-use std::collections::VecDeque;
+use std::time::Duration;
 
-use qemu_qmp::{Event, EventListener, RecvError, TryRecvError};
+use qemu_qmp::{Event, EventListener};
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::warn;
 
 use crate::matching::event_matches;
 
-/// How many events the listener buffers before the oldest are dropped (with a
-/// warning) if nobody reads them.
-pub(crate) const EVENT_CAPACITY: usize = 16 * 1024;
+/// How many events the machine keeps before the oldest are dropped (with a warning)
+/// if nobody reads them: the default of every QMP event queue.
+pub(crate) const EVENT_CAPACITY: usize = qemu_qmp::DEFAULT_EVENT_CAPACITY;
 
 #[derive(Debug)]
 pub(crate) struct EventQueue {
-    listener: EventListener,
-    /// Events taken from the listener but not yet handed out.
-    kept: VecDeque<Event>,
+    queue: qemu_qmp::EventQueue,
 }
 
 /// How a wait on the queue ended without an event.
@@ -34,96 +34,75 @@ pub(crate) enum NoEvent {
     Closed,
 }
 
+/// Run `future` until `timeout` has passed (`None` from a timeout too long to
+/// represent: no deadline).
+async fn within<F: std::future::Future>(timeout: Duration, future: F) -> Option<F::Output> {
+    match Instant::now().checked_add(timeout) {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
 impl EventQueue {
     pub(crate) fn new(listener: EventListener) -> Self {
         EventQueue {
-            listener,
-            kept: VecDeque::new(),
+            queue: listener.into(),
         }
     }
 
-    /// The next event from the listener, waiting until the deadline (`None`: do not
-    /// wait).
-    async fn recv(&mut self, deadline: Option<Instant>) -> Result<Event, NoEvent> {
-        loop {
-            let r = match deadline {
-                None => match self.listener.try_recv() {
-                    Ok(e) => Ok(e),
-                    Err(TryRecvError::Empty) => return Err(NoEvent::Timeout),
-                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                    Err(TryRecvError::Closed(c)) => Err(RecvError::Closed(c)),
-                },
-                Some(d) => match tokio::time::timeout_at(d, self.listener.recv()).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(NoEvent::Timeout),
-                },
-            };
-            match r {
-                Ok(e) => return Ok(e),
-                Err(RecvError::Lagged(n)) => {
-                    warn!("{n} QMP events were dropped because nobody read them (the queue holds {EVENT_CAPACITY})");
-                }
-                Err(RecvError::Closed(_)) => return Err(NoEvent::Closed),
-                Err(RecvError::Timeout(_)) => return Err(NoEvent::Timeout),
-            }
+    pub(crate) fn queue(&self) -> &qemu_qmp::EventQueue {
+        &self.queue
+    }
+
+    /// The oldest event not yet handed out, waiting up to `wait` for one (`None`: do
+    /// not wait).
+    pub(crate) async fn pull(&self, wait: Option<Duration>) -> Option<Event> {
+        match wait {
+            None => self.queue.try_recv(),
+            Some(w) => within(w, self.queue.recv()).await?.ok(),
         }
     }
 
-    /// The oldest event not yet handed out, waiting until the deadline for one.
-    pub(crate) async fn pull(&mut self, deadline: Option<Instant>) -> Option<Event> {
-        if let Some(e) = self.kept.pop_front() {
-            return Some(e);
+    /// Every event not yet handed out; if there is none, wait up to `wait` for one
+    /// (and then take whatever else has arrived with it).
+    pub(crate) async fn pull_all(&self, wait: Option<Duration>) -> Vec<Event> {
+        match wait {
+            None => self.queue.take_all(),
+            Some(w) => match within(w, self.queue.recv_all()).await {
+                Some(Ok(events)) => events,
+                // Something may have been queued since the wait gave up.
+                Some(Err(_)) | None => self.queue.take_all(),
+            },
         }
-        self.recv(deadline).await.ok()
-    }
-
-    /// Every event not yet handed out; if there is none, wait until the deadline for
-    /// one (and then take whatever else has arrived with it).
-    pub(crate) async fn pull_all(&mut self, deadline: Option<Instant>) -> Vec<Event> {
-        let mut out: Vec<Event> = self.kept.drain(..).collect();
-        while let Ok(e) = self.recv(None).await {
-            out.push(e);
-        }
-        if out.is_empty() {
-            if let Ok(e) = self.recv(deadline).await {
-                out.push(e);
-                while let Ok(e) = self.recv(None).await {
-                    out.push(e);
-                }
-            }
-        }
-        out
     }
 
     /// Forget every event received so far.
-    pub(crate) fn clear(&mut self) {
-        self.kept.clear();
-        self.listener.clear();
+    pub(crate) fn clear(&self) {
+        self.queue.take_all();
     }
 
     /// The first event that matches one of `alternatives` (name and pattern), kept
-    /// ones first. Events passed over stay queued, in order.
+    /// ones first, waiting up to `timeout`. Events passed over stay queued, in order;
+    /// concurrent waits each see every event that arrives while they wait (see
+    /// [`qemu_qmp::EventQueue::wait_for`]).
     pub(crate) async fn wait_for(
-        &mut self,
+        &self,
         alternatives: &[(&str, Option<Value>)],
-        deadline: Instant,
+        timeout: Duration,
     ) -> Result<Event, NoEvent> {
-        let matches = |e: &Event| {
-            alternatives
+        let wanted: Vec<(String, Option<Value>)> = alternatives
+            .iter()
+            .map(|(name, pattern)| ((*name).to_owned(), pattern.clone()))
+            .collect();
+        let matches = move |e: &Event| {
+            wanted
                 .iter()
                 .any(|(name, pattern)| event_matches(e, name, pattern.as_ref()))
         };
-        if let Some(i) = self.kept.iter().position(matches) {
-            if let Some(e) = self.kept.remove(i) {
-                return Ok(e);
-            }
-        }
-        loop {
-            let e = self.recv(Some(deadline)).await?;
-            if matches(&e) {
-                return Ok(e);
-            }
-            self.kept.push_back(e);
+        match within(timeout, self.queue.wait_for(matches)).await {
+            Some(Ok(e)) => Ok(e),
+            Some(Err(_)) => Err(NoEvent::Closed),
+            None => Err(NoEvent::Timeout),
         }
     }
 }

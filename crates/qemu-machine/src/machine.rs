@@ -54,8 +54,13 @@ struct Files {
 /// and never leaks any of them: [`shutdown`](Self::shutdown) stops QEMU (gracefully,
 /// falling back to SIGKILL) and cleans everything up; dropping the machine kills
 /// QEMU with SIGKILL, reaps it and removes its files, also while unwinding from a
-/// panic; and if this whole process dies, the kernel kills QEMU
-/// (`PR_SET_PDEATHSIG`).
+/// panic; and if this whole process dies, even by SIGKILL, QEMU is killed too (the
+/// kernel's `PR_SET_PDEATHSIG`, and a watchdog for QEMU's process group). Every
+/// kill reaches QEMU's whole process group, so QEMU dies also when a
+/// [wrapper](MachineBuilder::wrapper) forked it; see there for exactly what is
+/// covered. A temporary directory that a killed process could not remove is removed
+/// by the next launch under the same base directory (see
+/// [`MachineBuilder::base_temp_dir`]).
 ///
 /// Every method takes `&self` and may be called in any state: before or after
 /// shutdown, after QEMU died on its own, twice. Share a machine between tasks with an
@@ -92,7 +97,9 @@ pub struct QemuMachine {
     conv_keys: bool,
     shutdown_timeout: Duration,
     qmp: Client,
-    events: tokio::sync::Mutex<EventQueue>,
+    /// Events received and not yet handed out; shared by concurrent waits, no lock
+    /// held across a wait.
+    events: EventQueue,
     console: Option<Console>,
     /// Set once `quit` was sent (by us or through [`QemuMachine::command`]).
     quit_issued: AtomicBool,
@@ -131,7 +138,7 @@ impl QemuMachine {
             conv_keys: p.conv_keys,
             shutdown_timeout: p.shutdown_timeout,
             qmp: p.qmp,
-            events: tokio::sync::Mutex::new(p.events),
+            events: p.events,
             console: p.console,
             quit_issued: AtomicBool::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -159,8 +166,9 @@ impl QemuMachine {
         &self.command_line
     }
 
-    /// QEMU's pid while it runs; `None` once it has exited and been reaped (the pid
-    /// may then belong to another process).
+    /// QEMU's pid while it runs (with a [wrapper](MachineBuilder::wrapper), the
+    /// wrapper's, which is also QEMU's process group id); `None` once it has exited
+    /// and been reaped (the pid may then belong to another process).
     pub fn pid(&self) -> Option<u32> {
         self.process.status().is_none().then(|| self.process.pid())
     }
@@ -432,7 +440,19 @@ impl QemuMachine {
     /// Returns `Ok(None)` if none arrives within `timeout` (one deadline for the whole
     /// wait; `Duration::ZERO` only looks at what has arrived), and
     /// [`MachineError::EventStreamEnded`] if the QMP session ends first. Events passed
-    /// over are kept, in order, for later calls.
+    /// over are kept, in order, for later calls; the event returned is not (as in
+    /// Python).
+    ///
+    /// Waits may run concurrently on a machine shared through an `Arc`; none holds
+    /// up another. Each sees every event that arrives while it waits: an event that
+    /// several waits match is returned by each of them (so two tasks waiting for the
+    /// same `STOP` both get it), and one that none matches is kept. A kept event is
+    /// taken by the first wait that looks for it. Dropping a wait (cancelling it)
+    /// loses no event. See [`qemu_qmp::EventQueue`] for the details.
+    ///
+    /// The kept events are bounded ([`MachineBuilder::event_capacity`]): beyond that,
+    /// the oldest are dropped, counted by [`events_lost`](Self::events_lost) and
+    /// logged.
     pub async fn event_wait(
         &self,
         name: &str,
@@ -450,12 +470,7 @@ impl QemuMachine {
         timeout: Duration,
     ) -> Result<Option<Event>> {
         self.require_qmp("wait for events")?;
-        let deadline = Instant::now() + timeout;
-        let mut queue = match tokio::time::timeout_at(deadline, self.events.lock()).await {
-            Ok(q) => q,
-            Err(_) => return Ok(None),
-        };
-        match queue.wait_for(events, deadline).await {
+        match self.events.wait_for(events, timeout).await {
             Ok(e) => Ok(Some(e)),
             Err(NoEvent::Timeout) => Ok(None),
             Err(NoEvent::Closed) => Err(MachineError::EventStreamEnded {
@@ -468,22 +483,33 @@ impl QemuMachine {
     /// none (`None`: do not wait) (Python: `get_qmp_event()`). Returns `None` if there
     /// is none, also once the QMP session has ended and every event was taken.
     pub async fn get_qmp_event(&self, wait: Option<Duration>) -> Option<Event> {
-        let deadline = wait.map(|w| Instant::now() + w);
-        let mut queue = self.events.lock().await;
-        queue.pull(deadline).await
+        self.events.pull(wait).await
     }
 
     /// Every event not yet handed out, oldest first; if there is none, wait up to
     /// `wait` for one (Python: `get_qmp_events()`).
     pub async fn get_qmp_events(&self, wait: Option<Duration>) -> Vec<Event> {
-        let deadline = wait.map(|w| Instant::now() + w);
-        let mut queue = self.events.lock().await;
-        queue.pull_all(deadline).await
+        self.events.pull_all(wait).await
     }
 
     /// Forget every event received so far (Python: `clear_events()`).
     pub async fn clear_events(&self) {
-        self.events.lock().await.clear();
+        self.events.clear();
+    }
+
+    /// How many events were dropped, in all, because more than
+    /// [`MachineBuilder::event_capacity`] were kept (received and not handed out).
+    pub fn events_lost(&self) -> u64 {
+        self.events.queue().total_lost()
+    }
+
+    /// The queue of events received and not yet handed out: how many it holds
+    /// ([`pending`](qemu_qmp::EventQueue::pending)), its
+    /// [`capacity`](qemu_qmp::EventQueue::capacity), and waits with a matcher of your
+    /// own ([`wait_for`](qemu_qmp::EventQueue::wait_for)), which share it with
+    /// [`event_wait`](Self::event_wait) and the others.
+    pub fn event_queue(&self) -> &qemu_qmp::EventQueue {
+        self.events.queue()
     }
 
     // ---- console -------------------------------------------------------------------

@@ -8,17 +8,46 @@
 //! idles out, and one forked from a runtime worker when its runtime shuts down. So
 //! all forks happen on one process-global `qemu-spawner` thread that is started on
 //! first use and lives as long as the process; launches send it a job and await the
-//! reply.
+//! reply. A launch cancelled meanwhile (its future dropped) either stops the job
+//! before it starts or, if it is forking, waits for it (one fork and exec) and then
+//! drops the new [`Process`], whose `Drop` kills and reaps the child: once the
+//! drop returns, nothing it started runs, whenever it was cancelled.
+//!
+//! # Process group and watchdog
+//!
+//! The death signal reaches only the direct child. A wrapper that forks (`timeout`,
+//! `sh -c 'qemu ...; true'`) would leave QEMU running. So the child leads a process
+//! group of its own (`setpgid(0, 0)` before exec; `timeout`'s own `setpgid(0, 0)`
+//! is then a no-op), which everything it forks joins, and every kill goes to the
+//! whole group:
+//!
+//! - when we kill (drop, `kill()`, a hard or failed shutdown, a failed or cancelled
+//!   launch), SIGKILL goes to the group, then the child is reaped;
+//! - when the child exits by itself, SIGKILL goes to what is left of its group
+//!   before the child is reaped: nothing the child started outlives it;
+//! - when this whole process dies, even by SIGKILL, a watchdog kills the group: a
+//!   `/bin/sh` that joins the group, reads a pipe whose write end only this process
+//!   holds (close-on-exec), and runs `kill -9 0` (its own group) once the read sees
+//!   end-of-file, i.e. once we are gone. It ignores the usual terminating signals,
+//!   so that a wrapper signalling its group (`timeout` does) does not end it. It is
+//!   started with `posix_spawn` (no fork of this process).
+//!
+//! The group id is the child's pid, and both the child and the watchdog (a member)
+//! stay unreaped until the group has been killed, so the id cannot be reused by
+//! another group while we may still signal it. A process that leaves the group
+//! (`setsid`, `setpgid`: e.g. `setsid(1)`, a shell with job control) escapes all of
+//! this; see [`MachineBuilder::wrapper`](crate::MachineBuilder::wrapper).
 //!
 //! # Waiting for exit
 //!
 //! Right after the fork the spawner opens a pidfd for the child. A small waiter
 //! thread per child blocks in `waitid(P_PIDFD, WEXITED | WNOWAIT)` until the child
-//! exits, then reaps it and publishes the status on a watch channel, which tasks
-//! await; nothing polls, and it works whichever runtime (if any) is running. The
-//! waiter does not reap while it waits, so the pid cannot be recycled under us; and
-//! signals go through the pidfd anyway. Dropping a [`Process`] that is still running
-//! sends SIGKILL and reaps it synchronously.
+//! exits, then kills the rest of its group and reaps it (and the watchdog), and
+//! publishes the status on a watch channel, which tasks await; nothing polls, and it
+//! works whichever runtime (if any) is running. The waiter does not reap while it
+//! waits, so the pid cannot be recycled under us; and signals to the child alone go
+//! through the pidfd anyway. Dropping a [`Process`] that is still running sends
+//! SIGKILL to its group and reaps it synchronously.
 //!
 //! # Inherited descriptors
 //!
@@ -32,12 +61,12 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::panic::AssertUnwindSafe;
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -74,10 +103,12 @@ pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
 }
 
-/// Start `command` on the spawner thread, with `inherit` open in the child under the
-/// same numbers (they must be above 2; see [`above_stdio`]), `PR_SET_PDEATHSIG`
-/// set to SIGKILL, and a pidfd to watch it. Our copies of `inherit` are closed once
-/// the child has been forked.
+/// Start `command` on the spawner thread as the leader of a new process group, with
+/// `inherit` open in the child under the same numbers (they must be above 2; see
+/// [`above_stdio`]), `PR_SET_PDEATHSIG` set to SIGKILL, a pidfd to watch it, and a
+/// watchdog that kills the group if this process dies (see the module
+/// documentation). Our copies of `inherit` are closed once the child has been
+/// forked.
 ///
 /// `label` names the machine in log lines, `shown` is its command line for them.
 pub(crate) async fn spawn(
@@ -118,47 +149,217 @@ pub(crate) async fn spawn(
     unsafe {
         command.pre_exec(child_setup);
     }
+    // `setpgid(0, 0)` in the child, before exec: it leads a new process group.
+    command.process_group(0);
 
-    let (tx, rx) = oneshot::channel();
+    let handoff = Arc::new(Handoff::new());
+    let (wake_tx, wake_rx) = oneshot::channel::<()>();
+    let theirs = handoff.clone();
     let job: Job = Box::new(move || {
-        let result = command.spawn().and_then(|child| {
-            let pid = child.id();
-            // The child is not reaped by anyone yet, so its pid is still its own.
-            match rustix::process::pidfd_open(
-                rustix::process::Pid::from_child(&child),
-                PidfdFlags::empty(),
-            ) {
-                Ok(pidfd) => Ok((pid, pidfd)),
-                Err(e) => {
-                    let mut child = child;
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    Err(io::Error::new(
-                        io::Error::from(e).kind(),
-                        format!("pidfd_open failed (Linux 5.3 or later is needed): {e}"),
-                    ))
-                }
-            }
-        });
+        if !theirs.start() {
+            // Cancelled before it ran: nothing to do (`inherit` is closed with the job).
+            return;
+        }
+        let result = command
+            .spawn()
+            .and_then(|child| Process::adopt(child, label, shown));
         // Close our copies of the child's descriptors now.
         drop(inherit);
-        if let Err(Ok((_, pidfd))) = tx.send(result) {
-            // The launch was cancelled while we forked: nobody will own this child.
-            debug!("launch cancelled during the fork: killing the new child");
-            let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
-            let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
-        }
+        theirs.finish(result);
+        let _ = wake_tx.send(());
     });
+    // From here on, dropping this future (cancelling the launch) waits for a running
+    // job and kills what it started: see `Pending`.
+    let mut pending = Pending(Some(handoff));
     spawner()?
         .send(job)
         .map_err(|_| io::Error::other("the qemu-spawner thread is gone"))?;
-    let (pid, pidfd) = rx
-        .await
-        .map_err(|_| io::Error::other("the qemu-spawner thread dropped the spawn request"))??;
-    Process::watch(pid, pidfd, label, shown)
+    // An error means that the job was dropped without finishing; `take` tells.
+    let _ = wake_rx.await;
+    pending.take()
 }
 
-/// A child process, watched through a pidfd. Dropping it kills and reaps the child.
+/// How long a cancelled launch waits for the spawner thread to finish the fork it
+/// started (normally a few milliseconds), before leaving the child to the job.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the spawner thread leaves a spawn's result, shared by the job and the
+/// launch.
+#[derive(Debug)]
+struct Handoff {
+    stage: Mutex<Stage>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Sent to the spawner thread, not started.
+    Queued,
+    /// Forking.
+    Running,
+    /// The result, not yet taken.
+    Done(io::Result<Process>),
+    /// Taken by the launch.
+    Taken,
+    /// The launch was cancelled before the job started: the job does nothing.
+    Cancelled,
+    /// The launch was cancelled and gave up waiting: the job kills what it started.
+    Abandoned,
+}
+
+impl Handoff {
+    fn new() -> Handoff {
+        Handoff {
+            stage: Mutex::new(Stage::Queued),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Stage> {
+        self.stage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The job starts, unless the launch was cancelled.
+    fn start(&self) -> bool {
+        let mut stage = self.lock();
+        if matches!(*stage, Stage::Cancelled) {
+            return false;
+        }
+        *stage = Stage::Running;
+        true
+    }
+
+    /// The job's result, for the launch; or, if it gave up, dropped here, which kills
+    /// and reaps the child.
+    fn finish(&self, result: io::Result<Process>) {
+        let mut stage = self.lock();
+        if matches!(*stage, Stage::Abandoned) {
+            drop(stage);
+            if let Ok(process) = &result {
+                debug!(
+                    pid = process.pid(),
+                    "launch cancelled during the fork: killing the new child"
+                );
+            }
+            return;
+        }
+        *stage = Stage::Done(result);
+        self.changed.notify_all();
+    }
+}
+
+/// A spawn in progress, from the launch's side. Dropped without
+/// [`take`](Self::take) (the launch future was dropped), it cancels the job if it has
+/// not started, or waits for it to finish (one fork and exec, bounded by
+/// [`CANCEL_WAIT`]) and kills and reaps what it started, so that a cancelled launch
+/// has left nothing behind once the drop returns.
+struct Pending(Option<Arc<Handoff>>);
+
+impl Pending {
+    /// The result, once the job has signalled that it finished (or was dropped).
+    fn take(&mut self) -> io::Result<Process> {
+        let dropped = || io::Error::other("the qemu-spawner thread dropped the spawn request");
+        let Some(handoff) = self.0.take() else {
+            return Err(dropped());
+        };
+        let mut stage = handoff.lock();
+        match std::mem::replace(&mut *stage, Stage::Taken) {
+            Stage::Done(result) => result,
+            // The job was dropped without running, or panicked: nothing to wait for.
+            _ => Err(dropped()),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(handoff) = self.0.take() else {
+            return;
+        };
+        let mut stage = handoff.lock();
+        if matches!(*stage, Stage::Queued) {
+            *stage = Stage::Cancelled;
+            return;
+        }
+        let (mut stage, _) = handoff
+            .changed
+            .wait_timeout_while(stage, CANCEL_WAIT, |s| matches!(s, Stage::Running))
+            .unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *stage, Stage::Taken) {
+            Stage::Done(result) => {
+                drop(stage);
+                if let Ok(process) = &result {
+                    debug!(
+                        pid = process.pid(),
+                        "launch cancelled during the fork: killing the new child"
+                    );
+                }
+                // `Process::drop` kills the group and reaps, here and now.
+                drop(result);
+            }
+            Stage::Running => *stage = Stage::Abandoned,
+            other => *stage = other,
+        }
+    }
+}
+
+/// The watchdog's script (run by `/bin/sh -c`): ignore the signals a wrapper may
+/// send to its group, block until the pipe on stdin reaches end-of-file (we never
+/// write to it; our copy of the write end is closed when we die, or when the
+/// `Process` is dropped, after the group was killed), then SIGKILL the own process
+/// group: the child, everything it started, and the watchdog itself.
+const WATCHDOG_SCRIPT: &str =
+    "trap '' HUP INT QUIT TERM PIPE ALRM USR1 USR2 TSTP TTIN TTOU; read _ ; kill -9 0";
+
+/// The shell that runs [`WATCHDOG_SCRIPT`].
+const WATCHDOG_SHELL: &str = "/bin/sh";
+
+/// A member of the child's process group that SIGKILLs the group when this process
+/// dies.
+#[derive(Debug)]
+struct Watchdog {
+    /// Reaped (after the group was killed) when the child is.
+    child: Child,
+    /// The pipe's only write end; the watchdog acts when it is closed.
+    _alive: OwnedFd,
+}
+
+impl Watchdog {
+    /// Start a watchdog in the process group `pgid` (which must exist and be
+    /// ours: its leader is not reaped).
+    fn start(pgid: Pid) -> io::Result<Watchdog> {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let child = Command::new(WATCHDOG_SHELL)
+            .args(["-c", WATCHDOG_SCRIPT, "qemu-machine-watchdog"])
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::from(read))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(pgid.as_raw_pid())
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start the watchdog ({WATCHDOG_SHELL}): {e}"),
+                )
+            })?;
+        Ok(Watchdog {
+            child,
+            _alive: write,
+        })
+    }
+
+    /// Reap the watchdog, which the group's SIGKILL has ended (or ends now).
+    fn reap(mut self) {
+        // Unreaped, so its pid is still its own.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process, watched through a pidfd, leading a process group that a
+/// watchdog guards. Dropping it kills the group and reaps the child.
 #[derive(Debug)]
 pub(crate) struct Process {
     pid: u32,
@@ -168,24 +369,59 @@ pub(crate) struct Process {
 #[derive(Debug)]
 struct Shared {
     pidfd: OwnedFd,
+    /// The child's process group: its pid, since it leads the group.
+    pgid: Pid,
     status: watch::Sender<Option<ExitStatus>>,
     /// Set before we send a terminating signal, so that death by it is not reported
     /// as unexpected.
     signalled: AtomicBool,
-    /// Serialises reaping, so that the status is published exactly once.
-    reap_lock: Mutex<()>,
+    /// Serialises signalling the group and reaping, so that the group is never
+    /// signalled once its id may have been reused, and the status is published
+    /// exactly once. Holds the watchdog until it is reaped.
+    reap_lock: Mutex<Option<Watchdog>>,
     label: String,
     /// The command line, for the warning about an unexpected signal.
     command: String,
 }
 
 impl Process {
-    fn watch(pid: u32, pidfd: OwnedFd, label: String, command: String) -> io::Result<Process> {
+    /// Take over a child just spawned (as a group leader, not reaped by anyone): open
+    /// its pidfd, start its watchdog and its waiter thread. On failure the group is
+    /// killed and the child reaped.
+    fn adopt(mut child: Child, label: String, command: String) -> io::Result<Process> {
+        let pid = child.id();
+        let pgid = Pid::from_child(&child);
+        let discard = |child: &mut Child| {
+            // Not reaped yet, so the pid (and group id) is still the child's.
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+            let _ = child.kill();
+            let _ = child.wait();
+        };
+        let pidfd = match rustix::process::pidfd_open(pgid, PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                discard(&mut child);
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("pidfd_open failed (Linux 5.3 or later is needed): {e}"),
+                ));
+            }
+        };
+        let watchdog = match Watchdog::start(pgid) {
+            Ok(w) => w,
+            Err(e) => {
+                discard(&mut child);
+                return Err(e);
+            }
+        };
+        // From here on, the pidfd and `Shared` own the child (`Child` does nothing
+        // when dropped).
         let shared = Arc::new(Shared {
             pidfd,
+            pgid,
             status: watch::channel(None).0,
             signalled: AtomicBool::new(false),
-            reap_lock: Mutex::new(()),
+            reap_lock: Mutex::new(Some(watchdog)),
             label,
             command,
         });
@@ -244,23 +480,32 @@ impl Process {
         tokio::time::timeout(timeout, self.wait()).await.ok()
     }
 
-    /// Send a signal (through the pidfd, so it cannot reach a recycled pid). Sending
-    /// to a child that has already exited is not an error.
+    /// Send a signal to the child's whole process group (the wrapper, QEMU, and
+    /// anything else they started that stayed in it), and SIGKILL to the child
+    /// through its pidfd too. Never reaches a recycled pid or group: it is sent only
+    /// while the child is unreaped. Sending to a child that has already exited is
+    /// not an error.
     pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
         if sig != Signal::STOP && sig != Signal::CONT {
             self.shared.signalled.store(true, Ordering::SeqCst);
         }
+        let _guard = self.shared.lock();
         if self.status().is_some() {
             return Ok(());
         }
-        match rustix::process::pidfd_send_signal(self.shared.pidfd.as_fd(), sig) {
+        if sig == Signal::KILL {
+            // Also if the child has left its own group.
+            self.shared.kill_child();
+        }
+        match rustix::process::kill_process_group(self.shared.pgid, sig) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// SIGKILL (if still running) and reap, blocking the thread until the kernel has
-    /// torn the child down (normally well under a millisecond). Returns the status.
+    /// SIGKILL the group (if the child still runs) and reap, blocking the thread
+    /// until the kernel has torn the child down (normally well under a millisecond).
+    /// Returns the status.
     pub(crate) fn kill_and_reap(&self) -> ExitStatus {
         self.shared.kill_and_reap()
     }
@@ -273,55 +518,69 @@ impl Drop for Process {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, ()> {
+    fn lock(&self) -> MutexGuard<'_, Option<Watchdog>> {
         self.reap_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The waiter thread: block until the child exits (without reaping it, so that
-    /// its pid stays reserved and `kill_and_reap` can run concurrently), then reap it.
+    /// its pid and group id stay reserved and `kill_and_reap` can run concurrently),
+    /// then kill what is left of its group and reap it.
     fn wait_then_reap(&self) {
         loop {
             let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
             match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options) {
                 Ok(_) => break,
                 Err(rustix::io::Errno::INTR) => continue,
-                // Already reaped (ECHILD), or something odd: `reap` tells.
-                Err(_) => break,
+                // Already reaped by something else: `finish` tells.
+                Err(rustix::io::Errno::CHILD) => break,
+                Err(e) => {
+                    // Leave it to `kill_and_reap` (on drop at the latest).
+                    warn!(name = %self.label, "cannot wait for QEMU: {e}");
+                    return;
+                }
             }
         }
-        let _ = self.reap(false);
+        let _ = self.finish(false);
     }
 
     fn kill_and_reap(&self) -> ExitStatus {
-        if let Some(s) = *self.status.borrow() {
-            return s;
-        }
-        self.signalled.store(true, Ordering::SeqCst);
+        self.finish(true)
+    }
+
+    /// SIGKILL to the child alone, through its pidfd.
+    fn kill_child(&self) {
         if let Err(e) = rustix::process::pidfd_send_signal(self.pidfd.as_fd(), Signal::KILL) {
             if e != rustix::io::Errno::SRCH {
                 warn!(name = %self.label, "could not kill QEMU: {e}");
             }
         }
-        // A blocking reap always returns a status.
-        self.reap(true)
-            .unwrap_or_else(|| ExitStatus::from_raw(Signal::KILL.as_raw()))
     }
 
-    /// Reap the child if it has exited (or, with `block`, once it exits), and publish
-    /// its status. Returns the status if known.
-    fn reap(&self, block: bool) -> Option<ExitStatus> {
-        let _guard = self.lock();
+    /// Unless already done: SIGKILL the child (with `kill`), then its whole group
+    /// (what the child left behind if it exited by itself, and the watchdog), reap
+    /// the child, blocking until it exits, then the watchdog, and publish the
+    /// child's status.
+    fn finish(&self, kill: bool) -> ExitStatus {
+        let mut watchdog = self.lock();
         if let Some(s) = *self.status.borrow() {
-            return Some(s);
+            return s;
         }
-        let mut options = WaitIdOptions::EXITED;
-        if !block {
-            options |= WaitIdOptions::NOHANG;
+        if kill {
+            self.signalled.store(true, Ordering::SeqCst);
+            self.kill_child();
+        }
+        // The child is not reaped yet (and neither is the watchdog, a member), so the
+        // group id cannot have been reused.
+        match rustix::process::kill_process_group(self.pgid, Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => warn!(name = %self.label, "could not kill QEMU's process group: {e}"),
         }
         let status = loop {
-            match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options) {
+            match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED)
+            {
                 Ok(Some(st)) => break to_exit_status(&st),
-                Ok(None) => return None,
+                // Cannot happen without WNOHANG; do not spin.
+                Ok(None) => break ExitStatus::from_raw(255 << 8),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
                     // ECHILD: something else in this process reaped our child (a
@@ -335,8 +594,11 @@ impl Shared {
                 }
             }
         };
+        if let Some(w) = watchdog.take() {
+            w.reap();
+        }
         self.publish(status);
-        Some(status)
+        status
     }
 
     fn publish(&self, status: ExitStatus) {
@@ -351,6 +613,100 @@ impl Shared {
         }
         self.status.send_replace(Some(status));
     }
+}
+
+/// Whether the process that made something is still alive, judged from an
+/// [`owner_tag`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// The very process (same pid and start time) still runs.
+    Alive,
+    /// No process with that pid and start time runs any more (or only its zombie).
+    Dead,
+    /// Cannot tell: another pid namespace, an unreadable `/proc`, a malformed tag.
+    Unknown,
+}
+
+/// This process's identity, for names that must say who made them:
+/// `<pid>.<start>.<pidns>`, the pid in decimal, then in hex its start time (clock
+/// ticks after boot, field 22 of `/proc/<pid>/stat`, so that a reused pid is not
+/// mistaken for it) and the inode of its pid namespace (so that a process of another
+/// namespace sharing the directory is never judged by our `/proc`).
+pub(crate) fn owner_tag() -> io::Result<String> {
+    static TAG: OnceLock<(u32, String)> = OnceLock::new();
+    let pid = std::process::id();
+    if let Some((p, tag)) = TAG.get() {
+        // A forked (not exec'd) copy of this process has a pid of its own.
+        if *p == pid {
+            return Ok(tag.clone());
+        }
+    }
+    let start = start_time(pid).ok_or_else(|| {
+        io::Error::other(format!("cannot read the start time of pid {pid} in /proc"))
+    })?;
+    let tag = format!("{pid}.{start:x}.{:x}", pid_namespace()?);
+    let _ = TAG.set((pid, tag.clone()));
+    Ok(tag)
+}
+
+/// Whether the process named by `tag` (made by [`owner_tag`]) is alive.
+pub(crate) fn owner_state(tag: &str) -> Owner {
+    let mut parts = tag.split('.');
+    let (Some(pid), Some(start), Some(ns), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Owner::Unknown;
+    };
+    let (Ok(pid), Ok(start), Ok(ns)) = (
+        pid.parse::<u32>(),
+        u64::from_str_radix(start, 16),
+        u64::from_str_radix(ns, 16),
+    ) else {
+        return Owner::Unknown;
+    };
+    if pid_namespace().ok() != Some(ns) {
+        return Owner::Unknown;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => match parse_stat(&stat) {
+            Some((state, t)) if t == start && state != 'Z' && state != 'X' => Owner::Alive,
+            Some(_) => Owner::Dead,
+            None => Owner::Unknown,
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Owner::Dead,
+        Err(_) => Owner::Unknown,
+    }
+}
+
+/// The start time of process `pid` (field 22 of `/proc/<pid>/stat`).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, start)| start)
+}
+
+/// The state letter and start time from the text of `/proc/<pid>/stat`. The command
+/// name (field 2, in parentheses) may contain anything, so fields are counted from
+/// its last `)`: state is field 3, the start time field 22.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The inode of this process's pid namespace (`/proc/self/ns/pid` is a link to
+/// `pid:[INODE]`).
+fn pid_namespace() -> io::Result<u64> {
+    static NS: OnceLock<u64> = OnceLock::new();
+    if let Some(ns) = NS.get() {
+        return Ok(*ns);
+    }
+    let link = std::fs::read_link("/proc/self/ns/pid")?;
+    let ns = link
+        .to_str()
+        .and_then(|l| l.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("unexpected /proc/self/ns/pid: {link:?}")))?;
+    Ok(*NS.get_or_init(|| ns))
 }
 
 fn to_exit_status(st: &WaitIdStatus) -> ExitStatus {
@@ -370,4 +726,121 @@ pub(crate) fn python_exit_code(status: ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| -s))
         .unwrap_or(-1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 \
+                    20 0 1 0 987654 1000 100 18446744073709551615";
+        assert_eq!(parse_stat(stat), Some(('S', 987654)));
+        assert_eq!(parse_stat("4242 (x) Z 1"), None);
+    }
+
+    #[test]
+    fn owner_tags_tell_live_from_dead() {
+        let me = owner_tag().unwrap();
+        assert_eq!(owner_tag().unwrap(), me);
+        assert_eq!(owner_state(&me), Owner::Alive);
+        let (pid, rest) = me.split_once('.').unwrap();
+        let (start, ns) = rest.split_once('.').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        // The same pid, started at another time: a reused pid.
+        assert_eq!(
+            owner_state(&format!("{pid}.{:x}.{ns}", start + 1)),
+            Owner::Dead
+        );
+        // No such pid (above any pid_max).
+        assert_eq!(owner_state(&format!("999999999.1.{ns}")), Owner::Dead);
+        // Another pid namespace, or not a tag: cannot tell.
+        assert_eq!(owner_state(&format!("{pid}.{start:x}.1")), Owner::Unknown);
+        for bad in ["", "1", "1.2", "x.1.2", "1.2.3.4"] {
+            assert_eq!(owner_state(bad), Owner::Unknown, "{bad:?}");
+        }
+    }
+
+    /// Children of this process whose command line contains `marker`.
+    fn children_with(marker: &str) -> Vec<u32> {
+        let me = std::process::id().to_string();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1).map(str::to_owned));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if ppid.as_deref() == Some(me.as_str())
+                && String::from_utf8_lossy(&cmdline).contains(marker)
+            {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    /// The launch is cancelled after the spawner thread has sent its reply and
+    /// before the launch looked at it: the reply, dropped with the channel, must kill
+    /// and reap the child (it used to drop only the pidfd, leaving QEMU running).
+    #[tokio::test]
+    async fn a_spawn_cancelled_after_the_reply_was_sent_leaves_no_child() {
+        let Some(qemu) = qemu_testkit::qemu_system() else {
+            return;
+        };
+        let marker = format!("cancelled-after-reply-{}", std::process::id());
+        let mut command = Command::new(&qemu);
+        command
+            .args(["-machine", "none", "-display", "none", "-name", &marker])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut launch = Box::pin(spawn(command, Vec::new(), "test".into(), marker.clone()));
+        // Hold the spawner thread, so that the first poll cannot find the spawn done.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        spawner()
+            .unwrap()
+            .send(Box::new(move || {
+                let _ = held.recv_timeout(Duration::from_secs(30));
+            }))
+            .unwrap();
+        // Polled once: the job is queued on the spawner thread, behind the hold.
+        assert!(
+            tokio::time::timeout(Duration::ZERO, &mut launch)
+                .await
+                .is_err(),
+            "the spawn cannot be done at the first poll"
+        );
+        release.send(()).unwrap();
+        // Jobs run in order: once this one runs, the spawn job has sent its reply.
+        let (done_tx, done_rx) = oneshot::channel();
+        spawner()
+            .unwrap()
+            .send(Box::new(move || {
+                let _ = done_tx.send(());
+            }))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), done_rx)
+            .await
+            .expect("the spawner thread is stuck")
+            .unwrap();
+        assert_eq!(children_with(&marker).len(), 1, "QEMU was started");
+        drop(launch);
+        // Killed and reaped by the drop itself, synchronously.
+        let left = children_with(&marker);
+        for &pid in &left {
+            let _ = rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::KILL);
+        }
+        assert_eq!(
+            left,
+            Vec::<u32>::new(),
+            "a cancelled spawn left QEMU running"
+        );
+    }
 }
