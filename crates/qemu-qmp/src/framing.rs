@@ -1122,6 +1122,45 @@ mod tests {
         assert!(d.decode(true).is_err());
     }
 
+    /// QEMU 7.2's greeting, as it is on the wire.
+    const GREETING: &[u8] = b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}}\r\n";
+
+    fn greeting() -> JsonObject {
+        serde_json::from_slice(GREETING).unwrap()
+    }
+
+    /// Feeds `chunks` the way `MessageReader` does: after each chunk, decode
+    /// until nothing is left (not idle, as after a read that returned data),
+    /// then once more as idle (as after the read that would block).
+    fn decode_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<JsonObject> {
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for chunk in chunks {
+            d.buffer_mut().extend_from_slice(chunk);
+            got.extend(drain(&mut d, false));
+            got.extend(drain(&mut d, true));
+        }
+        got.extend(drain(&mut d, true));
+        assert!(!d.has_partial());
+        got
+    }
+
+    #[test]
+    fn greeting_split_at_every_position() {
+        for k in 0..=GREETING.len() {
+            let got = decode_chunks([&GREETING[..k], &GREETING[k..]]);
+            assert_eq!(got, vec![greeting()], "split at {k}");
+        }
+        for i in 0..=GREETING.len() {
+            for j in i..=GREETING.len() {
+                let got = decode_chunks([&GREETING[..i], &GREETING[i..j], &GREETING[j..]]);
+                assert_eq!(got, vec![greeting()], "split at {i} and {j}");
+            }
+        }
+        let got = decode_chunks(GREETING.chunks(1));
+        assert_eq!(got, vec![greeting()], "one byte at a time");
+    }
+
     // ---- property tests ----
 
     fn arb_string() -> impl Strategy<Value = String> {
@@ -1172,6 +1211,29 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn greeting_in_random_chunks_is_exactly_the_greeting(
+            cuts in prop::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 0..40),
+        ) {
+            let mut points: BTreeMap<usize, bool> = BTreeMap::new();
+            for (i, idle) in &cuts {
+                *points.entry(i.index(GREETING.len() + 1)).or_insert(false) |= *idle;
+            }
+            points.insert(GREETING.len(), true);
+            let mut d = Decoder::default();
+            let mut got = Vec::new();
+            let mut prev = 0;
+            for (pos, idle) in points {
+                d.buffer_mut().extend_from_slice(&GREETING[prev..pos]);
+                prev = pos;
+                while let Some(m) = d.decode(idle).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    got.push(m);
+                }
+            }
+            prop_assert_eq!(got, vec![greeting()]);
+            prop_assert!(!d.has_partial());
+        }
 
         #[test]
         fn arbitrary_bytes_never_panic(
