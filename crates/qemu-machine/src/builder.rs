@@ -760,7 +760,10 @@ impl Launch {
         debug!(name = %self.name, "launching: {}", shell_join(&self.command_line));
         let program = self.command_line[0].clone();
         let shown = shell_join(&self.command_line);
-        let process = process::spawn(command, inherit, self.name.clone(), shown)
+        // Without a wrapper the child is QEMU, which its death signal takes down with
+        // us; a wrapper may fork it, and then only a watchdog can.
+        let watchdog = !self.b.wrapper.is_empty();
+        let process = process::spawn(command, inherit, self.name.clone(), shown, watchdog)
             .await
             .map_err(|source| self.failure(LaunchCause::Spawn { program, source }))?;
 

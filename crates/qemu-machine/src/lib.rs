@@ -29,8 +29,8 @@
 //!
 //! - QEMU is forked with `PR_SET_PDEATHSIG = SIGKILL` from a thread that lives as
 //!   long as the process, so it dies when we die, even on `SIGKILL`. It leads a
-//!   process group of its own, which every kill reaches and which a watchdog kills
-//!   when we die, so QEMU dies also when a wrapper forked it
+//!   process group of its own, which every kill reaches and, when a wrapper runs
+//!   QEMU, a watchdog kills when we die, so QEMU dies also when a wrapper forked it
 //!   ([`MachineBuilder::wrapper`]).
 //! - Dropping a machine, on any path including a panic, kills QEMU, reaps it and
 //!   removes its temporary directory.

@@ -25,12 +25,16 @@
 //!   launch), SIGKILL goes to the group, then the child is reaped;
 //! - when the child exits by itself, SIGKILL goes to what is left of its group
 //!   before the child is reaped: nothing the child started outlives it;
-//! - when this whole process dies, even by SIGKILL, a watchdog kills the group: a
+//! - when this whole process dies, even by SIGKILL: the child itself has
+//!   `PR_SET_PDEATHSIG`, which is enough when it is QEMU; when a wrapper runs QEMU
+//!   (anything it forks would survive), a watchdog kills the group: a
 //!   `/bin/sh` that joins the group, reads a pipe whose write end only this process
 //!   holds (close-on-exec), and runs `kill -9 0` (its own group) once the read sees
 //!   end-of-file, i.e. once we are gone. It ignores the usual terminating signals,
 //!   so that a wrapper signalling its group (`timeout` does) does not end it. It is
-//!   started with `posix_spawn` (no fork of this process).
+//!   started with `posix_spawn` (no fork of this process). Only machines with a
+//!   wrapper get one: a shell per launch costs about 4% of launch-to-ready time
+//!   (`benches/launch.rs`, measured with a watchdog for every launch).
 //!
 //! The group id is the child's pid, and both the child and the watchdog (a member)
 //! stay unreaped until the group has been killed, so the id cannot be reused by
@@ -105,10 +109,10 @@ pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
 
 /// Start `command` on the spawner thread as the leader of a new process group, with
 /// `inherit` open in the child under the same numbers (they must be above 2; see
-/// [`above_stdio`]), `PR_SET_PDEATHSIG` set to SIGKILL, a pidfd to watch it, and a
-/// watchdog that kills the group if this process dies (see the module
-/// documentation). Our copies of `inherit` are closed once the child has been
-/// forked.
+/// [`above_stdio`]), `PR_SET_PDEATHSIG` set to SIGKILL, a pidfd to watch it, and,
+/// with `watchdog` (for a wrapper that may fork QEMU), a watchdog that kills the
+/// group if this process dies (see the module documentation). Our copies of
+/// `inherit` are closed once the child has been forked.
 ///
 /// `label` names the machine in log lines, `shown` is its command line for them.
 pub(crate) async fn spawn(
@@ -116,6 +120,7 @@ pub(crate) async fn spawn(
     inherit: Vec<OwnedFd>,
     label: String,
     shown: String,
+    watchdog: bool,
 ) -> io::Result<Process> {
     let fds: Vec<RawFd> = inherit.iter().map(|f| f.as_raw_fd()).collect();
     if let Some(fd) = fds.iter().find(|fd| **fd <= 2) {
@@ -162,7 +167,7 @@ pub(crate) async fn spawn(
         }
         let result = command
             .spawn()
-            .and_then(|child| Process::adopt(child, label, shown));
+            .and_then(|child| Process::adopt(child, label, shown, watchdog));
         // Close our copies of the child's descriptors now.
         drop(inherit);
         theirs.finish(result);
@@ -386,9 +391,14 @@ struct Shared {
 
 impl Process {
     /// Take over a child just spawned (as a group leader, not reaped by anyone): open
-    /// its pidfd, start its watchdog and its waiter thread. On failure the group is
-    /// killed and the child reaped.
-    fn adopt(mut child: Child, label: String, command: String) -> io::Result<Process> {
+    /// its pidfd, start its watchdog (if asked for) and its waiter thread. On
+    /// failure the group is killed and the child reaped.
+    fn adopt(
+        mut child: Child,
+        label: String,
+        command: String,
+        watchdog: bool,
+    ) -> io::Result<Process> {
         let pid = child.id();
         let pgid = Pid::from_child(&child);
         let discard = |child: &mut Child| {
@@ -407,7 +417,7 @@ impl Process {
                 ));
             }
         };
-        let watchdog = match Watchdog::start(pgid) {
+        let watchdog = match watchdog.then(|| Watchdog::start(pgid)).transpose() {
             Ok(w) => w,
             Err(e) => {
                 discard(&mut child);
@@ -421,7 +431,7 @@ impl Process {
             pgid,
             status: watch::channel(None).0,
             signalled: AtomicBool::new(false),
-            reap_lock: Mutex::new(Some(watchdog)),
+            reap_lock: Mutex::new(watchdog),
             label,
             command,
         });
@@ -801,7 +811,7 @@ mod tests {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut launch = Box::pin(spawn(command, Vec::new(), "test".into(), marker.clone()));
+        let mut launch = Box::pin(spawn(command, Vec::new(), "test".into(), marker.clone(), false));
         // Hold the spawner thread, so that the first poll cannot find the spawn done.
         let (release, held) = std::sync::mpsc::channel::<()>();
         spawner()

@@ -346,6 +346,7 @@ async fn probe_accels(binary: &Path) -> Result<bool> {
         Vec::new(),
         "qtest-accel-probe".to_owned(),
         shown.clone(),
+        false,
     )
     .await
     .map_err(io_err)?;
