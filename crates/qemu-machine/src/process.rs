@@ -811,7 +811,13 @@ mod tests {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut launch = Box::pin(spawn(command, Vec::new(), "test".into(), marker.clone(), false));
+        let mut launch = Box::pin(spawn(
+            command,
+            Vec::new(),
+            "test".into(),
+            marker.clone(),
+            false,
+        ));
         // Hold the spawner thread, so that the first poll cannot find the spawn done.
         let (release, held) = std::sync::mpsc::channel::<()>();
         spawner()
