@@ -636,10 +636,14 @@ mod tests {
         assert!(out.close_now);
         let text = String::from_utf8(out.buf.clone()).unwrap();
         assert!(
-            text.starts_with("a{\"event\":\"FLOOD\",\"data\":{\"seq\":0}"),
+            text.starts_with("a{\"timestamp\": {\"seconds\": "),
             "{text}"
         );
         assert_eq!(text.matches("FLOOD").count(), 3);
+        assert!(
+            text.contains("\"event\": \"FLOOD\", \"data\": {\"seq\": 2}}\r\n"),
+            "{text}"
+        );
         assert!(text.ends_with("}\r\nbc"), "{text}");
     }
 }

@@ -97,7 +97,8 @@ impl Output {
                     while *next < *end && self.buf.len() - self.pos < FLOOD_CHUNK {
                         let _ = write!(
                             self.buf,
-                            "{{\"event\":\"{FLOOD_EVENT}\",\"data\":{{\"seq\":{next}}},\"timestamp\":{{\"seconds\":{secs},\"microseconds\":{micros}}}}}\r\n"
+                            // As QEMU writes an event (crate::json): spaced, its member order.
+                            "{{\"timestamp\": {{\"seconds\": {secs}, \"microseconds\": {micros}}}, \"event\": \"{FLOOD_EVENT}\", \"data\": {{\"seq\": {next}}}}}\r\n"
                         );
                         *next += 1;
                     }
