@@ -1286,22 +1286,12 @@ impl Session {
     }
 
     fn deliver(&self, reply: Response) -> Result<()> {
-        // Every id we send is a number of ours.
+        // Every id we send is a number of ours: any other id is unknown.
         let key = match reply.id() {
-            None => None,
-            Some(id) => match id.as_u64() {
-                Some(n) => Some(n),
-                None => {
-                    warn!(
-                        "reply with unknown id {} dropped: {}",
-                        id.clone(),
-                        serde_json::Value::Object(reply.raw)
-                    );
-                    return Ok(());
-                }
-            },
+            None => Some(None),
+            Some(id) => id.as_u64().map(Some),
         };
-        let entry = {
+        let entry = key.and_then(|key| {
             let mut p = self.pending();
             match p.take(&key) {
                 Some(e) => Some(e),
@@ -1313,7 +1303,7 @@ impl Session {
                 }
                 None => None,
             }
-        };
+        });
         match entry {
             Some(e) => {
                 trace!("<-- reply to '{}'", e.command);
@@ -1326,7 +1316,7 @@ impl Session {
                 }
                 Ok(())
             }
-            None if key.is_none() && reply.is_error() => {
+            None if reply.id().is_none() && reply.is_error() => {
                 let info = reply.error_info().ok().flatten();
                 Err(ProtocolError::ServerParse {
                     class: info.as_ref().map(|i| i.class.clone()).unwrap_or_default(),
@@ -1337,7 +1327,9 @@ impl Session {
             None => {
                 warn!(
                     "reply with unknown id {} dropped: {}",
-                    key.map_or_else(|| "(none)".to_owned(), |n| n.to_string()),
+                    reply
+                        .id()
+                        .map_or_else(|| "(none)".to_owned(), |id| id.to_string()),
                     serde_json::Value::Object(reply.raw)
                 );
                 Ok(())
