@@ -114,9 +114,58 @@ impl MachineError {
         }
     }
 
-    /// True for [`MachineError::Timeout`].
+    /// The QMP library's error behind this one, wherever it is wrapped: a failed QMP
+    /// operation ([`MachineError::Qmp`]), a launch whose QMP connection failed
+    /// ([`LaunchCause::Qmp`]), a graceful shutdown whose `quit` failed
+    /// ([`ShutdownCause::Quit`]). The other helpers look through it, as
+    /// tokio-postgres's `Error::as_db_error` looks through its wrapping.
+    pub fn qmp_error(&self) -> Option<&qemu_qmp::Error> {
+        match self {
+            MachineError::Qmp { source, .. } => Some(source),
+            MachineError::LaunchFailure(f) => match &f.cause {
+                LaunchCause::Qmp(e) => Some(e),
+                _ => None,
+            },
+            MachineError::AbnormalShutdown {
+                cause: ShutdownCause::Quit(e),
+            } => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The QMP error class (`GenericError`, `CommandNotFound`, `DeviceNotFound`, ...)
+    /// if QEMU answered a command with an error, at any depth of wrapping.
+    pub fn error_class(&self) -> Option<&str> {
+        self.qmp_error()?.error_class()
+    }
+
+    /// QEMU's error reply (class, description, the request and the reply), if QEMU
+    /// answered a command with an error, at any depth of wrapping.
+    pub fn as_execute_error(&self) -> Option<&qemu_qmp::ExecuteError> {
+        self.qmp_error()?.as_execute_error()
+    }
+
+    /// True if something did not finish in time, at any depth: a wait of this
+    /// library ([`MachineError::Timeout`]), QMP not up within the accept timeout
+    /// ([`LaunchCause::Timeout`]), or a QMP command or connection that timed out
+    /// ([`qemu_qmp::Error::is_timeout`]). A shutdown that had to kill QEMU is an
+    /// [`MachineError::AbnormalShutdown`], not a timeout: QEMU is gone all the same.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, MachineError::Timeout { .. })
+        match self {
+            MachineError::Timeout { .. } => true,
+            MachineError::LaunchFailure(f) if matches!(f.cause, LaunchCause::Timeout(_)) => true,
+            _ => self.qmp_error().is_some_and(qemu_qmp::Error::is_timeout),
+        }
+    }
+
+    /// True if the QMP session is gone (QEMU exited or hung up), at any depth: an
+    /// event stream that ended before the awaited event, or a QMP error that
+    /// [`qemu_qmp::Error::is_disconnected`] says is one.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, MachineError::EventStreamEnded { .. })
+            || self
+                .qmp_error()
+                .is_some_and(qemu_qmp::Error::is_disconnected)
     }
 }
 
@@ -239,4 +288,64 @@ pub enum ShutdownCause {
     /// in the kernel). Dropping the machine reaps it once it dies.
     #[error("QEMU was still running {0:?} after SIGKILL")]
     KillTimeout(Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qmp_timeout() -> qemu_qmp::Error {
+        qemu_qmp::Error::Timeout {
+            what: "the reply to 'query-status'".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn launch_failure(cause: LaunchCause) -> MachineError {
+        MachineError::LaunchFailure(Box::new(VmLaunchFailure {
+            exit_code: None,
+            signal: Some(9),
+            command_line: vec!["qemu-system-x86_64".into()],
+            output: String::new(),
+            cause,
+        }))
+    }
+
+    #[test]
+    fn is_timeout_looks_through_every_wrapping() {
+        let own = MachineError::Timeout {
+            what: "event STOP".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(own.is_timeout());
+        assert!(MachineError::qmp("command 'query-status'", qmp_timeout()).is_timeout());
+        assert!(launch_failure(LaunchCause::Timeout(Duration::from_secs(1))).is_timeout());
+        assert!(launch_failure(LaunchCause::Qmp(qmp_timeout())).is_timeout());
+        let quit = MachineError::AbnormalShutdown {
+            cause: ShutdownCause::Quit(qmp_timeout()),
+        };
+        assert!(quit.is_timeout());
+        assert!(quit.qmp_error().is_some());
+        // A shutdown that killed QEMU is not a timeout; neither is a QMP error reply.
+        let killed = MachineError::AbnormalShutdown {
+            cause: ShutdownCause::Timeout(Duration::from_secs(1)),
+        };
+        assert!(!killed.is_timeout());
+        assert!(!MachineError::NoConsole.is_timeout());
+        let closed = MachineError::qmp(
+            "command 'stop'",
+            qemu_qmp::Error::Disconnected {
+                command: Some("stop".into()),
+                cause: None,
+            },
+        );
+        assert!(!closed.is_timeout());
+        assert!(closed.is_disconnected());
+        assert!(MachineError::EventStreamEnded {
+            waiting_for: "event STOP".into()
+        }
+        .is_disconnected());
+        assert!(!own.is_disconnected());
+        assert_eq!(own.error_class(), None);
+    }
 }

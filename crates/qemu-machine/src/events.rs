@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use qemu_qmp::{Event, EventListener};
+use qemu_qmp::{Event, EventListener, Wait};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -54,20 +54,25 @@ impl EventQueue {
         &self.queue
     }
 
-    /// The oldest event not yet handed out, waiting up to `wait` for one (`None`: do
-    /// not wait).
-    pub(crate) async fn pull(&self, wait: Option<Duration>) -> Option<Event> {
+    /// The oldest event not yet handed out, waiting for one as `wait` says.
+    pub(crate) async fn pull(&self, wait: Wait) -> Option<Event> {
         match wait {
-            None => self.queue.try_recv(),
-            Some(w) => within(w, self.queue.recv()).await?.ok(),
+            Wait::No => self.queue.try_recv(),
+            Wait::Forever => self.queue.recv().await.ok(),
+            Wait::Timeout(w) => within(w, self.queue.recv()).await?.ok(),
         }
     }
 
     /// Every event not yet handed out; if there is none, wait up to `wait` for one
     /// (and then take whatever else has arrived with it).
-    pub(crate) async fn pull_all(&self, wait: Option<Duration>) -> Vec<Event> {
+    pub(crate) async fn pull_all(&self, wait: Wait) -> Vec<Event> {
+        let wait = match wait {
+            Wait::No => return self.queue.take_all(),
+            Wait::Forever => None,
+            Wait::Timeout(w) => Some(w),
+        };
         match wait {
-            None => self.queue.take_all(),
+            None => self.queue.recv_all().await.unwrap_or_default(),
             Some(w) => match within(w, self.queue.recv_all()).await {
                 Some(Ok(events)) => events,
                 // Something may have been queued since the wait gave up.

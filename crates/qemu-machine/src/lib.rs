@@ -67,3 +67,4 @@ pub use qtest_machine::{QtestAccel, QtestMachine, QtestMachineBuilder, QTEST_CHA
 
 /// Re-exported: the QMP client library.
 pub use qemu_qmp;
+pub use qemu_qmp::Wait;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use qemu_qmp::{Client, Event, Response, Runstate, Value};
+use qemu_qmp::{Client, Event, Response, Runstate, Value, Wait};
 use rustix::process::Signal;
 use tempfile::TempDir;
 use tokio::time::Instant;
@@ -306,7 +306,7 @@ impl QemuMachine {
                     Ok(Ok(_)) => {}
                     // QEMU hung up before replying: it is exiting, or already dead.
                     // Its exit status tells which.
-                    Ok(Err(e)) if connection_gone(&e) => {
+                    Ok(Err(e)) if e.is_disconnected() => {
                         debug!(name = %self.name, "no reply to 'quit': {e}");
                     }
                     Ok(Err(e)) => return Err(ShutdownCause::Quit(e)),
@@ -479,17 +479,31 @@ impl QemuMachine {
         }
     }
 
-    /// The oldest event not yet handed out, waiting up to `wait` for one if there is
-    /// none (`None`: do not wait) (Python: `get_qmp_event()`). Returns `None` if there
-    /// is none, also once the QMP session has ended and every event was taken.
-    pub async fn get_qmp_event(&self, wait: Option<Duration>) -> Option<Event> {
-        self.events.pull(wait).await
+    /// The oldest event not yet handed out, waiting for one as `wait` says if there is
+    /// none (Python: `get_qmp_event(wait=False)`). `wait` is a [`Wait`] or converts to
+    /// one: `false` (do not wait), `true` (until one comes), a `Duration`, an
+    /// `Option<Duration>` (`None`: no limit), as everywhere in the workspace (see
+    /// [`qemu_qmp::wait`]). Returns `None` if there is none in time, also once the QMP
+    /// session has ended and every event was taken.
+    ///
+    /// Cancel-safe: a cancelled call takes no event.
+    ///
+    /// ```no_run
+    /// # async fn f(vm: qemu_machine::QemuMachine) {
+    /// use std::time::Duration;
+    /// let queued = vm.get_qmp_event(false).await;
+    /// let next = vm.get_qmp_event(Duration::from_secs(5)).await;
+    /// # }
+    /// ```
+    pub async fn get_qmp_event(&self, wait: impl Into<Wait>) -> Option<Event> {
+        self.events.pull(wait.into()).await
     }
 
-    /// Every event not yet handed out, oldest first; if there is none, wait up to
-    /// `wait` for one (Python: `get_qmp_events()`).
-    pub async fn get_qmp_events(&self, wait: Option<Duration>) -> Vec<Event> {
-        self.events.pull_all(wait).await
+    /// Every event not yet handed out, oldest first; if there is none, wait for one as
+    /// `wait` says (see [`get_qmp_event`](Self::get_qmp_event)) (Python:
+    /// `get_qmp_events(wait=False)`). Cancel-safe.
+    pub async fn get_qmp_events(&self, wait: impl Into<Wait>) -> Vec<Event> {
+        self.events.pull_all(wait.into()).await
     }
 
     /// Forget every event received so far (Python: `clear_events()`).
@@ -563,11 +577,6 @@ impl Drop for QemuMachine {
         }
         let _ = self.process.kill_and_reap();
     }
-}
-
-/// Did the QMP error mean that the connection is gone?
-fn connection_gone(e: &qemu_qmp::Error) -> bool {
-    e.is_disconnected() || matches!(e, qemu_qmp::Error::State { .. })
 }
 
 fn read_log(path: &Path) -> String {

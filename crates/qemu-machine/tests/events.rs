@@ -103,7 +103,7 @@ async fn kept_events_stay_at_the_bound_and_losses_are_counted_exactly() {
     assert!(never.await.unwrap_err().is_cancelled());
 
     // The newest are kept, in order: ..., STOP, RESUME.
-    let kept = vm.get_qmp_events(None).await;
+    let kept = vm.get_qmp_events(false).await;
     assert_eq!(kept.len(), CAPACITY);
     for (i, e) in kept.iter().enumerate() {
         assert_eq!(e.name(), if i % 2 == 0 { "STOP" } else { "RESUME" });
@@ -146,7 +146,7 @@ async fn the_default_capacity_bounds_the_kept_events() {
         .unwrap()
         .is_none());
     assert_eq!(vm.event_queue().pending(), capacity);
-    assert_eq!(vm.get_qmp_events(None).await.len(), capacity);
+    assert_eq!(vm.get_qmp_events(false).await.len(), capacity);
     vm.shutdown().await.unwrap();
 }
 
@@ -190,13 +190,13 @@ async fn a_wait_for_a_missing_event_does_not_hold_up_another() {
     // was consumed by the wait that returned it.
     assert!(!never.is_finished());
     assert_eq!(vm.event_queue().waiting(), 1);
-    assert!(vm.get_qmp_events(None).await.is_empty());
+    assert!(vm.get_qmp_events(false).await.is_empty());
 
     // An event nobody waits for is kept for get_qmp_events, in order, while the
     // other wait goes on.
     vm.command("cont", None).await.unwrap();
     vm.command("stop", None).await.unwrap();
-    assert_eq!(names(&vm.get_qmp_events(None).await), ["RESUME", "STOP"]);
+    assert_eq!(names(&vm.get_qmp_events(false).await), ["RESUME", "STOP"]);
     assert!(!never.is_finished());
 
     // The session's end ends the remaining wait at once, with an error.
@@ -229,7 +229,7 @@ async fn two_waits_for_the_same_event_both_get_it() {
     let b = b.await.unwrap().unwrap().expect("STOP for the second wait");
     assert_eq!(a, b);
     assert_eq!(a.name(), "STOP");
-    assert!(vm.get_qmp_events(None).await.is_empty());
+    assert!(vm.get_qmp_events(false).await.is_empty());
     assert!(vm
         .event_wait("STOP", Duration::from_millis(50), None)
         .await
@@ -268,7 +268,7 @@ async fn a_new_wait_finds_events_kept_while_another_waits() {
         .expect("a kept RESUME");
     assert_eq!(resume.name(), "RESUME");
     assert_eq!(
-        names(&vm.get_qmp_events(None).await),
+        names(&vm.get_qmp_events(false).await),
         ["STOP", "STOP", "RESUME"]
     );
     never.abort();
@@ -295,7 +295,7 @@ async fn a_cancelled_wait_loses_no_event() {
     assert_eq!(vm.event_queue().pending(), 1);
     drop(wait);
     assert_eq!(vm.event_queue().waiting(), 0);
-    assert_eq!(names(&vm.get_qmp_events(None).await), ["STOP", "RESUME"]);
+    assert_eq!(names(&vm.get_qmp_events(false).await), ["STOP", "RESUME"]);
 
     // Dropped by its timeout: whatever arrives later is kept.
     assert!(vm
@@ -304,7 +304,7 @@ async fn a_cancelled_wait_loses_no_event() {
         .unwrap()
         .is_none());
     vm.command("stop", None).await.unwrap();
-    assert_eq!(names(&vm.get_qmp_events(None).await), ["STOP"]);
+    assert_eq!(names(&vm.get_qmp_events(false).await), ["STOP"]);
 
     // Two waits were handed the same RESUME; one is dropped, the other returns
     // it: it is not kept (it was consumed), nor returned twice.
@@ -316,7 +316,7 @@ async fn a_cancelled_wait_loses_no_event() {
     drop(a);
     let got = tokio::time::timeout(T, b).await.unwrap().unwrap();
     assert_eq!(got.expect("RESUME").name(), "RESUME");
-    assert!(vm.get_qmp_events(None).await.is_empty());
+    assert!(vm.get_qmp_events(false).await.is_empty());
 
     // A task aborted while it waits leaves no waiter behind, and the event it
     // waited for is kept.
@@ -330,16 +330,16 @@ async fn a_cancelled_wait_loses_no_event() {
     assert!(a.await.unwrap_err().is_cancelled());
     assert_eq!(vm.event_queue().waiting(), 0);
     vm.command("stop", None).await.unwrap();
-    assert_eq!(names(&vm.get_qmp_events(None).await), ["STOP"]);
+    assert_eq!(names(&vm.get_qmp_events(false).await), ["STOP"]);
     vm.command("cont", None).await.unwrap();
-    assert_eq!(names(&vm.get_qmp_events(None).await), ["RESUME"]);
+    assert_eq!(names(&vm.get_qmp_events(false).await), ["RESUME"]);
 
     // get_qmp_event(s) with a wait, cancelled, lose nothing either.
-    let mut pull = Box::pin(vm.get_qmp_events(Some(T)));
+    let mut pull = Box::pin(vm.get_qmp_events(T));
     assert!(poll_once(&mut pull).is_pending());
     vm.command("stop", None).await.unwrap();
     drop(pull);
-    assert_eq!(names(&vm.get_qmp_events(None).await), ["STOP"]);
+    assert_eq!(names(&vm.get_qmp_events(false).await), ["STOP"]);
     vm.shutdown().await.unwrap();
 }
 
@@ -382,7 +382,7 @@ async fn flood_memory() {
     waiter.abort();
     let _ = waiter.await;
     let after = vm_hwm_kib();
-    let kept = vm.get_qmp_events(None).await.len();
+    let kept = vm.get_qmp_events(false).await.len();
     println!(
         "{{\"events\": {n}, \"flood_s\": {:.1}, \"vmhwm_before_kib\": {before}, \"vmhwm_after_kib\": {after}, \"delta_mib\": {:.1}, \"kept\": {kept}, \"lost\": {}}}",
         flood.as_secs_f64(),

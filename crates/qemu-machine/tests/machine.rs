@@ -80,7 +80,7 @@ async fn launch_and_graceful_shutdown() {
     assert!(vm.exit_status().unwrap().success());
     assert_eq!(vm.pid(), None);
     assert!(gone(pid));
-    let events = vm.get_qmp_events(None).await;
+    let events = vm.get_qmp_events(false).await;
     let shutdown = events
         .iter()
         .find(|e| e.name() == "SHUTDOWN")
@@ -104,10 +104,7 @@ async fn launch_and_graceful_shutdown() {
         vm.event_wait("STOP", Duration::from_millis(10), None).await,
         Err(MachineError::EventStreamEnded { .. })
     ));
-    assert!(vm
-        .get_qmp_event(Some(Duration::from_millis(10)))
-        .await
-        .is_none());
+    assert!(vm.get_qmp_event(Duration::from_millis(10)).await.is_none());
     assert!(vm.send_fd_scm_path("/dev/null").is_err());
     assert!(matches!(
         vm.console_read_line(Duration::from_millis(10)).await,
@@ -216,7 +213,7 @@ async fn hard_shutdown_kills() {
     assert_eq!(vm.exit_code(), Some(-9));
     assert!(gone(pid));
     // Nothing in the events about a shutdown: QEMU was killed.
-    assert!(!names(&vm.get_qmp_events(None).await).contains(&"SHUTDOWN"));
+    assert!(!names(&vm.get_qmp_events(false).await).contains(&"SHUTDOWN"));
     assert_dir_empty(base.path());
 }
 
@@ -395,6 +392,14 @@ async fn raw_replies_and_key_conversion() {
     assert_eq!(reply.return_value().unwrap()["status"], json!("running"));
     let err = vm.command("no-such-command", None).await.unwrap_err();
     assert!(err.to_string().contains("no-such-command"), "{err}");
+    // QEMU's error class and text, reached through the machine's error.
+    assert_eq!(err.error_class(), Some("CommandNotFound"));
+    let reply = err.as_execute_error().expect("an error reply");
+    assert_eq!(
+        reply.desc(),
+        "The command no-such-command has not been found"
+    );
+    assert!(!err.is_timeout() && !err.is_disconnected());
     // `command_line` becomes `command-line`.
     let out = vm
         .command(
@@ -432,11 +437,11 @@ async fn event_wait_matches_and_keeps_what_it_passes_over() {
     assert!(start.elapsed() >= short);
     // It was kept.
     let stop = vm
-        .get_qmp_event(None)
+        .get_qmp_event(false)
         .await
         .expect("the STOP that was passed over");
     assert_eq!(stop.name(), "STOP");
-    assert!(vm.get_qmp_event(None).await.is_none());
+    assert!(vm.get_qmp_event(false).await.is_none());
 
     vm.command("cont", None).await.unwrap();
     vm.command("stop", None).await.unwrap();
@@ -450,7 +455,7 @@ async fn event_wait_matches_and_keeps_what_it_passes_over() {
         .unwrap()
         .expect("STOP");
     assert_eq!(e.name(), "STOP");
-    assert_eq!(names(&vm.get_qmp_events(None).await), ["RESUME"]);
+    assert_eq!(names(&vm.get_qmp_events(false).await), ["RESUME"]);
 
     // Several passed over, taken later in order.
     vm.command("cont", None).await.unwrap();
@@ -462,17 +467,17 @@ async fn event_wait_matches_and_keeps_what_it_passes_over() {
         .unwrap()
         .is_none());
     assert_eq!(
-        names(&vm.get_qmp_events(None).await),
+        names(&vm.get_qmp_events(false).await),
         ["RESUME", "STOP", "RESUME"]
     );
     vm.command("stop", None).await.unwrap();
     let _ = vm.event_wait("STOP", T, None).await.unwrap().expect("STOP");
     vm.clear_events().await;
-    assert!(vm.get_qmp_events(None).await.is_empty());
+    assert!(vm.get_qmp_events(false).await.is_empty());
 
     // get_qmp_event waits.
     vm.command("cont", None).await.unwrap();
-    let e = vm.get_qmp_event(Some(T)).await.expect("RESUME");
+    let e = vm.get_qmp_event(T).await.expect("RESUME");
     assert_eq!(e.name(), "RESUME");
 
     // After quit the session ends: a wait that cannot match says so instead of

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use qemu_qmp::{Client, RecvError};
+use qemu_qmp::{Client, RecvTimeoutError};
 
 fn find(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         match events.recv_timeout(Duration::from_secs(5)).await {
             Ok(e) => println!("event: {e}"),
-            Err(RecvError::Closed(_)) => break,
+            Err(RecvTimeoutError::Closed(_)) => break,
             Err(e) => return Err(e.into()),
         }
     }

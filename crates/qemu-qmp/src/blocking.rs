@@ -67,11 +67,13 @@
 //!
 //! # Inside an async runtime
 //!
-//! Blocking a runtime's thread would stall it, so every method that can block returns
-//! [`Error::InsideRuntime`] when it is called from inside a tokio runtime (when
-//! `tokio::runtime::Handle::try_current()` succeeds, which includes
-//! `spawn_blocking` threads); use the async [`crate::Client`] there. Methods that never
-//! block ([`greeting`](Client::greeting), [`runstate`](Client::runstate),
+//! Blocking a runtime's thread would stall it, so every method that can block panics,
+//! as tokio's own `Runtime::block_on` does, when it is called from inside a tokio
+//! runtime (when `tokio::runtime::Handle::try_current()` succeeds, which includes
+//! `spawn_blocking` threads): that is a mistake in the calling program, found the
+//! first time the code runs whatever the timing, not a condition to handle at run
+//! time; use the async [`crate::Client`] there. Methods that never block
+//! ([`greeting`](Client::greeting), [`runstate`](Client::runstate),
 //! [`pull_event(Wait::No)`](Client::pull_event), [`clear_events`](Client::clear_events),
 //! [`send_fd_scm`](Client::send_fd_scm), [`EventListener::try_recv`], ...) work
 //! anywhere. Dropping a client never panics and never blocks inside a runtime.
@@ -94,50 +96,21 @@ use crate::error::{Error, Result};
 use crate::events::{EventQueue, ListenOptions, RecvError, SessionEnded, TryRecvError};
 use crate::message::{Event, Greeting, JsonObject, Response};
 use crate::runstate::Runstate;
+pub use crate::wait::Wait;
 
 /// How many events a blocking client queues for [`Client::pull_event`] before it starts
 /// dropping the oldest: [`DEFAULT_EVENT_CAPACITY`](crate::DEFAULT_EVENT_CAPACITY), the
 /// default of every event queue (kept under its former name).
 pub const DEFAULT_EVENT_QUEUE_CAPACITY: usize = crate::events::DEFAULT_EVENT_CAPACITY;
 
-/// How long [`Client::pull_event`] and [`Client::get_events`] wait for an event.
-///
-/// Python's `pull_event(wait)` takes `False`, `True` or a number of seconds, and
-/// waits for ever when given an `int` (only a `float` is taken as a timeout);
-/// `Wait::Timeout` always means a timeout. `false.into()` is [`Wait::No`],
-/// `true.into()` is [`Wait::Forever`], and a `Duration` converts to [`Wait::Timeout`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Wait {
-    /// Do not wait: `Ok(None)` (or an empty list) when no event is queued.
-    No,
-    /// Wait until an event arrives or the session ends.
-    Forever,
-    /// Wait at most this long; [`Error::Timeout`] when no event arrives in time.
-    Timeout(Duration),
-}
-
-impl From<bool> for Wait {
-    fn from(wait: bool) -> Wait {
-        if wait {
-            Wait::Forever
-        } else {
-            Wait::No
-        }
-    }
-}
-
-impl From<Duration> for Wait {
-    fn from(timeout: Duration) -> Wait {
-        Wait::Timeout(timeout)
-    }
-}
-
-/// [`Error::InsideRuntime`] when called from inside a tokio runtime.
-fn check_runtime() -> Result<()> {
+/// Panics (as `tokio`'s own `block_on` does) when called from inside a tokio runtime,
+/// where blocking would stall the runtime's thread: see the module documentation.
+fn check_runtime() {
     if tokio::runtime::Handle::try_current().is_ok() {
-        Err(Error::InsideRuntime)
-    } else {
-        Ok(())
+        panic!(
+            "the blocking QMP API cannot be used from inside an async runtime, where it \
+             would stall the runtime's thread; use the async qemu_qmp::Client there"
+        );
     }
 }
 
@@ -156,7 +129,7 @@ struct Rt {
 
 impl Rt {
     fn new(thread_name: &str) -> Result<Rt> {
-        let io = |e| Error::io("starting the blocking client's runtime", e);
+        let io = |e| Error::system("starting the blocking client's runtime", e);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -255,7 +228,7 @@ fn next_event(listener: &mut crate::EventListener, wait: Wait) -> Result<Option<
     // Refused even when an event is queued, so that whether a call works inside a
     // runtime does not depend on timing.
     if wait != Wait::No {
-        check_runtime()?;
+        check_runtime();
     }
     let deadline = match wait {
         Wait::Timeout(t) => Some(Instant::now().checked_add(t)),
@@ -281,7 +254,6 @@ fn next_event(listener: &mut crate::EventListener, wait: Wait) -> Result<Option<
             Some(Ok(event)) => return Ok(Some(event)),
             Some(Err(RecvError::Lagged(n))) => lagged(n),
             Some(Err(RecvError::Closed(cause))) => return Err(ended(cause)),
-            Some(Err(RecvError::Timeout(t))) => return Err(Error::timeout("an event", t)),
             None => {
                 let t = match wait {
                     Wait::Timeout(t) => t,
@@ -297,7 +269,7 @@ fn next_event(listener: &mut crate::EventListener, wait: Wait) -> Result<Option<
 /// [`next_event`], except that losses are counted and logged by the queue.
 fn next_queued(queue: &EventQueue, wait: Wait) -> Result<Option<Event>> {
     if wait != Wait::No {
-        check_runtime()?;
+        check_runtime();
     }
     if let Some(event) = queue.try_recv() {
         return Ok(Some(event));
@@ -437,7 +409,7 @@ impl ClientBuilder {
     /// `address` is anything [`ToAddress`] takes: a socket path, `host:port`, or a
     /// connected [`std::os::unix::net::UnixStream`].
     pub fn connect(self, address: impl ToAddress) -> Result<Client> {
-        check_runtime()?;
+        check_runtime();
         let address = address.to_address()?;
         let core = self.start()?;
         core.rt.block_on(core.client.connect_to(address))?;
@@ -450,7 +422,7 @@ impl ClientBuilder {
     /// A socket file created here is removed after the accept, and when the
     /// [`Server`] is dropped or its accept fails.
     pub fn start_server(self, address: impl ToAddress) -> Result<Server> {
-        check_runtime()?;
+        check_runtime();
         let address = address.to_address()?;
         let shown = match &address {
             Address::Unix(path) => Some(Address::Unix(path.clone())),
@@ -472,7 +444,7 @@ impl ClientBuilder {
     /// Like [`start_server`](Self::start_server), on a listening Unix socket made by the caller
     /// (its file is left for the caller to remove).
     pub fn start_server_with_listener(self, listener: UnixListener) -> Result<Server> {
-        check_runtime()?;
+        check_runtime();
         let path = listener
             .local_addr()
             .ok()
@@ -489,10 +461,10 @@ impl ClientBuilder {
 
     /// Like [`start_server`](Self::start_server), on a listening TCP socket made by the caller.
     pub fn start_server_with_tcp_listener(self, listener: std::net::TcpListener) -> Result<Server> {
-        check_runtime()?;
+        check_runtime();
         let local = listener
             .local_addr()
-            .map_err(|e| Error::io("reading the listener's address", e))?;
+            .map_err(|e| Error::system("reading the listener's address", e))?;
         let core = self.start()?;
         core.rt
             .block_on(core.client.start_server_with_tcp_listener(listener))?;
@@ -570,7 +542,7 @@ impl Server {
     ///
     /// No connection in time is [`Error::Timeout`].
     pub fn accept(self, timeout: Option<Duration>) -> Result<Client> {
-        check_runtime()?;
+        check_runtime();
         let core = self.core;
         core.rt.block_on(core.client.accept(timeout))?;
         Ok(Client::new(core))
@@ -664,12 +636,12 @@ impl Client {
     /// # fn f(qmp: qemu_qmp::blocking::Client, file: std::fs::File) -> qemu_qmp::Result<()> {
     /// use std::time::Duration;
     /// let request = qmp.as_async().request("add-fd").arg("fdset-id", 1).fd(&file);
-    /// let info = qmp.block_on(request.timeout(Duration::from_secs(5)).send())??;
+    /// let info = qmp.block_on(request.timeout(Duration::from_secs(5)).send())?;
     /// # Ok(()) }
     /// ```
-    pub fn block_on<F: Future>(&self, future: F) -> Result<F::Output> {
-        check_runtime()?;
-        Ok(self.core.rt.block_on(future))
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        check_runtime();
+        self.core.rt.block_on(future)
     }
 
     /// The greeting the server sent (None when it was not awaited, or after the
@@ -724,7 +696,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
-        check_runtime()?;
+        check_runtime();
         let request = self
             .core
             .client
@@ -737,7 +709,7 @@ impl Client {
     /// Execute a command out of band (`exec-oob`), overtaking in-band commands that
     /// other threads have in flight. Needs OOB to have been negotiated.
     pub fn execute_oob(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
-        check_runtime()?;
+        check_runtime();
         let request = self
             .core
             .client
@@ -766,7 +738,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn execute_raw(&self, message: JsonObject) -> Result<Response> {
-        check_runtime()?;
+        check_runtime();
         self.core
             .rt
             .block_on(self.core.client.execute_raw(message, self.core.timeout))
@@ -792,7 +764,7 @@ impl Client {
         arguments: Option<Value>,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Value> {
-        check_runtime()?;
+        check_runtime();
         let mut request = self
             .core
             .client
@@ -816,6 +788,9 @@ impl Client {
 
     /// The next queued event (Python: `pull_event()`).
     ///
+    /// `wait` is a [`Wait`], or anything that converts to one: `false`, `true`, a
+    /// `Duration`, an `Option<Duration>` (`None`: no limit).
+    ///
     /// - [`Wait::No`]: `Ok(None)` when none is queued (also once the session ended).
     /// - [`Wait::Forever`]: waits until an event arrives.
     /// - [`Wait::Timeout`]: waits at most that long, then [`Error::Timeout`].
@@ -833,18 +808,19 @@ impl Client {
     /// assert_eq!(event.unwrap().name(), "STOP");
     /// # Ok(()) }
     /// ```
-    pub fn pull_event(&mut self, wait: Wait) -> Result<Option<Event>> {
-        next_queued(&self.core.events, wait)
+    pub fn pull_event(&mut self, wait: impl Into<Wait>) -> Result<Option<Event>> {
+        next_queued(&self.core.events, wait.into())
     }
 
     /// Every queued event; when none is queued, waits for one as `wait` says (Python:
     /// `get_events()`). An empty list means none was queued and `wait` was
     /// [`Wait::No`].
-    pub fn get_events(&mut self, wait: Wait) -> Result<Vec<Event>> {
+    pub fn get_events(&mut self, wait: impl Into<Wait>) -> Result<Vec<Event>> {
+        let wait = wait.into();
         if wait == Wait::No {
             return Ok(self.core.events.take_all());
         }
-        check_runtime()?;
+        check_runtime();
         let events = self.core.events.take_all();
         if !events.is_empty() {
             return Ok(events);
@@ -896,7 +872,7 @@ impl Client {
     ///
     /// Dropping the client does the same and logs the error at debug level.
     pub fn close(mut self) -> Result<()> {
-        check_runtime()?;
+        check_runtime();
         self.closed = true;
         let result = self.core.rt.block_on(self.core.client.disconnect());
         self.core.rt.stop(None);
@@ -939,11 +915,7 @@ impl EventListener {
     /// Fails with [`Error::Timeout`] when nothing arrives in time, and with
     /// [`Error::Disconnected`] once the session has ended and no event is queued.
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Event> {
-        let wait = match timeout {
-            Some(t) => Wait::Timeout(t),
-            None => Wait::Forever,
-        };
-        match next_event(&mut self.inner, wait)? {
+        match next_event(&mut self.inner, timeout.into())? {
             Some(event) => Ok(event),
             None => Err(ended(None)),
         }

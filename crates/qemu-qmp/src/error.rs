@@ -131,6 +131,18 @@ pub enum Error {
         source: Arc<io::Error>,
     },
 
+    /// A local system call failed (duplicating a caller's descriptor, starting the
+    /// blocking client's thread, ...): nothing was sent, and the session, if there is
+    /// one, goes on.
+    #[error("{context} failed: {source}")]
+    System {
+        /// What we were doing.
+        context: &'static str,
+        /// The underlying I/O error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
     /// An address string could not be parsed (Python: `QMPBadPortError`).
     #[error("bad QMP address {input:?}: {reason}")]
     Address {
@@ -170,10 +182,6 @@ pub enum Error {
         #[source]
         source: Arc<io::Error>,
     },
-
-    /// The blocking API was used from inside an async runtime, where it would deadlock.
-    #[error("the blocking QMP API cannot be used from inside an async runtime; use the async client there")]
-    InsideRuntime,
 }
 
 /// How much of a received message an error's text quotes, in bytes of JSON.
@@ -252,6 +260,13 @@ impl Error {
         }
     }
 
+    pub(crate) fn system(context: &'static str, source: io::Error) -> Self {
+        Error::System {
+            context,
+            source: Arc::new(source),
+        }
+    }
+
     pub(crate) fn timeout(what: impl Into<String>, timeout: Duration) -> Self {
         Error::Timeout {
             what: what.into(),
@@ -276,13 +291,25 @@ impl Error {
         }
     }
 
-    /// True if this error means the session is gone: disconnected, closed by the peer,
-    /// or an I/O or protocol failure that ended it.
+    /// True if this error means there is no session (any more), so nothing more can
+    /// be done on this connection: a command interrupted by, or issued after, the end
+    /// of the session ([`Error::Disconnected`]); the peer hung up
+    /// ([`Error::ConnectionClosed`]); a protocol error ([`Error::Protocol`], which
+    /// always ends the session); an I/O error on the connection ([`Error::Io`]); or a
+    /// call made while the client is not connected ([`Error::State`] in
+    /// [`Runstate::Idle`] or [`Runstate::Disconnecting`], e.g. after
+    /// [`disconnect`](crate::Client::disconnect)).
     pub fn is_disconnected(&self) -> bool {
-        matches!(
-            self,
-            Error::Disconnected { .. } | Error::ConnectionClosed { .. }
-        )
+        match self {
+            Error::Disconnected { .. }
+            | Error::ConnectionClosed { .. }
+            | Error::Protocol(_)
+            | Error::Io { .. } => true,
+            Error::State { state, .. } => {
+                matches!(state, Runstate::Idle | Runstate::Disconnecting)
+            }
+            _ => false,
+        }
     }
 
     /// What ended the session, for an [`Error::Disconnected`] that knows it (the peer

@@ -44,13 +44,14 @@ pub mod runstate;
 #[cfg(feature = "server")]
 pub mod server;
 mod transport;
+pub mod wait;
 
 pub use address::{Address, ToAddress};
 pub use client::{Client, ClientBuilder, Config, Request};
 pub use error::{Error, ExecuteError, ProtocolError, Result};
 pub use events::{
-    EventListener, EventQueue, Lagged, ListenOptions, RecvError, SessionEnded, TryRecvError,
-    DEFAULT_EVENT_CAPACITY,
+    EventListener, EventQueue, Lagged, ListenOptions, RecvError, RecvTimeoutError, SessionEnded,
+    TryRecvError, DEFAULT_EVENT_CAPACITY,
 };
 pub use message::{
     ErrorInfo, Event, Greeting, JsonObject, Message, Response, Timestamp, VersionInfo,
@@ -58,6 +59,7 @@ pub use message::{
 pub use runstate::Runstate;
 #[cfg(feature = "server")]
 pub use server::{TestServer, TestServerBuilder};
+pub use wait::Wait;
 
 /// Re-exported so callers can build arguments without naming `serde_json` themselves.
 pub use serde_json::{json, Value};

@@ -6,7 +6,7 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use qemu_qmp::{json, Client, Error, ListenOptions, RecvError, Runstate};
+use qemu_qmp::{json, Client, Error, ListenOptions, RecvTimeoutError, Runstate};
 use qemu_testkit::QemuProcess;
 
 const T: Duration = Duration::from_secs(10);
@@ -133,7 +133,7 @@ async fn stop_and_cont_reach_listeners_with_names_and_filters() {
     // The stream ends when QEMU hangs up.
     assert!(matches!(
         all.recv_timeout(T).await,
-        Err(RecvError::Closed(Some(_)))
+        Err(RecvTimeoutError::Closed(Some(_)))
     ));
     // A peer that hangs up after `quit` is not an error.
     qmp.disconnect().await.unwrap();
@@ -364,7 +364,7 @@ async fn sigkill_fails_pending_commands_at_once() {
     // Listeners see their stream end; the cause is readable without disconnect().
     assert!(matches!(
         events.recv_timeout(T).await,
-        Err(RecvError::Closed(_))
+        Err(RecvTimeoutError::Closed(_))
     ));
     assert_eq!(qmp.runstate(), Runstate::Disconnecting);
     let cause = qmp.disconnect_cause().expect("a cause");

@@ -118,13 +118,35 @@ impl GaError {
         }
     }
 
-    /// True for a deadline that passed (connecting or waiting for a reply).
+    /// The QMP library's error behind this one, if there is one (the same helper as
+    /// `qemu_machine::MachineError::qmp_error`).
+    pub fn qmp_error(&self) -> Option<&qemu_qmp::Error> {
+        match self {
+            GaError::BadAddress(e) | GaError::Connect(e) => Some(e),
+            GaError::Refused { source, .. } | GaError::Qmp { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The agent's error class (`GenericError`, `CommandNotFound`, ...) if it answered
+    /// a command with an error.
+    pub fn error_class(&self) -> Option<&str> {
+        self.qmp_error()?.error_class()
+    }
+
+    /// True for a deadline that passed (connecting or waiting for a reply), at any
+    /// depth of wrapping.
     pub fn is_timeout(&self) -> bool {
         match self {
             GaError::NotResponding(_) | GaError::ExecTimeout { .. } => true,
-            GaError::Qmp { source, .. } => source.is_timeout(),
-            _ => false,
+            _ => self.qmp_error().is_some_and(qemu_qmp::Error::is_timeout),
         }
+    }
+
+    /// True if the connection to the agent is gone.
+    pub fn is_disconnected(&self) -> bool {
+        self.qmp_error()
+            .is_some_and(qemu_qmp::Error::is_disconnected)
     }
 
     /// True when writing the output failed because the reader went away.

@@ -506,3 +506,36 @@ fn a_missing_agent_fails_within_the_timeout() {
         r.stderr
     );
 }
+
+/// The library's errors keep the agent's error class and say what kind of failure
+/// they are, whatever wraps the QMP error.
+#[test]
+fn library_errors_keep_the_agents_error_class() {
+    let Some((agent, sock, _dir)) = qemu_testkit::start_agent(&[]) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ga = qemu_tools::ga::GuestAgent::connect(sock.as_path(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let err = ga.execute("guest-no-such-command", None).await.unwrap_err();
+        assert_eq!(err.error_class(), Some("CommandNotFound"), "{err}");
+        assert!(!err.is_timeout() && !err.is_disconnected(), "{err}");
+        // A blocked RPC is refused by the agent, with its own class.
+        let err = ga.execute("guest-shutdown", None).await.unwrap_err();
+        assert!(err.error_class().is_some(), "{err}");
+        assert!(
+            matches!(err, qemu_tools::ga::GaError::Refused { .. }),
+            "{err}"
+        );
+        ga.disconnect().await;
+        let err = ga.ping().await.unwrap_err();
+        assert!(err.is_disconnected(), "{err}");
+        assert_eq!(err.error_class(), None);
+    });
+    drop(agent);
+}

@@ -102,9 +102,30 @@ pub enum RecvError {
     /// disconnect.
     #[error("the session ended{}", .0.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
     Closed(Option<Box<Error>>),
+}
+
+/// Why [`EventListener::recv_timeout`] returned no event: the reasons of
+/// [`RecvError`], or the deadline.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// See [`RecvError::Lagged`].
+    #[error("the listener fell behind: {0} events were dropped")]
+    Lagged(u64),
+    /// See [`RecvError::Closed`].
+    #[error("the session ended{}", .0.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Closed(Option<Box<Error>>),
     /// No event arrived in time.
     #[error("no event arrived within {0:?}")]
     Timeout(Duration),
+}
+
+impl From<RecvError> for RecvTimeoutError {
+    fn from(e: RecvError) -> Self {
+        match e {
+            RecvError::Lagged(n) => RecvTimeoutError::Lagged(n),
+            RecvError::Closed(c) => RecvTimeoutError::Closed(c),
+        }
+    }
 }
 
 /// Why [`EventListener::try_recv`] returned no event.
@@ -225,10 +246,10 @@ impl EventListener {
     }
 
     /// [`recv`](Self::recv) with a deadline.
-    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Event, RecvError> {
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
         match tokio::time::timeout(timeout, self.recv()).await {
-            Ok(r) => r,
-            Err(_) => Err(RecvError::Timeout(timeout)),
+            Ok(r) => Ok(r?),
+            Err(_) => Err(RecvTimeoutError::Timeout(timeout)),
         }
     }
 
@@ -406,7 +427,7 @@ mod tests {
         let mut l = reg.register(ListenOptions::new());
         assert!(matches!(
             l.recv_timeout(Duration::from_millis(10)).await,
-            Err(RecvError::Timeout(_))
+            Err(RecvTimeoutError::Timeout(_))
         ));
     }
 

@@ -30,7 +30,9 @@ mod listener;
 mod queue;
 mod registry;
 
-pub use listener::{EventListener, Lagged, ListenOptions, RecvError, StreamItem, TryRecvError};
+pub use listener::{
+    EventListener, Lagged, ListenOptions, RecvError, RecvTimeoutError, StreamItem, TryRecvError,
+};
 pub use queue::{EventQueue, SessionEnded};
 pub(crate) use registry::Registry;
 
