@@ -49,6 +49,9 @@ use serde_json::Value;
 
 use crate::message::JsonObject;
 
+mod ordered;
+pub use ordered::Ordered;
+
 /// How to write JSON; see the [module documentation](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
