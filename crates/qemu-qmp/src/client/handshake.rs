@@ -113,7 +113,7 @@ impl Client {
                             received: Some(Box::new(g.raw)),
                         })
                     }
-                    Message::Request(o) | Message::Other(o) => {
+                    Message::Command(o) | Message::Other(o) => {
                         return Err(Error::Negotiation {
                             reason: "unexpected message in place of the reply to qmp_capabilities"
                                 .into(),

@@ -226,7 +226,7 @@ impl Session {
                 }
                 Ok(())
             }
-            Message::Request(o) | Message::Other(o) => {
+            Message::Command(o) | Message::Other(o) => {
                 warn!(
                     "message that is neither a reply nor an event dropped: {}",
                     serde_json::Value::Object(o)
