@@ -304,7 +304,7 @@ impl Message {
 
 /// Build a request object: `{"execute" | "exec-oob": cmd, "arguments"?: args, "id"?: id}`
 /// (Python: `QMPClient.make_execute_msg`).
-pub fn make_request(
+pub(crate) fn make_request(
     cmd: &str,
     arguments: Option<Value>,
     oob: bool,
