@@ -757,6 +757,9 @@ impl Client {
     /// place and puts the caller's back into the reply; without an `id`, the reply
     /// has none. See [`crate::Client::execute_raw`].
     ///
+    /// The deadline for the reply is the client's (see
+    /// [`set_timeout`](Self::set_timeout)), as for [`execute`](Self::execute).
+    ///
     /// ```no_run
     /// # fn f(qmp: qemu_qmp::blocking::Client) -> qemu_qmp::Result<()> {
     /// use qemu_qmp::{json, Value};
@@ -767,9 +770,11 @@ impl Client {
     /// ```
     pub fn execute_raw(&self, message: JsonObject) -> Result<Response> {
         check_runtime()?;
-        self.core
-            .rt
-            .block_on(self.core.client.execute_raw(message, self.core.timeout))
+        self.core.rt.block_on(
+            self.core
+                .client
+                .execute_raw_within(message, self.core.timeout),
+        )
     }
 
     /// Execute a command with file descriptors attached (`SCM_RIGHTS`; Unix sockets

@@ -458,21 +458,32 @@ impl Client {
     /// none either (the library's id, if it needed one, is removed). So QEMU never
     /// sees the caller's id; everything else is sent as given.
     ///
+    /// The deadline for the reply is the client's
+    /// [`command_timeout`](ClientBuilder::command_timeout), as for
+    /// [`execute`](Self::execute); for another, wrap the call in
+    /// [`tokio::time::timeout`].
+    ///
     /// ```no_run
     /// # async fn f(qmp: qemu_qmp::Client) -> qemu_qmp::Result<()> {
     /// use qemu_qmp::{json, Value};
     /// let Value::Object(msg) = json!({"execute": "query-status", "id": "mine"}) else { unreachable!() };
-    /// let reply = qmp.execute_raw(msg, None).await?;
+    /// let reply = qmp.execute_raw(msg).await?;
     /// assert_eq!(reply.id(), Some(&json!("mine")));
     /// # Ok(()) }
     /// ```
-    pub async fn execute_raw(
+    pub async fn execute_raw(&self, message: JsonObject) -> Result<Response> {
+        self.execute_raw_within(message, self.inner.config.command_timeout)
+            .await
+    }
+
+    /// [`execute_raw`](Self::execute_raw) with a deadline of the caller's (`None`:
+    /// none), for the blocking client, whose deadline can change.
+    pub(crate) async fn execute_raw_within(
         &self,
         message: JsonObject,
         timeout: Option<Duration>,
     ) -> Result<Response> {
         let session = self.session()?;
-        let timeout = timeout.or(self.inner.config.command_timeout);
         session.call(message, Vec::new(), timeout).await
     }
 
