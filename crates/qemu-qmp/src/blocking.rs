@@ -189,6 +189,13 @@ impl Rt {
         self.handle.block_on(future)
     }
 
+    /// Make this runtime the current one until the guard is dropped, for a call that
+    /// registers a socket with its I/O driver without waiting (a listener). The caller
+    /// must have checked that it is not inside a runtime.
+    fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.handle.enter()
+    }
+
     /// Stop the runtime's thread, after it has disconnected `client` if one is given.
     /// Never panics. Waits for the thread outside a runtime; inside one it returns at
     /// once, and the thread ends by itself (within the 2 s a disconnect may spend
@@ -457,7 +464,10 @@ impl ClientBuilder {
             _ => None,
         };
         let core = self.start()?;
-        core.rt.block_on(core.client.start_server(address))?;
+        {
+            let _rt = core.rt.enter();
+            core.client.start_server(address)?;
+        }
         let address = match (shown, core.client.server_tcp_address()) {
             (Some(a), _) => a,
             (None, Some(tcp)) => Address::Tcp {
@@ -479,8 +489,10 @@ impl ClientBuilder {
             .and_then(|a| a.as_pathname().map(ToOwned::to_owned))
             .unwrap_or_default();
         let core = self.start()?;
-        core.rt
-            .block_on(core.client.start_server_with_listener(listener))?;
+        {
+            let _rt = core.rt.enter();
+            core.client.start_server_with_listener(listener)?;
+        }
         Ok(Server {
             core,
             address: Address::Unix(path),
@@ -494,8 +506,10 @@ impl ClientBuilder {
             .local_addr()
             .map_err(|e| Error::io("reading the listener's address", e))?;
         let core = self.start()?;
-        core.rt
-            .block_on(core.client.start_server_with_tcp_listener(listener))?;
+        {
+            let _rt = core.rt.enter();
+            core.client.start_server_with_tcp_listener(listener)?;
+        }
         Ok(Server {
             core,
             address: Address::Tcp {

@@ -239,7 +239,11 @@ impl Client {
     /// started with a client-mode `-qmp` socket). Returns once listening; call
     /// [`accept`](Self::accept) to wait for the peer. A Unix socket file created here
     /// is removed after the accept, on `disconnect()`, and when the client is dropped.
-    pub async fn start_server(&self, address: impl ToAddress) -> Result<()> {
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with I/O enabled, like tokio's own listeners.
+    pub fn start_server(&self, address: impl ToAddress) -> Result<()> {
         let address = address.to_address()?;
         let guard = self.begin_connecting()?;
         let listener = Listener::bind(&address).map_err(|e| Error::Accept {
@@ -252,7 +256,11 @@ impl Client {
 
     /// Like [`start_server`](Self::start_server), on a listening Unix socket made by
     /// the caller (its file is left for the caller to remove).
-    pub async fn start_server_with_listener(
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with I/O enabled, like tokio's own listeners.
+    pub fn start_server_with_listener(
         &self,
         listener: std::os::unix::net::UnixListener,
     ) -> Result<()> {
@@ -267,10 +275,11 @@ impl Client {
 
     /// Like [`start_server`](Self::start_server), on a listening TCP socket made by the
     /// caller.
-    pub async fn start_server_with_tcp_listener(
-        &self,
-        listener: std::net::TcpListener,
-    ) -> Result<()> {
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with I/O enabled, like tokio's own listeners.
+    pub fn start_server_with_tcp_listener(&self, listener: std::net::TcpListener) -> Result<()> {
         let guard = self.begin_connecting()?;
         let l = Listener::from_std_tcp(listener).map_err(|e| Error::Accept {
             target: "tcp listener".into(),
@@ -346,7 +355,7 @@ impl Client {
         address: impl ToAddress,
         timeout: Option<Duration>,
     ) -> Result<()> {
-        self.start_server(address).await?;
+        self.start_server(address)?;
         self.accept(timeout).await
     }
 
