@@ -683,7 +683,7 @@ impl Launch {
 
         let mut inherit: Vec<OwnedFd> = Vec::new();
         let (qmp_chardev, qmp_conn) = if self.b.qmp {
-            let (chardev, conn) = self.prepare_qmp(&client, &sock_dir, &mut inherit).await?;
+            let (chardev, conn) = self.prepare_qmp(&client, &sock_dir, &mut inherit)?;
             (Some(chardev), Some(conn))
         } else {
             (None, None)
@@ -804,7 +804,7 @@ impl Launch {
     }
 
     /// Set up the QMP transport; returns the chardev option and how to connect.
-    async fn prepare_qmp(
+    fn prepare_qmp(
         &self,
         client: &Client,
         sock_dir: &Path,
@@ -837,7 +837,6 @@ impl Launch {
                 };
                 client
                     .start_server(path.as_path())
-                    .await
                     .map_err(|e| self.failure(LaunchCause::Qmp(e)))?;
                 Ok((
                     format!("socket,id=mon,path={},server=off", opt_escape(text)),
@@ -847,7 +846,6 @@ impl Launch {
             QmpAddress::Tcp { host, port } => {
                 client
                     .start_server((host.clone(), *port))
-                    .await
                     .map_err(|e| self.failure(LaunchCause::Qmp(e)))?;
                 let port = client
                     .server_tcp_address()

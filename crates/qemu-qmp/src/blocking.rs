@@ -162,6 +162,13 @@ impl Rt {
         self.handle.block_on(future)
     }
 
+    /// Make this runtime the current one until the guard is dropped, for a call that
+    /// registers a socket with its I/O driver without waiting (a listener). The caller
+    /// must have checked that it is not inside a runtime.
+    fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.handle.enter()
+    }
+
     /// Stop the runtime's thread, after it has disconnected `client` if one is given.
     /// Never panics. Waits for the thread outside a runtime; inside one it returns at
     /// once, and the thread ends by itself (within the 2 s a disconnect may spend
@@ -429,7 +436,10 @@ impl ClientBuilder {
             _ => None,
         };
         let core = self.start()?;
-        core.rt.block_on(core.client.start_server(address))?;
+        {
+            let _rt = core.rt.enter();
+            core.client.start_server(address)?;
+        }
         let address = match (shown, core.client.server_tcp_address()) {
             (Some(a), _) => a,
             (None, Some(tcp)) => Address::Tcp {
@@ -451,8 +461,10 @@ impl ClientBuilder {
             .and_then(|a| a.as_pathname().map(ToOwned::to_owned))
             .unwrap_or_default();
         let core = self.start()?;
-        core.rt
-            .block_on(core.client.start_server_with_listener(listener))?;
+        {
+            let _rt = core.rt.enter();
+            core.client.start_server_with_listener(listener)?;
+        }
         Ok(Server {
             core,
             address: Address::Unix(path),
@@ -466,8 +478,10 @@ impl ClientBuilder {
             .local_addr()
             .map_err(|e| Error::system("reading the listener's address", e))?;
         let core = self.start()?;
-        core.rt
-            .block_on(core.client.start_server_with_tcp_listener(listener))?;
+        {
+            let _rt = core.rt.enter();
+            core.client.start_server_with_tcp_listener(listener)?;
+        }
         Ok(Server {
             core,
             address: Address::Tcp {
@@ -729,6 +743,9 @@ impl Client {
     /// place and puts the caller's back into the reply; without an `id`, the reply
     /// has none. See [`crate::Client::execute_raw`].
     ///
+    /// The deadline for the reply is the client's (see
+    /// [`set_timeout`](Self::set_timeout)), as for [`execute`](Self::execute).
+    ///
     /// ```no_run
     /// # fn f(qmp: qemu_qmp::blocking::Client) -> qemu_qmp::Result<()> {
     /// use qemu_qmp::{json, Value};
@@ -739,9 +756,11 @@ impl Client {
     /// ```
     pub fn execute_raw(&self, message: JsonObject) -> Result<Response> {
         check_runtime();
-        self.core
-            .rt
-            .block_on(self.core.client.execute_raw(message, self.core.timeout))
+        self.core.rt.block_on(
+            self.core
+                .client
+                .execute_raw_within(message, self.core.timeout),
+        )
     }
 
     /// Execute a command with file descriptors attached (`SCM_RIGHTS`; Unix sockets

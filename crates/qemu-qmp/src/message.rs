@@ -269,8 +269,10 @@ pub enum Message {
     Response(Response),
     /// An event.
     Event(Event),
-    /// A request (what a server receives).
-    Request(JsonObject),
+    /// A command, `execute` or `exec-oob` (what a server receives; QMP's
+    /// specification calls these commands). Not to be confused with
+    /// [`Request`](crate::Request), the builder that sends one.
+    Command(JsonObject),
     /// Anything else.
     Other(JsonObject),
 }
@@ -288,7 +290,7 @@ impl Message {
             return Message::Response(Response { raw: obj });
         }
         if obj.contains_key("execute") || obj.contains_key("exec-oob") {
-            return Message::Request(obj);
+            return Message::Command(obj);
         }
         if obj.contains_key("QMP") {
             return match Greeting::from_object(obj) {
@@ -302,7 +304,7 @@ impl Message {
 
 /// Build a request object: `{"execute" | "exec-oob": cmd, "arguments"?: args, "id"?: id}`
 /// (Python: `QMPClient.make_execute_msg`).
-pub fn make_request(
+pub(crate) fn make_request(
     cmd: &str,
     arguments: Option<Value>,
     oob: bool,
@@ -406,6 +408,14 @@ mod tests {
             raw: obj(json!({"error": {"class": 1}})),
         };
         assert!(r.error_info().is_err());
+
+        for key in ["execute", "exec-oob"] {
+            let m = Message::classify(obj(json!({ key: "stop", "id": 1 })));
+            let Message::Command(c) = m else {
+                panic!("{m:?}")
+            };
+            assert_eq!(request_command(&c), Some("stop"));
+        }
     }
 
     #[test]

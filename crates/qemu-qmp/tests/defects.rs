@@ -104,7 +104,7 @@ fn execute(qmp: &Client, command: &'static str) -> Call<'static, Value> {
 
 fn raw(qmp: &Client, request: Value) -> Call<'static, Response> {
     let qmp = qmp.clone();
-    Box::pin(async move { qmp.execute_raw(object(request), None).await })
+    Box::pin(async move { qmp.execute_raw(object(request)).await })
 }
 
 fn assert_too_many(err: &Error) {
@@ -377,7 +377,7 @@ async fn caller_ids_never_collide() {
     assert_eq!(qmp.pending_commands(), 0);
     // Alone in flight, a caller's id still comes back.
     let reply = qmp
-        .execute_raw(object(json!({"execute": "query-status", "id": 0})), None)
+        .execute_raw(object(json!({"execute": "query-status", "id": 0})))
         .await
         .unwrap();
     assert_eq!(reply.id(), Some(&json!(0)));

@@ -346,13 +346,13 @@ fn no_id_error_with_two_commands_in_flight_is_a_server_parse_error() {
             };
             m
         };
-        let mut first = pin!(qmp.execute_raw(with_id("echo", "a"), None));
+        let mut first = pin!(qmp.execute_raw(with_id("echo", "a")));
         tokio::select! {
             biased;
             r = &mut first => panic!("a hung command completed: {r:?}"),
             r = server.wait_for_requests(base + 1, T) => r.unwrap(),
         }
-        let err = bounded(qmp.execute_raw(with_id("no-such-command", "b"), None))
+        let err = bounded(qmp.execute_raw(with_id("no-such-command", "b")))
             .await
             .unwrap_err();
         match interrupted_cause(err) {
@@ -701,7 +701,7 @@ fn malformed_requests_from_execute_raw_get_qemu_errors() {
         ];
         for (request, desc) in cases {
             let id = request["id"].clone();
-            let reply = bounded(qmp.execute_raw(obj(request), None)).await.unwrap();
+            let reply = bounded(qmp.execute_raw(obj(request))).await.unwrap();
             let info = reply.error_info().unwrap().unwrap();
             assert_eq!(info.class, "GenericError");
             assert_eq!(info.desc, desc);
@@ -709,11 +709,11 @@ fn malformed_requests_from_execute_raw_get_qemu_errors() {
         }
         // Without an id: matched as the one id-less command in flight.
         let reply =
-            bounded(qmp.execute_raw(obj(json!({"execute": "echo", "arguments": {"a": 1}})), None))
+            bounded(qmp.execute_raw(obj(json!({"execute": "echo", "arguments": {"a": 1}}))))
                 .await
                 .unwrap();
         assert_eq!(reply.return_value(), Some(&json!({"a": 1})));
-        let reply = bounded(qmp.execute_raw(obj(json!({"execute": "nope"})), None))
+        let reply = bounded(qmp.execute_raw(obj(json!({"execute": "nope"}))))
             .await
             .unwrap();
         assert_eq!(
@@ -1092,7 +1092,7 @@ fn requests_carry_the_shortest_unambiguous_id() {
         let Value::Object(raw) = json!({"execute": "echo", "id": 0}) else {
             unreachable!()
         };
-        let reply = qmp.execute_raw(raw, None).await.unwrap();
+        let reply = qmp.execute_raw(raw).await.unwrap();
         assert_eq!(reply.id(), Some(&json!(0)));
         let ids: Vec<Option<Value>> = server.received()[base..]
             .iter()

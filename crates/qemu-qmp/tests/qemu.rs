@@ -298,7 +298,7 @@ async fn server_mode_qemu_connects_to_us() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("listen.sock");
     let qmp = Client::builder().name("server").build();
-    qmp.start_server(&path).await.unwrap();
+    qmp.start_server(&path).unwrap();
     assert_eq!(qmp.runstate(), Runstate::Connecting);
     assert!(path.exists());
     let qemu = QemuProcess::system_connecting_to(&path, &[]);
@@ -318,7 +318,7 @@ async fn accept_times_out_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nobody.sock");
     let qmp = Client::new();
-    qmp.start_server(&path).await.unwrap();
+    qmp.start_server(&path).unwrap();
     let started = Instant::now();
     let err = qmp
         .accept(Some(Duration::from_millis(100)))

@@ -636,7 +636,7 @@ impl Shell {
                 };
                 self.wait(fut).await
             }
-            Parsed::Raw(obj) => self.wait(client.execute_raw(obj, None)).await,
+            Parsed::Raw(obj) => self.wait(client.execute_raw(obj)).await,
             Parsed::Nothing => return,
         };
         self.show_reply(&name, &request, reply, |shell, raw| {
