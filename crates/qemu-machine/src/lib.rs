@@ -28,8 +28,8 @@
 //! # Nothing leaks
 //!
 //! - QEMU is forked with `PR_SET_PDEATHSIG = SIGKILL` from a thread that lives as
-//!   long as the process, so it dies when we die, even on `SIGKILL`. It leads a
-//!   process group of its own, which every kill reaches and, when a wrapper runs
+//!   long as the process (by [`qemu_process`], the workspace's one spawn site), so
+//!   it dies when we die, even on `SIGKILL`. It leads a process group of its own, which every kill reaches and, when a wrapper runs
 //!   QEMU, a watchdog kills when we die, so QEMU dies also when a wrapper forked it
 //!   ([`MachineBuilder::wrapper`]).
 //! - Dropping a machine, on any path including a panic, kills QEMU, reaps it and
@@ -45,6 +45,9 @@
 //! Linux 5.3 or later is required (pidfds).
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// Forking with a pre-exec hook, the one thing that needs `unsafe`, is
+// `qemu_process`'s.
+#![forbid(unsafe_code)]
 
 mod builder;
 mod console;

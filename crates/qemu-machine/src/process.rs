@@ -2,16 +2,18 @@
 //!
 //! # Where QEMU is forked
 //!
-//! Every child is started with `PR_SET_PDEATHSIG = SIGKILL`, so that it dies when we
-//! die. The kernel ties that signal to the *thread* that forked, not to the process:
-//! a child forked from a tokio blocking-pool thread would be killed when that thread
-//! idles out, and one forked from a runtime worker when its runtime shuts down. So
-//! all forks happen on one process-global `qemu-spawner` thread that is started on
-//! first use and lives as long as the process; launches send it a job and await the
-//! reply. A launch cancelled meanwhile (its future dropped) either stops the job
-//! before it starts or, if it is forking, waits for it (one fork and exec) and then
-//! drops the new [`Process`], whose `Drop` kills and reaps the child: once the
-//! drop returns, nothing it started runs, whenever it was cancelled.
+//! The fork itself is [`qemu_process`]'s, the one audited spawn site of the
+//! workspace: every child is started with `PR_SET_PDEATHSIG = SIGKILL`, so that it
+//! dies when we die, from the process-global spawner thread of that crate (the
+//! kernel ties the signal to the *thread* that forked: a child forked from a tokio
+//! blocking-pool thread would be killed when that thread idles out, and one forked
+//! from a runtime worker when its runtime shuts down). A launch submits a job to that
+//! thread ([`qemu_process::submit`]) that forks, opens the pidfd and starts the
+//! watchdog, and awaits the reply. A launch cancelled meanwhile (its future dropped)
+//! either stops the job before it starts or, if it is forking, waits for it (one
+//! fork and exec) and then drops the new [`Process`], whose `Drop` kills and reaps
+//! the child: once the drop returns, nothing it started runs, whenever it was
+//! cancelled.
 //!
 //! # Process group and watchdog
 //!
@@ -55,130 +57,69 @@
 //!
 //! # Inherited descriptors
 //!
-//! Descriptors meant for QEMU stay close-on-exec in the parent; the flag is cleared
-//! only in the child, between fork and exec. Clearing it in the parent would leak
-//! them into every other program that any thread starts meanwhile. The parent's
-//! copies are closed right after the fork, so that when QEMU dies its sockets see
-//! end-of-file.
+//! Descriptors meant for QEMU stay close-on-exec in the parent; [`qemu_process`]
+//! clears the flag only in the child, between fork and exec. Clearing it in the
+//! parent would leak them into every other program that any thread starts
+//! meanwhile. The parent's copies are closed right after the fork, so that when QEMU
+//! dies its sockets see end-of-file.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::panic::AssertUnwindSafe;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+pub(crate) use qemu_process::above_stdio;
+use qemu_process::kill_group;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The process-global spawner thread's job queue.
-fn spawner() -> io::Result<&'static mpsc::Sender<Job>> {
-    static SPAWNER: OnceLock<Result<mpsc::Sender<Job>, String>> = OnceLock::new();
-    let slot = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("qemu-spawner".into())
-            .spawn(move || {
-                for job in rx {
-                    // A panicking job must not end this thread: every child it
-                    // forked would get its death signal.
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
-                }
-            })
-            .map(|_| tx)
-            .map_err(|e| e.to_string())
-    });
-    slot.as_ref()
-        .map_err(|e| io::Error::other(format!("cannot start the qemu-spawner thread: {e}")))
-}
-
-/// Returns `fd`, or a close-on-exec duplicate numbered 3 or higher when it is 0, 1 or
-/// 2 (possible when our own stdio is closed): the child's stdio would overwrite it.
-pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
-    if fd.as_raw_fd() > 2 {
-        return Ok(fd);
-    }
-    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
-}
-
-/// Start `command` on the spawner thread as the leader of a new process group, with
-/// `inherit` open in the child under the same numbers (they must be above 2; see
-/// [`above_stdio`]), `PR_SET_PDEATHSIG` set to SIGKILL, a pidfd to watch it, and,
-/// with `watchdog` (for a wrapper that may fork QEMU), a watchdog that kills the
-/// group if this process dies (see the module documentation). Our copies of
-/// `inherit` are closed once the child has been forked.
+/// Start `command` on the spawner thread of [`qemu_process`] as the leader of a new
+/// process group, with `inherit` open in the child under the same numbers (they
+/// must be above 2; see [`above_stdio`]), `PR_SET_PDEATHSIG` set to SIGKILL, a
+/// pidfd to watch it, and, with `watchdog` (for a wrapper that may fork QEMU), a
+/// watchdog that kills the group if this process dies (see the module
+/// documentation). Our copies of `inherit` are closed once the child has been
+/// forked.
 ///
 /// `label` names the machine in log lines, `shown` is its command line for them.
 pub(crate) async fn spawn(
-    mut command: Command,
+    command: Command,
     inherit: Vec<OwnedFd>,
     label: String,
     shown: String,
     watchdog: bool,
 ) -> io::Result<Process> {
-    let fds: Vec<RawFd> = inherit.iter().map(|f| f.as_raw_fd()).collect();
-    if let Some(fd) = fds.iter().find(|fd| **fd <= 2) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("descriptor {fd} would collide with QEMU's stdio"),
-        ));
+    // A descriptor numbered 0 to 2 fails the spawn (`InvalidInput`).
+    let mut spawn = qemu_process::Spawn::new(command);
+    for fd in inherit {
+        spawn.inherit_owned(fd);
     }
-    let parent = rustix::process::getpid();
-    // Runs in the forked child before exec, where only async-signal-safe operations
-    // are allowed: raw system calls through rustix (fcntl, prctl, getppid), no
-    // allocation (it only reads the vector captured before the fork), no locks;
-    // errors are built from errno values, which does not allocate either.
-    let child_setup = move || -> io::Result<()> {
-        for &raw in &fds {
-            // SAFETY: `raw` is one of the descriptors in `inherit`, which the job below
-            // keeps open until `spawn` has returned, i.e. until the child has exec'd or
-            // failed; the child got a copy of the descriptor table at fork.
-            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-        }
-        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-        // If we died before the prctl, the signal will never come: fail the exec
-        // rather than leave an orphan.
-        if rustix::process::getppid() != Some(parent) {
-            return Err(rustix::io::Errno::SRCH.into());
-        }
-        Ok(())
-    };
-    // SAFETY: `child_setup` only makes async-signal-safe system calls (see above).
-    unsafe {
-        command.pre_exec(child_setup);
-    }
-    // `setpgid(0, 0)` in the child, before exec: it leads a new process group.
-    command.process_group(0);
 
     let handoff = Arc::new(Handoff::new());
     let (wake_tx, wake_rx) = oneshot::channel::<()>();
     let theirs = handoff.clone();
-    let job: Job = Box::new(move || {
+    let job = move || {
         if !theirs.start() {
             // Cancelled before it ran: nothing to do (`inherit` is closed with the job).
             return;
         }
-        let result = command
+        // On the spawner thread, so this forks right here; our copies of `inherit`
+        // are closed as soon as it has.
+        let result = spawn
             .spawn()
             .and_then(|child| Process::adopt(child, label, shown, watchdog));
-        // Close our copies of the child's descriptors now.
-        drop(inherit);
         theirs.finish(result);
         let _ = wake_tx.send(());
-    });
+    };
     // From here on, dropping this future (cancelling the launch) waits for a running
     // job and kills what it started: see `Pending`.
     let mut pending = Pending(Some(handoff));
-    spawner()?
-        .send(job)
-        .map_err(|_| io::Error::other("the qemu-spawner thread is gone"))?;
+    qemu_process::submit(job)?;
     // An error means that the job was dropped without finishing; `take` tells.
     let _ = wake_rx.await;
     pending.take()
@@ -403,7 +344,7 @@ impl Process {
         let pgid = Pid::from_child(&child);
         let discard = |child: &mut Child| {
             // Not reaped yet, so the pid (and group id) is still the child's.
-            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+            let _ = kill_group(pgid, Signal::KILL);
             let _ = child.kill();
             let _ = child.wait();
         };
@@ -507,10 +448,7 @@ impl Process {
             // Also if the child has left its own group.
             self.shared.kill_child();
         }
-        match rustix::process::kill_process_group(self.shared.pgid, sig) {
-            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        kill_group(self.shared.pgid, sig)
     }
 
     /// SIGKILL the group (if the child still runs) and reap, blocking the thread
@@ -581,9 +519,8 @@ impl Shared {
         }
         // The child is not reaped yet (and neither is the watchdog, a member), so the
         // group id cannot have been reused.
-        match rustix::process::kill_process_group(self.pgid, Signal::KILL) {
-            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-            Err(e) => warn!(name = %self.label, "could not kill QEMU's process group: {e}"),
+        if let Err(e) = kill_group(self.pgid, Signal::KILL) {
+            warn!(name = %self.label, "could not kill QEMU's process group: {e}");
         }
         let status = loop {
             match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED)
@@ -820,12 +757,10 @@ mod tests {
         ));
         // Hold the spawner thread, so that the first poll cannot find the spawn done.
         let (release, held) = std::sync::mpsc::channel::<()>();
-        spawner()
-            .unwrap()
-            .send(Box::new(move || {
-                let _ = held.recv_timeout(Duration::from_secs(30));
-            }))
-            .unwrap();
+        qemu_process::submit(move || {
+            let _ = held.recv_timeout(Duration::from_secs(30));
+        })
+        .unwrap();
         // Polled once: the job is queued on the spawner thread, behind the hold.
         assert!(
             tokio::time::timeout(Duration::ZERO, &mut launch)
@@ -836,12 +771,10 @@ mod tests {
         release.send(()).unwrap();
         // Jobs run in order: once this one runs, the spawn job has sent its reply.
         let (done_tx, done_rx) = oneshot::channel();
-        spawner()
-            .unwrap()
-            .send(Box::new(move || {
-                let _ = done_tx.send(());
-            }))
-            .unwrap();
+        qemu_process::submit(move || {
+            let _ = done_tx.send(());
+        })
+        .unwrap();
         tokio::time::timeout(Duration::from_secs(30), done_rx)
             .await
             .expect("the spawner thread is stuck")

@@ -9,7 +9,6 @@
 //! ```
 
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -36,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A socketpair: QEMU gets one end as an inherited descriptor, so no socket file
     // is ever created.
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let theirs = qemu_process::above_stdio(theirs.into())?;
     let fd = theirs.as_raw_fd();
     let chardev = format!("socket,id=qmp,fd={fd}");
     let mut cmd = Command::new(&binary);
@@ -46,18 +46,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .args(["-chardev", &chardev, "-mon", "chardev=qmp,mode=control"]);
     }
     cmd.stdin(Stdio::null());
-    // SAFETY: the closure only makes async-signal-safe system calls (fcntl, prctl)
-    // between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    drop(theirs);
+    // QEMU dies with this program, even if it is killed: `qemu_process` forks it
+    // with PR_SET_PDEATHSIG from a thread that lives as long as the program. Our
+    // copy of `theirs` is closed right after the fork, so that `ours` sees
+    // end-of-file once QEMU exits.
+    let mut spawn = qemu_process::Spawn::new(cmd);
+    spawn.inherit_owned(theirs);
+    let mut child = spawn.spawn()?;
     println!("started {} (pid {})", binary.display(), child.id());
 
     let qmp = Client::builder().name("demo").connect(ours).await?;

@@ -3,7 +3,8 @@
 //! outlive the test, and checking `/proc` for leftovers.
 //!
 //! It is a dev-dependency of `qemu-qmp`, `qemu-machine` and `qemu-tools`, so it
-//! depends on none of them. It is not published.
+//! depends on none of them; of the workspace it uses only `qemu-process`, which
+//! depends on nothing. It is not published.
 //!
 //! Typical use:
 //!
@@ -34,11 +35,13 @@
 //! version guarantees and branch on [`version_of`] for what one version has
 //! and another lacks.
 //!
-//! Every QEMU is started with `PR_SET_PDEATHSIG=SIGKILL` from one long-lived
-//! spawner thread (the death signal is tied to the thread that forked, so a
-//! short-lived thread would take QEMU down with it). [`QemuProcess`] sends
-//! SIGKILL to its child and reaps it on drop, including while unwinding from a
-//! panic. If the whole test process dies, the kernel kills QEMU.
+//! Every QEMU is started by [`qemu_process`] (the workspace's one spawn site)
+//! with `PR_SET_PDEATHSIG=SIGKILL` from one long-lived spawner thread (the death
+//! signal is tied to the thread that forked, so a short-lived thread would take
+//! QEMU down with it), as the leader of a process group of its own.
+//! [`QemuProcess`] sends SIGKILL to that group and to its child and reaps it on
+//! drop, including while unwinding from a panic. If the whole test process dies,
+//! the kernel kills QEMU.
 //!
 //! The modules:
 //! - finding binaries: [`qemu_system`], [`storage_daemon`], [`qemu_ga`],
@@ -56,6 +59,8 @@
 //! - [`output_within`]: run a program to completion, killed after a deadline.
 
 #![warn(missing_docs)]
+// Spawning (the one thing that needs `unsafe`) is `qemu_process`'s.
+#![forbid(unsafe_code)]
 
 mod agent;
 mod binaries;

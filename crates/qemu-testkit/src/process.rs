@@ -6,11 +6,9 @@ use std::fs::OpenOptions;
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,46 +28,11 @@ pub(crate) fn live() -> MutexGuard<'static, Vec<u32>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Runs `f` on a thread that lives as long as the test process, so that the
-/// parent-death signal of children forked there fires only when the process
-/// dies, not when some test or tokio blocking thread exits.
-fn on_spawner_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let jobs = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        thread::Builder::new()
-            .name("qemu-spawner".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
-                }
-            })
-            .expect("cannot start the qemu-spawner thread");
-        Mutex::new(tx)
-    });
-    let (result_tx, result_rx) = mpsc::sync_channel(1);
-    let job: Job = Box::new(move || {
-        let _ = result_tx.send(f());
-    });
-    jobs.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job)
-        .expect("qemu-spawner thread is gone");
-    result_rx
-        .recv()
-        .expect("spawn job panicked on the qemu-spawner thread")
-}
-
 /// Returns `fd`, or a close-on-exec duplicate numbered 3 or higher if `fd` is
 /// 0, 1 or 2 (possible when the test runs with stdio closed); inherited fds
 /// must not collide with the child's stdio.
 pub fn above_stdio(fd: OwnedFd) -> OwnedFd {
-    if fd.as_raw_fd() > 2 {
-        return fd;
-    }
-    rustix::io::fcntl_dupfd_cloexec(&fd, 3).expect("fcntl(F_DUPFD_CLOEXEC)")
+    qemu_process::above_stdio(fd).expect("fcntl(F_DUPFD_CLOEXEC)")
 }
 
 /// QEMU option values separate sub-options by ','; a literal ',' is ",,".
@@ -167,43 +130,21 @@ impl QemuProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr));
-        let parent = rustix::process::getpid();
-        let child_fds = fds.clone();
-        let pre_exec_hook = move || -> io::Result<()> {
-            for &raw in &child_fds {
-                // SAFETY: `raw` is open in the parent for the whole spawn (the
-                // caller's BorrowedFd outlives `spawn_in`, which blocks until
-                // exec has succeeded or failed), so it is open in the child,
-                // which got a copy of the parent's fd table at fork.
-                let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-                // Clear FD_CLOEXEC in the child only: clearing it in the parent
-                // would leak the fd into children that other test threads
-                // spawn concurrently.
-                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            }
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            // If the parent died before the prctl, the signal will never come:
-            // fail the exec instead of leaving an orphan QEMU.
-            if rustix::process::getppid() != Some(parent) {
-                return Err(rustix::io::Errno::SRCH.into());
-            }
-            Ok(())
-        };
-        // SAFETY: the hook runs in the forked child before exec, where only
-        // async-signal-safe operations are allowed. It makes raw syscalls
-        // through rustix (fcntl, prctl, getppid), does not allocate (it only
-        // reads the Vec captured before fork; errors are built from errno
-        // values) and takes no locks.
-        unsafe {
-            command.pre_exec(pre_exec_hook);
+        // Forked on `qemu_process`'s long-lived spawner thread with
+        // PR_SET_PDEATHSIG=SIGKILL, as the leader of a new process group, with
+        // `inherited_fds` made inheritable in the child only (so children that
+        // other test threads start meanwhile never get them).
+        let mut spawn = qemu_process::Spawn::new(command);
+        for fd in inherited_fds {
+            spawn.inherit(*fd);
         }
 
-        let binary_shown = binary.display().to_string();
         // Hold the registry lock until the pid is registered, so that
         // `qemu_children` never reports a child that is owned by a harness.
         let mut live = live();
-        let child = on_spawner_thread(move || command.spawn())
-            .unwrap_or_else(|e| panic!("cannot start {binary_shown}: {e}"));
+        let child = spawn
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         live.push(child.id());
         drop(live);
 
@@ -399,7 +340,9 @@ fn unregister(pid: u32) {
 impl Drop for QemuProcess {
     fn drop(&mut self) {
         if self.status.is_none() {
-            // The child is not reaped yet, so the pid is still ours.
+            // The child is not reaped yet, so the pid (and the id of the process
+            // group it leads) is still ours: first what it forked, then itself.
+            let _ = qemu_process::kill_group(Pid::from_child(&self.child), Signal::KILL);
             let _ = self.child.kill();
             match self.child.wait() {
                 Ok(status) => self.status = Some(status),
