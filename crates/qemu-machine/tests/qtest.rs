@@ -10,11 +10,13 @@
 //! place that says, with a `SKIPPED:` line, that the clock arithmetic went
 //! untested.
 
+use std::future::Future as _;
 use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use qemu_machine::qtest::{Endianness, IrqEvent, QtestClient, QtestError, UNNAMED_GPIO_IN};
@@ -334,14 +336,14 @@ async fn fake_irq_lines_between_commands_are_collected() {
     // wait_irq took only the event it waited for.
     assert_eq!(c.irqs(), vec![raise(7)]);
 
-    // A waiter is woken by a notification that arrives after it started.
+    // A waiter is woken by a notification that arrives after it started: poll it
+    // once (it registers for notifications and finds none to take), then send.
     let waiter = c.wait_irq(7, false, PROMPT);
-    let sender = async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        q.send("IRQ lower 7\n").await;
-    };
-    let (r, ()) = tokio::join!(waiter, sender);
-    r.unwrap();
+    tokio::pin!(waiter);
+    let first = std::future::poll_fn(|cx| Poll::Ready(waiter.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "no IRQ lower 7 was sent yet: {first:?}");
+    q.send("IRQ lower 7\n").await;
+    waiter.await.unwrap();
     assert!(!c.get_irq(7));
     assert_eq!(c.irqs(), vec![]);
 

@@ -66,16 +66,28 @@ fn threads_named(name: &str) -> usize {
 
 /// Waits (bounded) until no thread is named `name`.
 fn threads_gone(name: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if threads_named(name) == 0 {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+    qemu_testkit::poll_until(within, || threads_named(name) == 0)
+}
+
+/// The kernel's id of the calling thread (from `/proc/thread-self`, a link to
+/// `<pid>/task/<tid>`).
+fn my_tid() -> u32 {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    link.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/thread-self -> {}", link.display()))
+}
+
+/// Whether thread `tid` of this process is asleep (`S` in `/proc`).
+fn thread_asleep(tid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(") ")?;
+            rest.chars().next()
+        })
+        == Some('S')
 }
 
 fn temp_file() -> std::fs::File {
@@ -393,15 +405,12 @@ fn events_are_queued_while_the_caller_does_nothing() {
 
     // Only non-waiting checks from here: nothing but the background reader can have
     // read the event from the socket.
-    let deadline = Instant::now() + TIMEOUT;
-    let event = loop {
-        if let Some(event) = idle.pull_event(Wait::No).unwrap() {
-            break event;
-        }
-        assert!(Instant::now() < deadline, "the STOP event never got queued");
-        thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(event.name(), "STOP");
+    let mut event = None;
+    qemu_testkit::wait_until(TIMEOUT, "the STOP event to be queued", || {
+        event = idle.pull_event(Wait::No).unwrap();
+        event.is_some()
+    });
+    assert_eq!(event.expect("queued").name(), "STOP");
     idle.close().unwrap();
     assert_no_qemu_left(qemu);
 }
@@ -442,19 +451,30 @@ fn sigkill_wakes_a_forever_pull_event() {
     let mut listener = qmp.listen(["NEVER"]);
     let (tx, rx) = mpsc::channel();
     let tx2 = tx.clone();
+    let (tids, tid_rx) = mpsc::channel();
+    let tids2 = tids.clone();
     let puller = thread::spawn(move || {
         let mut qmp = qmp;
+        tids.send(my_tid()).unwrap();
         let result = qmp.pull_event(Wait::Forever);
         let _ = tx.send(("pull_event", result.map(|_| ())));
         qmp
     });
     let listening = thread::spawn(move || {
+        tids2.send(my_tid()).unwrap();
         let result = listener.recv(None);
         let _ = tx2.send(("EventListener::recv", result.map(|_| ())));
     });
-    // Let both threads get to their waits (not needed for correctness: a wait that
-    // starts after the peer is gone returns at once).
-    thread::sleep(Duration::from_millis(100));
+    // Kill QEMU only once both threads wait: each one parks (sleeps, `S`) in its
+    // wait, and nothing else puts them to sleep here (a QEMU started with -S sends
+    // no event). Either way the test holds: a wait that starts after the peer is
+    // gone returns at once; this makes it test the wake-up of waits in progress.
+    for _ in 0..2 {
+        let tid = tid_rx.recv_timeout(TIMEOUT).expect("the thread's id");
+        qemu_testkit::wait_until(TIMEOUT, &format!("thread {tid} to wait"), || {
+            thread_asleep(tid)
+        });
+    }
     let killed = Instant::now();
     qemu.kill_now();
     for _ in 0..2 {
@@ -471,10 +491,9 @@ fn sigkill_wakes_a_forever_pull_event() {
         other => panic!("disconnect cause: {other:?}"),
     }
     // The async client wakes listeners a moment before it publishes the new state.
-    let deadline = Instant::now() + TIMEOUT;
-    while qmp.runstate() == Runstate::Running && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(1));
-    }
+    qemu_testkit::wait_until(TIMEOUT, "the runstate to leave Running", || {
+        qmp.runstate() != Runstate::Running
+    });
     assert_eq!(qmp.runstate(), Runstate::Disconnecting);
     let err = qmp.execute("query-status", None).unwrap_err();
     assert!(err.is_disconnected(), "{err}");

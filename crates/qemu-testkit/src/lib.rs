@@ -56,7 +56,9 @@
 //! - which QEMU: [`version_of`] a binary, as a [`QemuVersion`]; each lookup
 //!   names the binary and its version in the test output;
 //! - files and output: [`tempdir`], [`assert_dir_empty`], [`init_tracing`];
-//! - [`output_within`]: run a program to completion, killed after a deadline.
+//! - [`output_within`]: run a program to completion, killed after a deadline;
+//! - [`wait_until`] (and [`poll_until`]): wait for a condition with a deadline,
+//!   where a test would otherwise sleep and hope.
 
 #![warn(missing_docs)]
 // Spawning (the one thing that needs `unsafe`) is `qemu_process`'s.
@@ -68,6 +70,7 @@ mod command;
 mod process;
 mod procfs;
 mod version;
+mod wait;
 
 pub use agent::{start_agent, GA_BLOCKED_RPCS};
 pub use binaries::{
@@ -82,6 +85,7 @@ pub use procfs::{
     qemu_children,
 };
 pub use version::{version_of, QemuVersion};
+pub use wait::{poll_until, wait_until};
 
 use std::path::Path;
 use std::sync::Once;

@@ -162,32 +162,39 @@ impl Pty {
         }
     }
 
-    /// Wait (at most [`TIMEOUT`]) for `needle`; returns the output before it.
-    #[track_caller]
-    fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(i) = find(&self.pending, needle.as_bytes()) {
-                let before = String::from_utf8_lossy(&self.pending[..i]).into_owned();
-                self.pending.drain(..i + needle.len());
-                return before;
-            }
-            if self.eof {
-                panic!(
-                    "the program ended before printing {needle:?}; it printed:\n{}",
-                    self.shown()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "no {needle:?} within {TIMEOUT:?}; the program printed:\n{}",
-                    self.shown()
-                );
-            }
+    /// Read what is available, up to 64 KiB (so that a program that never stops
+    /// printing cannot keep a bounded wait from checking its deadline).
+    fn drain(&mut self) {
+        for _ in 0..16 {
             if !self.fill() {
-                thread::sleep(Duration::from_millis(10));
+                break;
             }
         }
+    }
+
+    /// Read (at most [`TIMEOUT`]) until `needle` has been printed; returns the
+    /// output before it.
+    #[track_caller]
+    fn expect(&mut self, needle: &str) -> String {
+        let appeared = qemu_testkit::poll_until(TIMEOUT, || {
+            self.drain();
+            self.eof || find(&self.pending, needle.as_bytes()).is_some()
+        });
+        if let Some(i) = find(&self.pending, needle.as_bytes()) {
+            let before = String::from_utf8_lossy(&self.pending[..i]).into_owned();
+            self.pending.drain(..i + needle.len());
+            return before;
+        }
+        if appeared {
+            panic!(
+                "the program ended before printing {needle:?}; it printed:\n{}",
+                self.shown()
+            );
+        }
+        panic!(
+            "no {needle:?} within {TIMEOUT:?}; the program printed:\n{}",
+            self.shown()
+        );
     }
 
     fn send(&mut self, text: &str) {
@@ -253,25 +260,26 @@ impl Pty {
     /// Wait (bounded) for the program to exit; returns its exit code.
     #[track_caller]
     fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
+        let mut code = None;
+        let exited = qemu_testkit::poll_until(TIMEOUT, || {
             // Keep draining, so the program never blocks on a full terminal.
-            self.fill();
+            self.drain();
             match self.session.get_process().status() {
-                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::Exited(_, c)) => code = Some(c),
                 Ok(WaitStatus::Signaled(_, sig, _)) => {
                     panic!("killed by {sig:?}; it printed:\n{}", self.shown())
                 }
                 Ok(_) => {}
                 Err(e) => panic!("waitpid: {e}"),
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "still running after {TIMEOUT:?}; it printed:\n{}",
-                    self.shown()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
+            code.is_some()
+        });
+        match code {
+            Some(code) if exited => code,
+            _ => panic!(
+                "still running after {TIMEOUT:?}; it printed:\n{}",
+                self.shown()
+            ),
         }
     }
 
@@ -282,6 +290,29 @@ impl Pty {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Whether the main thread of `pid` (a shell, whose current-thread tokio runtime
+/// runs there) is asleep in `epoll_wait`, that is, its runtime has nothing to run
+/// and waits for I/O, a timer or a signal. From `/proc`: the kernel function it
+/// sleeps in, or else the number of the system call it is in (x86_64 numbers:
+/// epoll_wait, epoll_pwait, epoll_pwait2).
+fn runtime_asleep(pid: u32) -> bool {
+    let task = format!("/proc/{pid}/task/{pid}");
+    let read = |what: &str| std::fs::read_to_string(format!("{task}/{what}")).unwrap_or_default();
+    let state = read("stat")
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    if state != Some('S') {
+        return false;
+    }
+    let wchan = read("wchan");
+    let syscall = read("syscall");
+    wchan.contains("epoll")
+        || matches!(
+            syscall.split_whitespace().next(),
+            Some("232" | "281" | "441")
+        )
 }
 
 /// A temporary directory for a history file.
@@ -413,7 +444,14 @@ fn ctrl_c_stops_waiting_for_a_reply() {
     sh.line("query-status");
     // -v echoes the request just before the shell starts waiting.
     sh.expect_json(json!({"execute": "query-status", "arguments": {}}));
-    thread::sleep(Duration::from_millis(100));
+    // Ctrl-C raises SIGINT, which the shell sees only once it waits for Ctrl-C
+    // alongside the reply (a SIGINT before that is lost). After the echo it goes
+    // straight into that wait, and it is the only thing that can put its runtime
+    // to sleep now: QEMU is frozen and no event can come. So wait for the runtime
+    // thread to sleep in epoll_wait.
+    qemu_testkit::wait_until(TIMEOUT, "the shell to wait for the reply", || {
+        runtime_asleep(sh.pid())
+    });
     sh.send("\x03");
     sh.expect("Interrupted: no longer waiting for the reply to 'query-status'");
     sh.expect("(QEMU) ");
@@ -593,37 +631,12 @@ fn skip_negotiation_takes_the_greeting_out_quietly() {
 #[test]
 fn skip_negotiation_with_the_guest_agent() {
     let _serial = serial();
-    let Some(ga) = qemu_testkit::qemu_ga() else {
+    // The agent gets a socket the test already listens on (socket activation), so
+    // the shell can connect at once; the commands that would change this machine
+    // are blocked.
+    let Some((_agent, sock, _dir)) = qemu_testkit::start_agent(&[]) else {
         return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("qmp-shell-ga-")
-        .tempdir()
-        .expect("temporary directory");
-    let sock = dir.path().join("ga.sock");
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    let args = [
-        "-m".to_owned(),
-        "unix-listen".to_owned(),
-        "-p".to_owned(),
-        sock.to_str().unwrap().to_owned(),
-        "-t".to_owned(),
-        state.to_str().unwrap().to_owned(),
-        "-f".to_owned(),
-        dir.path().join("ga.pid").to_str().unwrap().to_owned(),
-    ];
-    let _agent = QemuProcess::spawn(&ga, &args, &[]);
-    // qemu-ga creates its socket itself: wait for it, bounded.
-    let deadline = Instant::now() + TIMEOUT;
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "qemu-ga did not create {}",
-            sock.display()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
     let hist = history_dir();
     let mut sh = Pty::spawn(
         SHELL,
@@ -671,18 +684,16 @@ fn run_piped(program: &str, args: &[&str], input: &str) -> (ExitStatus, String, 
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{program} {args:?} did not exit within {TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let mut status = None;
+    if !qemu_testkit::poll_until(TIMEOUT, || {
+        status = child.try_wait().expect("wait");
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{program} {args:?} did not exit within {TIMEOUT:?}");
+    }
+    let status = status.expect("exited");
     writer.join().unwrap();
     (
         status,
@@ -736,15 +747,16 @@ fn non_interactive_runs_exit_with_the_result() {
         .spawn()
         .expect("spawn");
     child.stdin.take().unwrap().write_all(b"stop\n").unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "qmp-shell did not exit");
-        thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
+    let mut status = None;
+    if !qemu_testkit::poll_until(TIMEOUT, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("qmp-shell did not exit within {TIMEOUT:?}");
+    }
+    assert!(status.expect("exited").success());
     let logged = std::fs::read_to_string(&log).unwrap();
     let entries: Vec<Value> = logged
         .lines()
@@ -872,15 +884,9 @@ fn wrap_session(leave: &str) {
         "the shutdown reported a problem:\n{}",
         sh.shown()
     );
-    let deadline = Instant::now() + TIMEOUT;
-    while !gone(children[0]) {
-        assert!(
-            Instant::now() < deadline,
-            "QEMU {} is still running",
-            children[0]
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    qemu_testkit::wait_until(TIMEOUT, &format!("QEMU {} to exit", children[0]), || {
+        gone(children[0])
+    });
 }
 
 #[test]
