@@ -501,7 +501,7 @@ impl Client {
     /// Needs a Unix socket. The caller keeps its descriptor.
     pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
         let session = self.session()?;
-        let dup = dup_fd(fd.as_fd()).map_err(|e| Error::io("duplicating a descriptor", e))?;
+        let dup = dup_fd(fd.as_fd()).map_err(|e| Error::system("duplicating a descriptor", e))?;
         session
             .writer
             .send(b" ".to_vec(), vec![dup], None)

@@ -98,7 +98,7 @@ impl<'a> Request<'a> {
     /// only this request fails: the session goes on.
     pub async fn send_raw(self) -> Result<Response> {
         if let Some(e) = self.fd_error {
-            return Err(Error::io("duplicating a descriptor", e));
+            return Err(Error::system("duplicating a descriptor", e));
         }
         let session = self.client.session()?;
         let msg = message::make_request(&self.command, self.arguments, self.oob, None);
@@ -109,7 +109,7 @@ impl<'a> Request<'a> {
     /// Errors about descriptors as for [`send_raw`](Self::send_raw).
     pub async fn send(self) -> Result<Value> {
         if let Some(e) = self.fd_error {
-            return Err(Error::io("duplicating a descriptor", e));
+            return Err(Error::system("duplicating a descriptor", e));
         }
         let session = self.client.session()?;
         let msg = message::make_request(&self.command, self.arguments, self.oob, None);
