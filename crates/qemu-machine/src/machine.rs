@@ -507,7 +507,7 @@ impl QemuMachine {
     }
 
     /// Forget every event received so far (Python: `clear_events()`).
-    pub async fn clear_events(&self) {
+    pub fn clear_events(&self) {
         self.events.clear();
     }
 

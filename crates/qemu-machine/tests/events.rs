@@ -86,7 +86,7 @@ async fn kept_events_stay_at_the_bound_and_losses_are_counted_exactly() {
             .unwrap(),
     );
     assert_eq!(vm.event_queue().capacity(), CAPACITY);
-    vm.clear_events().await;
+    vm.clear_events();
     assert_eq!(vm.events_lost(), 0);
 
     let never = tokio::spawn({
@@ -133,7 +133,7 @@ async fn the_default_capacity_bounds_the_kept_events() {
     let base = tempdir();
     let vm = none(&qemu, base.path()).launch().await.unwrap();
     assert_eq!(vm.event_queue().capacity(), capacity);
-    vm.clear_events().await;
+    vm.clear_events();
     let started = Instant::now();
     stop_cont(&vm, (capacity + EXCESS) / 2).await;
     eprintln!("{} events in {:?}", capacity + EXCESS, started.elapsed());

@@ -472,7 +472,7 @@ async fn event_wait_matches_and_keeps_what_it_passes_over() {
     );
     vm.command("stop", None).await.unwrap();
     let _ = vm.event_wait("STOP", T, None).await.unwrap().expect("STOP");
-    vm.clear_events().await;
+    vm.clear_events();
     assert!(vm.get_qmp_events(false).await.is_empty());
 
     // get_qmp_event waits.
