@@ -388,6 +388,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Keep each message's text for `ordered()` views in the peer's member order
+    /// (default false). See [`crate::ClientBuilder::preserve_order`].
+    pub fn preserve_order(mut self, yes: bool) -> Self {
+        self.inner = self.inner.preserve_order(yes);
+        self
+    }
+
     /// One deadline for connecting, reading the greeting and negotiating (default
     /// 30 s; `None` waits for ever). Not used by [`Server::accept`], which takes its
     /// own timeout.

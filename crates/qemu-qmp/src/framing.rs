@@ -144,6 +144,9 @@ pub struct Decoder {
     scan: Scanner,
     max: usize,
     failure: Option<Failure>,
+    /// Where the message `decode` returned last lies in `buf` (empty once the
+    /// buffer has been compacted).
+    last: std::ops::Range<usize>,
     /// Total bytes examined by the scanner (for tests of the fast path).
     #[cfg(test)]
     scanned: usize,
@@ -177,6 +180,7 @@ impl Decoder {
             scan: Scanner::default(),
             max: max_message_size,
             failure: None,
+            last: 0..0,
             #[cfg(test)]
             scanned: 0,
         }
@@ -366,6 +370,7 @@ impl Decoder {
         }
         match value {
             Value::Object(map) => {
+                self.last = self.start..self.start + used;
                 self.start += used;
                 self.scan = Scanner::default();
                 Ok(Some(map))
@@ -513,6 +518,12 @@ impl Decoder {
 
     /// Drops consumed bytes when that costs no more than the bytes consumed
     /// since the last compaction (amortised O(1) per byte).
+    /// The bytes of the message [`decode`](Self::decode) returned last, as
+    /// received; empty once more bytes have been fed.
+    pub(crate) fn last_message(&self) -> &[u8] {
+        self.buf.get(self.last.clone()).unwrap_or_default()
+    }
+
     fn compact(&mut self) {
         if self.start == 0 {
             return;
@@ -527,6 +538,7 @@ impl Decoder {
         }
         let shift = self.start;
         self.start = 0;
+        self.last = 0..0;
         self.nl_pos = self.nl_pos.saturating_sub(shift);
         self.scan.pos = self.scan.pos.saturating_sub(shift);
     }
@@ -649,6 +661,19 @@ mod tests {
             out.push(m);
         }
         out
+    }
+
+    #[test]
+    fn last_message_is_the_text_of_what_decode_returned() {
+        let mut d = Decoder::new(1024);
+        d.extend(b"{\"b\": 1, \"a\": 2}\r\n{\"z\": [1, {\"y\": 0, \"x\": 1}]}");
+        assert!(d.decode(false).unwrap().is_some());
+        assert_eq!(d.last_message(), b"{\"b\": 1, \"a\": 2}");
+        assert!(d.decode(true).unwrap().is_some());
+        assert_eq!(d.last_message(), b"{\"z\": [1, {\"y\": 0, \"x\": 1}]}");
+        // Feeding more bytes may move the buffer: the text is no longer there.
+        let _ = d.buffer_mut();
+        assert_eq!(d.last_message(), b"");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::json::Ordered;
+
 /// A JSON object, the shape of every QMP message.
 pub type JsonObject = serde_json::Map<String, Value>;
 
@@ -126,13 +128,58 @@ impl fmt::Display for ErrorInfo {
 }
 
 /// A reply to a command: `{"return": ...}` or `{"error": {...}}`, with the request's id.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Response {
-    /// The whole reply as received.
+    /// The whole reply as received (with the caller's id, if any, in place of the
+    /// library's: see [`Client::execute_raw`](crate::Client::execute_raw)).
     pub raw: JsonObject,
+    /// The reply's text as received, kept by clients that
+    /// [preserve order](crate::ClientBuilder::preserve_order).
+    text: Option<Arc<[u8]>>,
+}
+
+impl PartialEq for Response {
+    /// Replies are equal when their contents are: member order does not count.
+    fn eq(&self, other: &Response) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl From<JsonObject> for Response {
+    fn from(raw: JsonObject) -> Response {
+        Response::new(raw)
+    }
 }
 
 impl Response {
+    /// A reply made of `raw` (for servers and tests).
+    pub fn new(raw: JsonObject) -> Response {
+        Response { raw, text: None }
+    }
+
+    pub(crate) fn set_text(&mut self, text: Arc<[u8]>) {
+        self.text = Some(text);
+    }
+
+    /// The reply with its members in the order the peer sent them, at every depth,
+    /// for showing it to a person: exact when the client keeps each message's text
+    /// ([`ClientBuilder::preserve_order`](crate::ClientBuilder::preserve_order)),
+    /// else in QEMU's order as [`Ordered::from_object`] computes it. The `id` is the
+    /// caller's, in the place the peer gave the library's (none when the caller gave
+    /// none), as in [`raw`](Self::raw).
+    pub fn ordered(&self) -> Ordered {
+        let Some(mut ordered) = self.text.as_deref().and_then(|t| Ordered::parse(t).ok()) else {
+            return Ordered::from_object(&self.raw);
+        };
+        match self.raw.get("id") {
+            Some(id) => ordered.set("id", Ordered::from_value(id)),
+            None => {
+                ordered.remove("id");
+            }
+        }
+        ordered
+    }
+
     /// The `id` member, if any.
     pub fn id(&self) -> Option<&Value> {
         self.raw.get("id")
@@ -185,10 +232,19 @@ pub struct Timestamp {
 #[derive(Clone, PartialEq)]
 pub struct Event(Arc<EventInner>);
 
-#[derive(PartialEq)]
 struct EventInner {
     name: String,
     raw: JsonObject,
+    /// The event's text as received, kept by clients that
+    /// [preserve order](crate::ClientBuilder::preserve_order).
+    text: Option<Box<[u8]>>,
+}
+
+impl PartialEq for EventInner {
+    /// Events are equal when their contents are: member order does not count.
+    fn eq(&self, other: &EventInner) -> bool {
+        self.raw == other.raw
+    }
 }
 
 impl Event {
@@ -198,7 +254,24 @@ impl Event {
             Some(Value::String(s)) => s.clone(),
             _ => return Err(raw),
         };
-        Ok(Event(Arc::new(EventInner { name, raw })))
+        Ok(Event(Arc::new(EventInner {
+            name,
+            raw,
+            text: None,
+        })))
+    }
+
+    /// [`from_object`](Self::from_object), keeping the text the event was decoded
+    /// from for [`ordered`](Self::ordered).
+    pub(crate) fn from_object_and_text(
+        raw: JsonObject,
+        text: Option<Box<[u8]>>,
+    ) -> Result<Event, JsonObject> {
+        let name = match raw.get("event") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(raw),
+        };
+        Ok(Event(Arc::new(EventInner { name, raw, text })))
     }
 
     /// Build an event (for servers and tests), timestamped now.
@@ -216,7 +289,11 @@ impl Event {
             "timestamp".into(),
             serde_json::json!({"seconds": now.as_secs(), "microseconds": now.subsec_micros()}),
         );
-        Event(Arc::new(EventInner { name, raw }))
+        Event(Arc::new(EventInner {
+            name,
+            raw,
+            text: None,
+        }))
     }
 
     /// The event name, e.g. `STOP`.
@@ -245,6 +322,18 @@ impl Event {
     /// The event as a JSON value (a copy).
     pub fn to_value(&self) -> Value {
         Value::Object(self.0.raw.clone())
+    }
+
+    /// The event with its members in the order the peer sent them, at every depth,
+    /// for showing it to a person: exact when the client keeps each message's text
+    /// ([`ClientBuilder::preserve_order`](crate::ClientBuilder::preserve_order)),
+    /// else in QEMU's order as [`Ordered::from_object`] computes it.
+    pub fn ordered(&self) -> Ordered {
+        self.0
+            .text
+            .as_deref()
+            .and_then(|t| Ordered::parse(t).ok())
+            .unwrap_or_else(|| Ordered::from_object(&self.0.raw))
     }
 }
 
@@ -280,14 +369,24 @@ pub enum Message {
 impl Message {
     /// Classify a decoded JSON object.
     pub fn classify(obj: JsonObject) -> Message {
+        Message::classify_with_text(obj, None)
+    }
+
+    /// [`classify`](Self::classify), keeping `text`, the bytes `obj` was decoded from,
+    /// in a reply or an event for their `ordered()` view.
+    pub(crate) fn classify_with_text(obj: JsonObject, text: Option<&[u8]>) -> Message {
         if obj.contains_key("event") {
-            return match Event::from_object(obj) {
+            return match Event::from_object_and_text(obj, text.map(Box::from)) {
                 Ok(e) => Message::Event(e),
                 Err(obj) => Message::Other(obj),
             };
         }
         if obj.contains_key("return") || obj.contains_key("error") {
-            return Message::Response(Response { raw: obj });
+            let mut r = Response::new(obj);
+            if let Some(text) = text {
+                r.set_text(Arc::from(text));
+            }
+            return Message::Response(r);
         }
         if obj.contains_key("execute") || obj.contains_key("exec-oob") {
             return Message::Command(obj);
@@ -404,9 +503,7 @@ mod tests {
         };
         assert_eq!(r.id(), Some(&json!(3)));
         assert_eq!(r.error_info().unwrap().unwrap().class, "GenericError");
-        let r = Response {
-            raw: obj(json!({"error": {"class": 1}})),
-        };
+        let r = Response::new(obj(json!({"error": {"class": 1}})));
         assert!(r.error_info().is_err());
 
         for key in ["execute", "exec-oob"] {

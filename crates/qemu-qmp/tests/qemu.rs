@@ -570,3 +570,79 @@ async fn guest_agent_dialect_resynchronises() {
     assert!(err.error_class().is_some(), "{err}");
     ga.disconnect().await.unwrap();
 }
+
+/// The text of QEMU's reply to `command`, over a raw connection of its own.
+fn raw_reply_text(path: &std::path::Path, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = std::os::unix::net::UnixStream::connect(path).unwrap();
+    sock.set_read_timeout(Some(T)).unwrap();
+    let mut lines = BufReader::new(sock.try_clone().unwrap()).lines();
+    let mut w = &sock;
+    lines.next().unwrap().unwrap(); // the greeting
+    w.write_all(br#"{"execute": "qmp_capabilities"}"#).unwrap();
+    lines.next().unwrap().unwrap();
+    write!(w, r#"{{"execute": "{command}"}}"#).unwrap();
+    lines.next().unwrap().unwrap()
+}
+
+fn keys(v: &qemu_qmp::json::Ordered) -> Vec<&str> {
+    v.members()
+        .unwrap()
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn preserve_order_shows_replies_and_events_as_qemu_sent_them() {
+    qemu_testkit::require_qemu_system!();
+    let qemu = QemuProcess::system_with_listener(&["-S"]);
+    let version = qemu_testkit::version_of(&qemu_testkit::qemu_system().unwrap());
+    // QEMU's own text, from a connection that is not ours.
+    let sent = raw_reply_text(qemu.qmp_path(), "query-status");
+    let qmp = Client::builder()
+        .preserve_order(true)
+        .command_timeout(T)
+        .connect(qemu.qmp_path())
+        .await
+        .unwrap();
+    let mut msg = qemu_qmp::JsonObject::new();
+    msg.insert("execute".into(), json!("query-status"));
+    let reply = qmp.execute_raw(msg).await.unwrap();
+    let ordered = reply.ordered();
+    // The library's wire id is not shown: the caller gave none.
+    assert_eq!(
+        ordered.to_string(),
+        qemu_qmp::json::Ordered::parse(sent.as_bytes())
+            .unwrap()
+            .to_string()
+    );
+    let status = ordered.get("return").unwrap();
+    if version.is(7, 2) {
+        // `status` and `singlestep` share a bucket of QEMU's hash table: only the
+        // text tells their order.
+        assert_eq!(keys(status), ["status", "singlestep", "running"], "{sent}");
+    } else {
+        assert_eq!(keys(status), ["status", "running"], "{sent}");
+    }
+    // A caller's id comes back in the place QEMU gave the library's.
+    let mut msg = qemu_qmp::JsonObject::new();
+    msg.insert("execute".into(), json!("query-status"));
+    msg.insert("id".into(), json!("mine"));
+    let reply = qmp.execute_raw(msg).await.unwrap();
+    assert_eq!(keys(&reply.ordered()), ["return", "id"]);
+    assert_eq!(
+        reply.ordered().get("id"),
+        Some(&qemu_qmp::json::Ordered::String("mine".into()))
+    );
+
+    let mut events = qmp.listen(["RESUME"]);
+    qmp.execute("cont", None).await.unwrap();
+    let resume = events.recv_timeout(T).await.unwrap().ordered();
+    assert_eq!(keys(&resume), ["timestamp", "event"]);
+    assert_eq!(
+        keys(resume.get("timestamp").unwrap()),
+        ["seconds", "microseconds"]
+    );
+    qmp.disconnect().await.unwrap();
+}

@@ -18,6 +18,7 @@ pub struct Config {
     pub(super) agent_sync: bool,
     pub(super) connect_timeout: Option<Duration>,
     pub(super) command_timeout: Option<Duration>,
+    pub(super) preserve_order: bool,
 }
 
 impl Default for Config {
@@ -31,6 +32,7 @@ impl Default for Config {
             agent_sync: false,
             connect_timeout: Some(Duration::from_secs(30)),
             command_timeout: None,
+            preserve_order: false,
         }
     }
 }
@@ -107,6 +109,18 @@ impl ClientBuilder {
     /// [`Request::timeout`](crate::Request::timeout) overrides it.
     pub fn command_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.command_timeout = timeout.into();
+        self
+    }
+
+    /// Keep the text of each reply and event as received (default false), so that
+    /// [`Response::ordered`](crate::Response::ordered) and
+    /// [`Event::ordered`](crate::Event::ordered) show their members in the order the
+    /// peer sent them: what a tool shows a person. Costs a copy of each message;
+    /// without it, `ordered()` computes QEMU's order from the keys, which is exact but
+    /// for members that share a bucket of QEMU's hash table (see
+    /// [`json`](mod@crate::json)). Decoded values are sorted by key either way.
+    pub fn preserve_order(mut self, yes: bool) -> Self {
+        self.config.preserve_order = yes;
         self
     }
 

@@ -134,6 +134,7 @@ impl Client {
             reader,
             greeting,
             oob,
+            config.preserve_order,
             self.inner.label.clone(),
             self.inner.registry.clone(),
             self.inner.state.clone(),

@@ -40,6 +40,9 @@ pub(super) struct Session {
     /// greeting the reader meets.
     pub(super) greeting: std::sync::OnceLock<Greeting>,
     pub(super) oob: bool,
+    /// Keep each reply's and event's text, for their `ordered()` views
+    /// ([`ClientBuilder::preserve_order`](crate::ClientBuilder::preserve_order)).
+    keep_text: bool,
     /// Bounds in-band commands in flight when OOB is on.
     inband: Option<Arc<Semaphore>>,
     pending: Mutex<Pending>,
@@ -114,6 +117,7 @@ impl Session {
         reader: MessageReader,
         greeting: Option<Greeting>,
         oob: bool,
+        keep_text: bool,
         label: Arc<str>,
         registry: Arc<Registry>,
         state: Arc<watch::Sender<Runstate>>,
@@ -126,6 +130,7 @@ impl Session {
             writer: writer.clone(),
             greeting: greeting.map(std::sync::OnceLock::from).unwrap_or_default(),
             oob,
+            keep_text,
             inband: oob.then(|| Arc::new(Semaphore::new(QEMU_INBAND_QUEUE - 1))),
             pending: Mutex::new(Pending::default()),
             ended: Notify::new(),
@@ -182,7 +187,8 @@ impl Session {
             let next = reader.next_with(&self.stream, &mut decoder, || self.registry.wake());
             match next.await {
                 Ok(Some(obj)) => {
-                    if let Err(e) = self.route(obj) {
+                    let text = self.keep_text.then(|| decoder.last_message());
+                    if let Err(e) = self.route(obj, text) {
                         error!("{e}");
                         return e;
                     }
@@ -208,8 +214,8 @@ impl Session {
         }
     }
 
-    fn route(&self, obj: JsonObject) -> Result<()> {
-        match Message::classify(obj) {
+    fn route(&self, obj: JsonObject, text: Option<&[u8]>) -> Result<()> {
+        match Message::classify_with_text(obj, text) {
             Message::Event(e) => {
                 trace!("<-- event {}", e.name());
                 self.registry.dispatch(&e);
