@@ -29,6 +29,12 @@ const RESUME: &str =
 /// (CRLF-terminated), then, if `greet`, the greeting, answers `qmp_capabilities`
 /// and waits for the client to hang up.
 fn peer(dir: &Path, before: Vec<String>, greet: bool) -> PathBuf {
+    peer_with(dir, before, greet, Vec::new())
+}
+
+/// [`peer`], which also sends each of `before_reply` just before its reply to
+/// `qmp_capabilities`.
+fn peer_with(dir: &Path, before: Vec<String>, greet: bool, before_reply: Vec<String>) -> PathBuf {
     let path = dir.join("qmp.sock");
     let listener = UnixListener::bind(&path).unwrap();
     tokio::spawn(async move {
@@ -51,7 +57,13 @@ fn peer(dir: &Path, before: Vec<String>, greet: bool) -> PathBuf {
             seen.extend_from_slice(&buf[..n]);
             if seen.windows(16).any(|w| w == b"qmp_capabilities") {
                 seen.clear();
-                let _ = wr.write_all(b"{\"return\": {}}\r\n").await;
+                let mut reply = String::new();
+                for m in &before_reply {
+                    reply.push_str(m);
+                    reply.push_str("\r\n");
+                }
+                reply.push_str("{\"return\": {}}\r\n");
+                let _ = wr.write_all(reply.as_bytes()).await;
             }
         }
     });
@@ -78,6 +90,37 @@ async fn events_before_the_greeting_are_events() {
     assert_eq!(events.recv_timeout(T).await.unwrap().name(), "STOP");
     assert_eq!(events.recv_timeout(T).await.unwrap().name(), "RESUME");
     qmp.disconnect().await.unwrap();
+}
+
+/// QEMU 7.2's storage daemon, connected to very early, can greet twice (its
+/// monitor's open handler runs twice); seen before the reply to
+/// `qmp_capabilities`, the repeat is ignored. A different greeting is still an
+/// error.
+#[tokio::test]
+async fn the_same_greeting_twice_during_negotiation_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = peer_with(dir.path(), vec![], true, vec![GREETING.to_owned()]);
+    let qmp = Client::builder()
+        .connect_timeout(T)
+        .connect(&path)
+        .await
+        .unwrap_or_else(|e| panic!("connect failed: {e}"));
+    assert_eq!(qmp.greeting().unwrap().version.qemu.minor, 2);
+    qmp.disconnect().await.unwrap();
+
+    let other = GREETING.replace("\"minor\": 2", "\"minor\": 1");
+    let dir = tempfile::tempdir().unwrap();
+    let path = peer_with(dir.path(), vec![], true, vec![other]);
+    let err = Client::builder()
+        .connect_timeout(T)
+        .connect(&path)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("capability negotiation failed: unexpected second greeting"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -107,6 +107,16 @@ impl Client {
                             received: Some(Box::new(r.raw)),
                         });
                     }
+                    // QEMU 7.2's storage daemon, reached very early on a listening
+                    // socket, can run its monitor's CHR_EVENT_OPENED handler twice:
+                    // it resets the negotiation and greets again. Seen before our
+                    // reply, the reset came before our command was processed, so the
+                    // reply still stands; the repeated greeting says nothing new.
+                    Message::Greeting(g)
+                        if greeting.as_ref().is_some_and(|first| first.raw == g.raw) =>
+                    {
+                        debug!(name = %self.inner.label, "the same greeting again before the reply to qmp_capabilities: ignored");
+                    }
                     Message::Greeting(g) => {
                         return Err(Error::Negotiation {
                             reason: "unexpected second greeting".into(),
