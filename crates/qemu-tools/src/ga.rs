@@ -26,7 +26,8 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::Duration;
 
-use qemu_qmp::{json, Address, Client, JsonObject, ToAddress, Value};
+use qemu_qmp::json::Ordered;
+use qemu_qmp::{json, Address, Client, ToAddress, Value};
 
 use crate::qom::python_str;
 
@@ -296,9 +297,11 @@ impl GuestAgent {
                 return Err(GaError::SocketNotFound(path.display().to_string()));
             }
         }
+        // What is shown keeps the agent's member order.
         let client = Client::builder()
             .name("qga")
             .guest_agent()
+            .preserve_order(true)
             .connect_timeout(timeout)
             .command_timeout(timeout)
             .connect(address)
@@ -488,10 +491,23 @@ impl GuestAgent {
             .ok_or_else(|| bad_reply(cmd, format!("expected a number, got {rsp}")))
     }
 
+    /// Execute `command` and return its `return` value with its members in the
+    /// agent's order (exact on a connection made by [`connect`](Self::connect)).
+    async fn execute_ordered(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Ordered, GaError> {
+        crate::reply::execute_ordered(&self.client, command, arguments, Some(timeout))
+            .await
+            .map_err(|e| GaError::from_qmp(command, e))
+    }
+
     /// `guest-fstrim` with `minimum` (bytes; contiguous free ranges smaller than this
-    /// may be skipped). Returns the agent's report.
-    pub async fn fstrim(&self, minimum: u64) -> Result<Value, GaError> {
-        self.execute_within(
+    /// may be skipped). Returns the agent's report, in the agent's order.
+    pub async fn fstrim(&self, minimum: u64) -> Result<Ordered, GaError> {
+        self.execute_ordered(
             "guest-fstrim",
             Some(json!({ "minimum": minimum })),
             self.timeout.max(SLOW_COMMAND_TIMEOUT),
@@ -547,10 +563,11 @@ impl GuestAgent {
 
     /// `guest-get-osinfo`: the guest operating system's identification, as the
     /// agent gives it (`kernel-release`, `id`, `pretty-name`, ...).
-    pub async fn osinfo(&self) -> Result<JsonObject, GaError> {
+    /// The object's members are in the agent's order.
+    pub async fn osinfo(&self) -> Result<Ordered, GaError> {
         const CMD: &str = "guest-get-osinfo";
-        match self.execute(CMD, None).await? {
-            Value::Object(m) => Ok(m),
+        match self.execute_ordered(CMD, None, self.timeout).await? {
+            m @ Ordered::Object(_) => Ok(m),
             other => Err(bad_reply(CMD, format!("expected an object, got {other}"))),
         }
     }
@@ -717,9 +734,9 @@ pub fn ipv4_netmask(prefix: u32) -> String {
 }
 
 /// `osinfo` output: a `key: value` line per member, in the agent's order.
-pub fn format_osinfo(info: &JsonObject) -> String {
+pub fn format_osinfo(info: &Ordered) -> String {
     let mut s = String::new();
-    for (k, v) in info {
+    for (k, v) in info.members().unwrap_or_default() {
         let _ = writeln!(s, "{k}: {}", python_str(v));
     }
     s
@@ -864,9 +881,8 @@ mod tests {
             format_ifconfig(&nifs),
             "lo:\n\tinet 127.0.0.1  netmask 255.0.0.0\n\tinet6 ::1  prefixlen 128\neth0:\n\tether 52:54:00:12:34:56\ntun0:\n"
         );
-        let Value::Object(os) = json!({"id": "debian", "version-id": "12"}) else {
-            unreachable!()
-        };
-        assert_eq!(format_osinfo(&os), "id: debian\nversion-id: 12\n");
+        // In the agent's order.
+        let os = Ordered::parse(br#"{"version-id": "12", "id": "debian"}"#).unwrap();
+        assert_eq!(format_osinfo(&os), "version-id: 12\nid: debian\n");
     }
 }

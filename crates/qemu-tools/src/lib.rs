@@ -4,5 +4,6 @@
 pub mod exit;
 pub mod ga;
 pub mod qom;
+mod reply;
 pub mod shell;
 pub mod test_server;

@@ -19,7 +19,10 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
+use qemu_qmp::json::Ordered;
 use qemu_qmp::{json, Client, Value};
+
+use crate::reply::execute_ordered;
 
 /// How deep [`Qom::tree`] descends before it gives up: QOM trees are a handful of
 /// levels deep, so a deeper one means a peer that invents children without end.
@@ -146,8 +149,9 @@ pub struct PropertyValue {
     pub name: String,
     /// Its type, as in [`PropertyInfo::type_`].
     pub type_: String,
-    /// The value; `None` when QEMU could not read it.
-    pub value: Option<Value>,
+    /// The value, its members in the order QEMU sent them; `None` when QEMU could
+    /// not read it.
+    pub value: Option<Ordered>,
 }
 
 impl PropertyValue {
@@ -223,25 +227,22 @@ impl Qom {
             .collect()
     }
 
-    /// `qom-get`: the value of `property` of the object at `path`.
-    pub async fn get(&self, path: &str, property: &str) -> Result<Value, QomError> {
-        self.client
-            .execute(
-                "qom-get",
-                Some(json!({ "path": path, "property": property })),
-            )
+    /// `qom-get`: the value of `property` of the object at `path`, its members in the
+    /// order QEMU sent them (exact when the client was built with
+    /// [`preserve_order`](qemu_qmp::ClientBuilder::preserve_order), as the `qom`
+    /// tool's is).
+    pub async fn get(&self, path: &str, property: &str) -> Result<Ordered, QomError> {
+        let args = json!({ "path": path, "property": property });
+        execute_ordered(&self.client, "qom-get", Some(args), None)
             .await
             .map_err(|e| QomError::from_qmp(what(path, property, &e), e))
     }
 
     /// `qom-set`: set `property` of the object at `path` to `value`; returns QEMU's
     /// reply (`{}`).
-    pub async fn set(&self, path: &str, property: &str, value: Value) -> Result<Value, QomError> {
-        self.client
-            .execute(
-                "qom-set",
-                Some(json!({ "path": path, "property": property, "value": value })),
-            )
+    pub async fn set(&self, path: &str, property: &str, value: Value) -> Result<Ordered, QomError> {
+        let args = json!({ "path": path, "property": property, "value": value });
+        execute_ordered(&self.client, "qom-set", Some(args), None)
             .await
             .map_err(|e| QomError::from_qmp(what(path, property, &e), e))
     }
@@ -255,7 +256,7 @@ impl Qom {
         path: &str,
         property: &str,
         text: &str,
-    ) -> Result<Value, QomError> {
+    ) -> Result<Ordered, QomError> {
         let props = self.list(path).await?;
         let what = format!("{path}.{property}");
         let Some(info) = props.iter().find(|p| p.name == property) else {
@@ -275,9 +276,7 @@ impl Qom {
     /// path, in order. One missing path fails the whole call.
     pub async fn list_get(&self, paths: &[String]) -> Result<Vec<Vec<PropertyValue>>, QomError> {
         const CMD: &str = "qom-list-get";
-        let rsp = self
-            .client
-            .execute(CMD, Some(json!({ "paths": paths })))
+        let rsp = execute_ordered(&self.client, CMD, Some(json!({ "paths": paths })), None)
             .await
             .map_err(|e| {
                 let what = match paths {
@@ -286,9 +285,9 @@ impl Qom {
                 };
                 QomError::from_qmp(what, e)
             })?;
-        let objects = rsp
-            .as_array()
-            .ok_or_else(|| bad_reply(CMD, format!("expected a list, got {rsp}")))?;
+        let Ordered::Array(objects) = &rsp else {
+            return Err(bad_reply(CMD, format!("expected a list, got {rsp}")));
+        };
         if objects.len() != paths.len() {
             return Err(bad_reply(
                 CMD,
@@ -302,16 +301,25 @@ impl Qom {
         objects
             .iter()
             .map(|o| {
-                let props = o
-                    .get("properties")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| {
-                        bad_reply(CMD, format!("an entry without a 'properties' list: {o}"))
-                    })?;
+                let Some(Ordered::Array(props)) = o.get("properties") else {
+                    return Err(bad_reply(
+                        CMD,
+                        format!("an entry without a 'properties' list: {o}"),
+                    ));
+                };
                 props
                     .iter()
                     .map(|p| {
-                        let (name, type_) = name_and_type(CMD, p)?;
+                        let text = |key| match p.get(key) {
+                            Some(Ordered::String(s)) => Some(s.clone()),
+                            _ => None,
+                        };
+                        let (Some(name), Some(type_)) = (text("name"), text("type")) else {
+                            return Err(bad_reply(
+                                CMD,
+                                format!("a property without a string 'name' and 'type': {p}"),
+                            ));
+                        };
                         Ok(PropertyValue {
                             name,
                             type_,
@@ -421,7 +429,7 @@ impl Qom {
             let client = self.client.clone();
             let args = json!({ "path": path, "property": item.name });
             reads.push(Some(tokio::spawn(async move {
-                client.execute("qom-get", Some(args)).await
+                execute_ordered(&client, "qom-get", Some(args), None).await
             })));
         }
         let mut props = Vec::with_capacity(items.len());
@@ -703,13 +711,13 @@ pub fn format_list(items: &[PropertyInfo]) -> String {
     s
 }
 
-/// `qom get` output: `key: value` lines for an object, the value itself otherwise,
-/// printed as Python's `str()` does.
-pub fn format_get(value: &Value) -> String {
+/// `qom get` output: `key: value` lines for an object, in its order, the value
+/// itself otherwise, printed as Python's `str()` does.
+pub fn format_get(value: &Ordered) -> String {
     match value {
-        Value::Object(m) => {
+        Ordered::Object(m) => {
             let mut s = String::new();
-            for (k, v) in qemu_qmp::json::qemu_order(m) {
+            for (k, v) in m {
                 let _ = writeln!(s, "{k}: {}", python_str(v));
             }
             s
@@ -719,48 +727,48 @@ pub fn format_get(value: &Value) -> String {
 }
 
 /// A JSON value as Python prints it with `str()` after decoding it: strings bare,
-/// `True`/`False`/`None`, and lists and dicts in Python's `repr` (`{'a': [1, 'b']}`).
+/// `True`/`False`/`None`, and lists and dicts in Python's `repr` (`{'a': [1, 'b']}`),
+/// members in their order (Python shows them as received).
 ///
 /// ```
 /// use qemu_tools::qom::python_str;
-/// use qemu_qmp::json;
-/// assert_eq!(python_str(&json!("pc")), "pc");
-/// assert_eq!(python_str(&json!(true)), "True");
-/// // Members come out in QEMU's order (see `qemu_qmp::json::qemu_order`), as
-/// // Python shows them as received.
+/// use qemu_qmp::json::Ordered;
+/// let show = |text: &str| python_str(&Ordered::parse(text.as_bytes()).unwrap());
+/// assert_eq!(show(r#""pc""#), "pc");
+/// assert_eq!(show("true"), "True");
 /// assert_eq!(
-///     python_str(&json!({"id": 1, "return": {"running": true, "status": "running"}})),
-///     "{'return': {'status': 'running', 'running': True}, 'id': 1}"
+///     show(r#"{"return": {"status": "prelaunch", "singlestep": false}, "id": 1}"#),
+///     "{'return': {'status': 'prelaunch', 'singlestep': False}, 'id': 1}"
 /// );
 /// ```
-pub fn python_str(v: &Value) -> String {
+pub fn python_str(v: &Ordered) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Ordered::String(s) => s.clone(),
         other => python_repr(other),
     }
 }
 
 /// A JSON value as Python's `repr()` prints it after decoding it.
-pub fn python_repr(v: &Value) -> String {
+pub fn python_repr(v: &Ordered) -> String {
     let mut s = String::new();
     repr_into(&mut s, v);
     s
 }
 
-fn repr_into(out: &mut String, v: &Value) {
+fn repr_into(out: &mut String, v: &Ordered) {
     match v {
-        Value::Null => out.push_str("None"),
-        Value::Bool(true) => out.push_str("True"),
-        Value::Bool(false) => out.push_str("False"),
-        Value::Number(n) => {
+        Ordered::Null => out.push_str("None"),
+        Ordered::Bool(true) => out.push_str("True"),
+        Ordered::Bool(false) => out.push_str("False"),
+        Ordered::Number(n) => {
             if n.is_f64() {
                 out.push_str(&python_float(n.as_f64().unwrap_or(f64::NAN)));
             } else {
                 let _ = write!(out, "{n}");
             }
         }
-        Value::String(s) => string_repr_into(out, s),
-        Value::Array(a) => {
+        Ordered::String(s) => string_repr_into(out, s),
+        Ordered::Array(a) => {
             out.push('[');
             for (i, item) in a.iter().enumerate() {
                 if i > 0 {
@@ -770,9 +778,9 @@ fn repr_into(out: &mut String, v: &Value) {
             }
             out.push(']');
         }
-        Value::Object(m) => {
+        Ordered::Object(m) => {
             out.push('{');
-            for (i, (k, item)) in qemu_qmp::json::qemu_order(m).into_iter().enumerate() {
+            for (i, (k, item)) in m.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
@@ -787,7 +795,7 @@ fn repr_into(out: &mut String, v: &Value) {
 
 /// Python's `repr(float)`: the shortest round-trip digits, positional for exponents
 /// from -4 to 15 (always with a `.`), else `1e+16` style.
-fn python_float(f: f64) -> String {
+pub(crate) fn python_float(f: f64) -> String {
     if f.is_nan() {
         return "nan".into();
     }
@@ -846,30 +854,38 @@ fn string_repr_into(out: &mut String, s: &str) {
 mod tests {
     use super::*;
 
+    /// `python_str` of a value given as JSON text (objects in the order written).
+    fn py(text: &str) -> String {
+        python_str(&Ordered::parse(text.as_bytes()).unwrap())
+    }
+
     #[test]
     fn python_formatting() {
-        assert_eq!(python_str(&json!(null)), "None");
-        assert_eq!(python_str(&json!(false)), "False");
-        assert_eq!(python_str(&json!(-3)), "-3");
+        assert_eq!(py("null"), "None");
+        assert_eq!(py("false"), "False");
+        assert_eq!(py("-3"), "-3");
+        assert_eq!(py("18446744073709551615"), "18446744073709551615");
+        assert_eq!(py("1.0"), "1.0");
+        assert_eq!(py("0.5"), "0.5");
+        assert_eq!(py("1e16"), "1e+16");
+        assert_eq!(py("1.5e-5"), "1.5e-05");
+        assert_eq!(py("123456.789"), "123456.789");
+        assert_eq!(py("[]"), "[]");
+        assert_eq!(py("{}"), "{}");
         assert_eq!(
-            python_str(&json!(18446744073709551615u64)),
-            "18446744073709551615"
-        );
-        assert_eq!(python_str(&json!(1.0)), "1.0");
-        assert_eq!(python_str(&json!(0.5)), "0.5");
-        assert_eq!(python_str(&json!(1e16)), "1e+16");
-        assert_eq!(python_str(&json!(1.5e-5)), "1.5e-05");
-        assert_eq!(python_str(&json!(123456.789)), "123456.789");
-        assert_eq!(python_str(&json!([])), "[]");
-        assert_eq!(python_str(&json!({})), "{}");
-        assert_eq!(
-            python_str(&json!(["it's", "a\"b", "both'\"", "tab\there\\", "\u{1}"])),
+            python_str(&Ordered::from_value(&json!([
+                "it's",
+                "a\"b",
+                "both'\"",
+                "tab\there\\",
+                "\u{1}"
+            ]))),
             r#"["it's", 'a"b', 'both\'"', 'tab\there\\', '\x01']"#
         );
         assert_eq!(
-            // QEMU's member order.
-            python_str(&json!({"tm_year": 125, "ok": true, "s": "x"})),
-            "{'ok': True, 'tm_year': 125, 's': 'x'}"
+            // The members in the order received, at every depth.
+            py(r#"{"tm_year": 125, "ok": true, "s": {"z": "x", "a": [{"q": null, "b": 1}]}}"#),
+            "{'tm_year': 125, 'ok': True, 's': {'z': 'x', 'a': [{'q': None, 'b': 1}]}}"
         );
     }
 
@@ -960,8 +976,12 @@ mod tests {
         })
         .collect();
         assert_eq!(format_list(&items), "type\nperipheral/\n@rtc_state/\n");
-        assert_eq!(format_get(&json!("pc")), "pc\n");
-        assert_eq!(format_get(&json!({"a": 1, "b": "x"})), "a: 1\nb: x\n");
+        let get = |text: &str| format_get(&Ordered::parse(text.as_bytes()).unwrap());
+        assert_eq!(get(r#""pc""#), "pc\n");
+        assert_eq!(
+            get(r#"{"tm_sec": 1, "b": "x", "a": {"z": 1, "y": true}}"#),
+            "tm_sec: 1\nb: x\na: {'z': 1, 'y': True}\n"
+        );
     }
 
     #[test]

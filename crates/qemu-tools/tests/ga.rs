@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use qemu_qmp::json::Ordered;
 use qemu_qmp::server::{Fault, Reply, TestServer, TestServerBuilder};
 use qemu_qmp::{json, JsonObject, Value};
 use qemu_testkit::{output_within, GA_BLOCKED_RPCS};
@@ -189,6 +190,12 @@ fn read_only_commands_against_a_real_agent() {
             .any(|l| l == format!("kernel-release: {}", release.trim())),
         "{out}"
     );
+    // The members in the order the agent writes them.
+    let keys: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_once(": ").map_or(l, |(k, _)| k))
+        .collect();
+    assert_eq!(keys, raw_return_keys(&sock, "guest-get-osinfo"), "{out}");
 
     // fsfreeze status is read-only.
     assert_eq!(ga(&sock, &["fsfreeze", "status"]).ok(), "thawed\n");
@@ -258,6 +265,32 @@ impl FakeAgent {
     fn stop(self) {
         self.rt.block_on(self.server.shutdown());
     }
+}
+
+/// The names of the members of the agent's `return` object for `command`, in the
+/// order the agent wrote them, read over a connection of the test's own.
+fn raw_return_keys(sock: &Path, command: &str) -> Vec<String> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let stream = std::os::unix::net::UnixStream::connect(sock).expect("connect to the agent");
+    stream
+        .set_read_timeout(Some(RUN_TIMEOUT))
+        .expect("read timeout");
+    let mut writer = stream.try_clone().expect("clone the socket");
+    writer
+        .write_all(format!(r#"{{"execute": "{command}"}}"#).as_bytes())
+        .expect("send");
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("a reply from the agent");
+    let reply = Ordered::parse(line.as_bytes()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    reply
+        .get("return")
+        .and_then(Ordered::members)
+        .unwrap_or_else(|| panic!("not an object: {line}"))
+        .iter()
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 #[test]

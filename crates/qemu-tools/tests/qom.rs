@@ -4,10 +4,13 @@
 //! Tests that need `qemu-system-x86_64` print `SKIPPED: ...` without it, and fail
 //! under `CI=true`. Every run of the binary has a deadline.
 
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use qemu_qmp::json::Ordered;
 use qemu_qmp::server::{Reply, TestServer};
 use qemu_qmp::{json, JsonObject, Value};
 use qemu_testkit::{output_within, QemuProcess, QemuVersion};
@@ -250,6 +253,100 @@ fn list_get_and_set_on_a_pc_machine() {
     let err = qom(sock, &["get", "/machine"]);
     assert_eq!(err.status.code(), Some(2), "{}", err.stderr);
     assert!(err.stderr.contains("<path>.<property>"), "{}", err.stderr);
+}
+
+/// QEMU's reply to `command`, as the bytes it wrote (without the CRLF), over a QMP
+/// connection of the test's own, closed before this returns (QEMU's socket takes
+/// one client at a time).
+fn raw_reply(socket: &Path, command: &str) -> String {
+    let stream = UnixStream::connect(socket).expect("connect to QEMU");
+    stream
+        .set_read_timeout(Some(RUN_TIMEOUT))
+        .expect("read timeout");
+    let mut writer = stream.try_clone().expect("clone the socket");
+    let mut reader = BufReader::new(stream);
+    let mut next = || {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a message from QEMU");
+        line.trim_end_matches("\r\n").to_owned()
+    };
+    let greeting = next();
+    assert!(greeting.starts_with(r#"{"QMP": "#), "{greeting}");
+    writer
+        .write_all(br#"{"execute": "qmp_capabilities"}"#)
+        .expect("send");
+    assert_eq!(next(), r#"{"return": {}}"#);
+    writer.write_all(command.as_bytes()).expect("send");
+    loop {
+        let reply = next();
+        if !reply.contains(r#""event": "#) {
+            return reply;
+        }
+    }
+}
+
+/// The names of the members of the `return` object of a reply, in order.
+fn return_keys(reply: &str) -> Vec<String> {
+    let reply = Ordered::parse(reply.as_bytes()).expect("JSON from QEMU");
+    reply
+        .get("return")
+        .and_then(Ordered::members)
+        .unwrap_or_else(|| panic!("not an object: {reply}"))
+        .iter()
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+#[test]
+fn objects_keep_the_member_order_qemu_sent() {
+    let Some(qemu) = qemu_pc() else { return };
+    let sock = qemu.qmp_path();
+    let qom_get = |prop: &str| {
+        format!(
+            r#"{{"execute": "qom-get", "arguments": {{"path": "/machine", "property": "{prop}"}}}}"#
+        )
+    };
+    // The RTC's time (struct tm, values that change) and the SMP configuration
+    // (integers that do not), as QEMU writes them.
+    let rtc_keys = return_keys(&raw_reply(sock, &qom_get("rtc-time")));
+    assert_eq!(rtc_keys.len(), 6, "{rtc_keys:?}");
+    let smp = Ordered::parse(raw_reply(sock, &qom_get("smp")).as_bytes()).expect("JSON");
+    let smp = smp
+        .get("return")
+        .and_then(Ordered::members)
+        .expect("an object");
+    assert!(smp.len() > 3, "{smp:?}");
+
+    // qom get: one `key: value` line per member, in QEMU's order.
+    let get = qom(sock, &["get", "/machine.rtc-time"]);
+    let keys: Vec<&str> = get
+        .ok()
+        .lines()
+        .map(|l| l.split_once(": ").map_or(l, |(k, _)| k))
+        .collect();
+    assert_eq!(keys, rtc_keys, "{}", get.stdout);
+    let expected: String = smp.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    assert_eq!(qom(sock, &["get", "/machine.smp"]).ok(), expected);
+
+    // qom tree: dicts as Python prints them, in QEMU's order.
+    let tree = qom(sock, &["tree", "/machine"]);
+    let tree = tree.ok();
+    let smp_dict = smp
+        .iter()
+        .map(|(k, v)| format!("'{k}': {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(
+        tree.contains(&format!("\n  smp: {{{smp_dict}}} (")),
+        "no smp: {{{smp_dict}}} in:\n{tree}"
+    );
+    let rtc_line = tree
+        .lines()
+        .find(|l| l.starts_with("  rtc-time: {'"))
+        .unwrap_or_else(|| panic!("no rtc-time line in:\n{tree}"));
+    // {'tm_year': 125, 'tm_sec': 1, ...}: the names are every other quoted part.
+    let keys: Vec<&str> = rtc_line.split('\'').skip(1).step_by(2).collect();
+    assert_eq!(keys, rtc_keys, "{rtc_line}");
 }
 
 /// A stopped `-machine pc` QEMU with a memory backend to link to.

@@ -7,9 +7,9 @@
 //! The terminal tests run one at a time: expectrl polls, and two CPUs are shared with
 //! QEMU and the shell.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use expectrl::process::unix::WaitStatus;
 use expectrl::session::OsSession;
 use expectrl::Session;
+use qemu_qmp::json::Ordered;
 use qemu_testkit::{QemuProcess, QemuVersion};
 use serde_json::{json, Value};
 
@@ -69,6 +70,11 @@ fn is_status(reply: &Value, status: &str, running: bool) -> bool {
 }
 
 fn start_qemu() -> Option<Qemu> {
+    start_qemu_with(&[])
+}
+
+/// [`start_qemu`] with more arguments (`-S`).
+fn start_qemu_with(extra: &[&str]) -> Option<Qemu> {
     let binary = qemu_testkit::qemu_system()?;
     let dir = tempfile::Builder::new()
         .prefix("qmp-shell-")
@@ -93,6 +99,10 @@ fn start_qemu() -> Option<Qemu> {
         "-mon".to_owned(),
         "chardev=qmp2,mode=control".to_owned(),
     ];
+    let args: Vec<String> = args
+        .into_iter()
+        .chain(extra.iter().map(|a| (*a).to_owned()))
+        .collect();
     let process = QemuProcess::spawn_in(dir, &binary, &args, &[l1.as_fd(), l2.as_fd()]);
     // Our listeners close here: QEMU holds the only copies.
     Some(Qemu { process, qmp, qmp2 })
@@ -101,6 +111,73 @@ fn start_qemu() -> Option<Qemu> {
 fn raw(l: &UnixListener) -> i32 {
     use std::os::fd::AsRawFd;
     l.as_raw_fd()
+}
+
+/// A QMP connection of the test's own, on which QEMU's messages are read as the bytes
+/// QEMU wrote them: what the shell must show (QEMU writes the layout of Python's
+/// `json.dumps`, one message a line).
+struct RawQmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl RawQmp {
+    /// Connect and negotiate.
+    fn connect(path: &Path) -> RawQmp {
+        let stream = UnixStream::connect(path).expect("connect to QEMU");
+        stream
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("read timeout");
+        let mut raw = RawQmp {
+            reader: BufReader::new(stream.try_clone().expect("clone the socket")),
+            writer: stream,
+        };
+        let greeting = raw.message();
+        assert!(greeting.starts_with(r#"{"QMP": "#), "{greeting}");
+        assert_eq!(
+            raw.command(r#"{"execute": "qmp_capabilities"}"#),
+            r#"{"return": {}}"#
+        );
+        raw
+    }
+
+    /// The next message, without its CRLF.
+    fn message(&mut self) -> String {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .expect("a message from QEMU in time");
+        line.strip_suffix("\r\n")
+            .unwrap_or_else(|| panic!("not a whole line: {line:?}"))
+            .to_owned()
+    }
+
+    /// Send a command; the reply as QEMU wrote it (events before it are passed over).
+    fn command(&mut self, text: &str) -> String {
+        self.writer.write_all(text.as_bytes()).expect("send");
+        loop {
+            let m = self.message();
+            if !is_event(&m) {
+                return m;
+            }
+        }
+    }
+
+    /// The next event `name`, as QEMU wrote it.
+    fn event(&mut self, name: &str) -> String {
+        loop {
+            let m = self.message();
+            let parsed = Ordered::parse(m.as_bytes()).expect("JSON from QEMU");
+            if parsed.get("event") == Some(&Ordered::String(name.to_owned())) {
+                return m;
+            }
+        }
+    }
+}
+
+/// Whether a line of JSON is an event.
+fn is_event(line: &str) -> bool {
+    Ordered::parse(line.as_bytes()).is_ok_and(|m| m.get("event").is_some())
 }
 
 /// A program on a pseudo-terminal, with a transcript for failure messages.
@@ -522,11 +599,13 @@ fn transactions_multi_line_and_one_line() {
     sh.line("block-dirty-bitmap-add node=n0 name=b1 persistent=false");
     sh.expect("TRANS> ");
     sh.line(")");
-    // -v shows the request built from the three lines.
-    sh.expect_json(json!({"execute": "transaction", "arguments": {"actions": [
-        {"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b0"}},
-        {"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b1", "persistent": false}},
-    ]}}));
+    // -v shows the request built from the three lines, in the order typed.
+    sh.expect(concat!(
+        r#"{"execute": "transaction", "arguments": {"actions": ["#,
+        r#"{"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b0"}}, "#,
+        r#"{"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b1", "persistent": false}}"#,
+        "]}}\r\n"
+    ));
     sh.expect_json(json!({"return": {}}));
     sh.expect("(QEMU) ");
 
@@ -770,6 +849,107 @@ fn non_interactive_runs_exit_with_the_result() {
 }
 
 #[test]
+fn replies_and_events_as_qemu_wrote_them_requests_as_typed() {
+    let Some(qemu) = start_qemu_with(&["-S"]) else {
+        return;
+    };
+    // What QEMU writes, read on its second monitor: the shell must show the same
+    // bytes (QEMU's member order is its hash table's, which no program can compute
+    // exactly from the names).
+    let mut raw = RawQmp::connect(&qemu.qmp2);
+    let status = raw.command(r#"{"execute": "query-status"}"#);
+    if qemu_version().is(7, 2) {
+        assert_eq!(
+            status,
+            r#"{"return": {"status": "prelaunch", "singlestep": false, "running": false}}"#
+        );
+    }
+    let status_with_id = raw.command(r#"{"execute": "query-status", "id": "x1"}"#);
+    let version = raw.command(r#"{"execute": "query-version"}"#);
+    let status_value = status
+        .strip_prefix(r#"{"return": "#)
+        .and_then(|s| s.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("{status}"));
+
+    let dir = history_dir();
+    let log = dir.path().join("log.jsonl");
+    let input = concat!(
+        "query-status\n",
+        "{\"id\": \"x1\", \"execute\": \"query-status\"}\n",
+        "blockdev-add node-name=n0 driver=null-co size=4096\n",
+        "blockdev-add node-name=r0 driver=raw file.driver=null-co file.size=4096\n",
+        "transaction( block-dirty-bitmap-add node=n0 name=b0 persistent=false )\n",
+        "query-version\n",
+        "cont\n",
+    );
+    let path = qemu.qmp.to_str().unwrap();
+    let (status_code, out, err) =
+        run_piped(SHELL, &["-v", "-l", log.to_str().unwrap(), path], input);
+    assert_eq!(
+        status_code.code(),
+        Some(0),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
+    assert_eq!(err, "");
+    let resume = raw.event("RESUME");
+
+    // -v shows each request as Python's shell builds it: "execute", then the
+    // arguments in the order typed (a dotted key's object where it was first
+    // named); JSON as typed. Replies follow, as QEMU wrote them; the id is the one
+    // typed, where QEMU put it. Events come as they arrive.
+    let (events, lines): (Vec<&str>, Vec<&str>) = out.lines().partition(|l| is_event(l));
+    assert_eq!(events, [resume.as_str()], "{out}");
+    let nested = r#"{"execute": "blockdev-add", "arguments": {"node-name": "r0", "driver": "raw", "file": {"driver": "null-co", "size": 4096}}}"#;
+    let transaction = r#"{"execute": "transaction", "arguments": {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b0", "persistent": false}}]}}"#;
+    assert_eq!(
+        lines,
+        [
+            r#"{"execute": "query-status", "arguments": {}}"#,
+            &status,
+            r#"{"id": "x1", "execute": "query-status"}"#,
+            &status_with_id,
+            r#"{"execute": "blockdev-add", "arguments": {"node-name": "n0", "driver": "null-co", "size": 4096}}"#,
+            r#"{"return": {}}"#,
+            nested,
+            r#"{"return": {}}"#,
+            transaction,
+            r#"{"return": {}}"#,
+            r#"{"execute": "query-version", "arguments": {}}"#,
+            &version,
+            r#"{"execute": "cont", "arguments": {}}"#,
+            r#"{"return": {}}"#,
+        ],
+        "{out}"
+    );
+
+    // The log: each request with its reply merged in (`{**command, **reply}`: a
+    // member of both keeps the request's place), and the events.
+    let logged = std::fs::read_to_string(&log).expect("the log");
+    let (events, entries): (Vec<&str>, Vec<&str>) = logged.lines().partition(|l| is_event(l));
+    assert_eq!(events, [resume.as_str()], "{logged}");
+    let merged = |request: &str, reply: &str| {
+        format!(
+            "{}, {}",
+            request.strip_suffix('}').unwrap(),
+            reply.strip_prefix('{').unwrap()
+        )
+    };
+    assert_eq!(
+        entries,
+        [
+            merged(r#"{"execute": "query-status", "arguments": {}}"#, &status),
+            format!(r#"{{"id": "x1", "execute": "query-status", "return": {status_value}}}"#),
+            r#"{"execute": "blockdev-add", "arguments": {"node-name": "n0", "driver": "null-co", "size": 4096}, "return": {}}"#.to_owned(),
+            merged(nested, r#"{"return": {}}"#),
+            merged(transaction, r#"{"return": {}}"#),
+            merged(r#"{"execute": "query-version", "arguments": {}}"#, &version),
+            r#"{"execute": "cont", "arguments": {}, "return": {}}"#.to_owned(),
+        ],
+        "{logged}"
+    );
+}
+
+#[test]
 fn connection_failures_are_reported() {
     let dir = history_dir();
     let missing = dir.path().join("nothing-here.sock");
@@ -859,8 +1039,13 @@ fn wrap_session(leave: &str) {
     assert!(banner.contains(&connected), "{banner}");
     let children = qemu_children_of(sh.pid());
     assert_eq!(children.len(), 1, "one QEMU expected: {children:?}");
+    // The reply as QEMU writes it, read from another QEMU of the same kind.
+    let status = {
+        let Some(other) = start_qemu() else { return };
+        RawQmp::connect(&other.qmp2).command(r#"{"execute": "query-status"}"#)
+    };
     sh.line("query-status");
-    sh.expect_json_where("status running", |v| v["return"]["status"] == "running");
+    sh.expect(&format!("\r\n{status}\r\n"));
     sh.expect("(QEMU) ");
     let expected_status = match leave {
         "quit" => {

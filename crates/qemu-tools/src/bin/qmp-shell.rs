@@ -69,8 +69,10 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         // With -N the client neither waits for a greeting nor negotiates; QEMU's
         // greeting, which a monitor sends anyway, is taken as the session's.
+        // Replies and events are shown in the order QEMU wrote their members.
         let connected = Client::builder()
             .name("qmp-shell")
+            .preserve_order(true)
             .await_greeting(!args.skip_negotiation)
             .negotiate(!args.skip_negotiation)
             .connect(address)

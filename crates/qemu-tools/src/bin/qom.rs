@@ -146,8 +146,10 @@ async fn run(
     command: Command,
     json: Option<Value>,
 ) -> Result<(), QomError> {
+    // Values are shown with their members in the order QEMU wrote them.
     let client = Client::builder()
         .name("qom")
+        .preserve_order(true)
         .connect_timeout(timeout)
         .command_timeout(timeout)
         .connect(address)

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use qemu_qmp::json::Ordered;
 use qemu_qmp::{Client, JsonObject, Value};
 use rustyline::completion::{Completer, Pair};
 use rustyline::highlight::Highlighter;
@@ -449,13 +450,17 @@ impl Completions {
 fn complete_argument(schema: &QmpSchema, ty: &str, given: &[&str], cur: &str) -> Vec<Candidate> {
     // What has been typed so far, read leniently: a word that does not parse still
     // counts as given.
-    let mut typed = JsonObject::new();
+    let mut typed = Ordered::Object(Vec::new());
     for w in given {
         if let Some((k, v)) = w.split_once('=') {
-            let v = parse_value(v).unwrap_or_else(|_| Value::String(v.to_owned()));
+            let v = parse_value(v).unwrap_or_else(|_| Ordered::String(v.to_owned()));
             let _ = insert_argument(&mut typed, k, v);
         }
     }
+    let typed = match typed.to_value() {
+        Value::Object(m) => m,
+        _ => JsonObject::new(),
+    };
     let empty = JsonObject::new();
     if let Some((key, prefix)) = cur.split_once('=') {
         // A value.

@@ -31,7 +31,8 @@
 //! an error instead of silently becoming a string, and every `key=value` starts again
 //! at the top level (Python nested the keys that follow a dotted key under it).
 
-use qemu_qmp::{JsonObject, Value};
+use qemu_qmp::json::Ordered;
+use qemu_qmp::Value;
 
 /// Why a line could not be parsed. The message is meant for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,28 +131,28 @@ fn is_python_int(s: &str) -> bool {
 }
 
 /// Parse the value of a `key=value` argument (see the [module docs](self) for the
-/// rules).
-pub fn parse_value(text: &str) -> Result<Value, ParseError> {
+/// rules). Objects keep their members in the order typed.
+pub fn parse_value(text: &str) -> Result<Ordered, ParseError> {
     if is_python_int(text) {
         let t = text.strip_prefix('+').unwrap_or(text);
         if let Ok(n) = t.parse::<i64>() {
-            return Ok(Value::from(n));
+            return Ok(Ordered::Number(n.into()));
         }
         if let Ok(n) = t.parse::<u64>() {
-            return Ok(Value::from(n));
+            return Ok(Ordered::Number(n.into()));
         }
         return Err(ParseError::new(format!(
             "'{text}' is out of the range of a 64-bit integer (quote it to pass a string)"
         )));
     }
     if text.eq_ignore_ascii_case("true") {
-        return Ok(Value::Bool(true));
+        return Ok(Ordered::Bool(true));
     }
     if text.eq_ignore_ascii_case("false") {
-        return Ok(Value::Bool(false));
+        return Ok(Ordered::Bool(false));
     }
     if text == "null" {
-        return Ok(Value::Null);
+        return Ok(Ordered::Null);
     }
     if text.starts_with(['{', '[']) {
         return parse_json_lenient(text).map_err(|e| {
@@ -162,23 +163,25 @@ pub fn parse_value(text: &str) -> Result<Value, ParseError> {
     }
     if text.starts_with(['"', '\'']) {
         return match Fuzzy::new(text).whole(|p| p.string()) {
-            Ok(s) => Ok(Value::String(s)),
+            Ok(s) => Ok(Ordered::String(s)),
             Err(e) => Err(ParseError::new(format!("bad quoted string {text}: {e}"))),
         };
     }
     if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        if let Ok(v @ Value::Number(_)) = serde_json::from_str::<Value>(text) {
-            return Ok(v);
+        if let Ok(Value::Number(n)) = serde_json::from_str::<Value>(text) {
+            return Ok(Ordered::Number(n));
         }
     }
-    Ok(Value::String(text.to_owned()))
+    Ok(Ordered::String(text.to_owned()))
 }
 
 /// Parse JSON, or failing that the Python literal subset QEMU's shell accepts
 /// (single-quoted strings, `True`/`False`/`None`, trailing commas). The error is the
-/// strict JSON parser's, which is the more useful one.
-pub fn parse_json_lenient(text: &str) -> Result<Value, String> {
-    match serde_json::from_str::<Value>(text) {
+/// strict JSON parser's, which is the more useful one. Objects keep their members in
+/// the order typed (a member typed twice keeps its first place and its last value,
+/// as in Python).
+pub fn parse_json_lenient(text: &str) -> Result<Ordered, String> {
+    match serde_json::from_str::<Ordered>(text) {
         Ok(v) => Ok(v),
         Err(strict) => Fuzzy::new(text)
             .whole(|p| p.value(0))
@@ -235,7 +238,7 @@ impl<'a> Fuzzy<'a> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value, String> {
+    fn value(&mut self, depth: usize) -> Result<Ordered, String> {
         if depth > MAX_DEPTH {
             return Err(format!("nested more than {MAX_DEPTH} levels deep"));
         }
@@ -244,7 +247,7 @@ impl<'a> Fuzzy<'a> {
             None => Err("expected a value, found the end".into()),
             Some('{') => self.object(depth),
             Some('[') => self.array(depth),
-            Some('"' | '\'') => self.string().map(Value::String),
+            Some('"' | '\'') => self.string().map(Ordered::String),
             Some(c) if c == '-' || c == '+' || c.is_ascii_digit() => self.number(),
             Some(c) if c.is_alphabetic() => {
                 let start = self.pos;
@@ -252,9 +255,9 @@ impl<'a> Fuzzy<'a> {
                     self.bump();
                 }
                 match &self.s[start..self.pos] {
-                    "true" | "True" => Ok(Value::Bool(true)),
-                    "false" | "False" => Ok(Value::Bool(false)),
-                    "null" | "None" => Ok(Value::Null),
+                    "true" | "True" => Ok(Ordered::Bool(true)),
+                    "false" | "False" => Ok(Ordered::Bool(false)),
+                    "null" | "None" => Ok(Ordered::Null),
                     w => Err(format!("unknown word '{w}'")),
                 }
             }
@@ -262,14 +265,14 @@ impl<'a> Fuzzy<'a> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value, String> {
+    fn object(&mut self, depth: usize) -> Result<Ordered, String> {
         self.expect('{')?;
-        let mut map = JsonObject::new();
+        let mut map = Ordered::Object(Vec::new());
         loop {
             self.ws();
             if self.peek() == Some('}') {
                 self.bump();
-                return Ok(Value::Object(map));
+                return Ok(map);
             }
             if !matches!(self.peek(), Some('"' | '\'')) {
                 return Err(format!("expected a quoted key at offset {}", self.pos));
@@ -277,36 +280,37 @@ impl<'a> Fuzzy<'a> {
             let key = self.string()?;
             self.expect(':')?;
             let v = self.value(depth + 1)?;
-            map.insert(key, v);
+            // As in a Python dict: a repeated key keeps its place, takes the value.
+            map.set(&key, v);
             self.ws();
             match self.bump() {
                 Some(',') => {}
-                Some('}') => return Ok(Value::Object(map)),
+                Some('}') => return Ok(map),
                 _ => return Err(format!("expected ',' or '}}' at offset {}", self.pos)),
             }
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value, String> {
+    fn array(&mut self, depth: usize) -> Result<Ordered, String> {
         self.expect('[')?;
         let mut items = Vec::new();
         loop {
             self.ws();
             if self.peek() == Some(']') {
                 self.bump();
-                return Ok(Value::Array(items));
+                return Ok(Ordered::Array(items));
             }
             items.push(self.value(depth + 1)?);
             self.ws();
             match self.bump() {
                 Some(',') => {}
-                Some(']') => return Ok(Value::Array(items)),
+                Some(']') => return Ok(Ordered::Array(items)),
                 _ => return Err(format!("expected ',' or ']' at offset {}", self.pos)),
             }
         }
     }
 
-    fn number(&mut self) -> Result<Value, String> {
+    fn number(&mut self) -> Result<Ordered, String> {
         let start = self.pos;
         while self
             .peek()
@@ -317,7 +321,7 @@ impl<'a> Fuzzy<'a> {
         let text = &self.s[start..self.pos];
         let text = text.strip_prefix('+').unwrap_or(text);
         match serde_json::from_str::<Value>(text) {
-            Ok(v @ Value::Number(_)) => Ok(v),
+            Ok(Value::Number(n)) => Ok(Ordered::Number(n)),
             _ => Err(format!("bad number '{text}'")),
         }
     }
@@ -396,8 +400,23 @@ impl<'a> Fuzzy<'a> {
     }
 }
 
-/// Set `key` (dotted for nesting) to `value` in `args`.
-pub fn insert_argument(args: &mut JsonObject, key: &str, value: Value) -> Result<(), ParseError> {
+/// An empty JSON object.
+fn empty_object() -> Ordered {
+    Ordered::Object(Vec::new())
+}
+
+/// The members of `obj`, which must be an object.
+fn members_mut(obj: &mut Ordered) -> &mut Vec<(String, Ordered)> {
+    match obj {
+        Ordered::Object(m) => m,
+        _ => unreachable!("only objects are given members"),
+    }
+}
+
+/// Set `key` (dotted for nesting) to `value` in `args`, an object. New members go
+/// after those already there, so the arguments keep the order they were typed in, as
+/// in Python's shell (`a.b=1 c=2 a.d=3` gives `{"a": {"b": 1, "d": 3}, "c": 2}`).
+pub fn insert_argument(args: &mut Ordered, key: &str, value: Ordered) -> Result<(), ParseError> {
     if key.is_empty() {
         return Err(ParseError::new("An argument name is empty"));
     }
@@ -408,23 +427,30 @@ pub fn insert_argument(args: &mut JsonObject, key: &str, value: Value) -> Result
         )));
     }
     let (last, path) = parts.split_last().expect("split gives at least one part");
+    if !matches!(args, Ordered::Object(_)) {
+        return Err(ParseError::new("The arguments are not an object"));
+    }
     let mut parent = args;
     for (i, p) in path.iter().enumerate() {
-        let entry = parent
-            .entry(*p)
-            .or_insert_with(|| Value::Object(JsonObject::new()));
-        match entry {
-            Value::Object(m) => parent = m,
-            _ => {
-                return Err(ParseError::new(format!(
-                    "Cannot use \"{}\" as both leaf and non-leaf key",
-                    parts[..=i].join(".")
-                )))
+        let members = members_mut(parent);
+        let at = match members.iter().position(|(k, _)| k == p) {
+            Some(at) => at,
+            None => {
+                members.push(((*p).to_owned(), empty_object()));
+                members.len() - 1
             }
+        };
+        let child = &mut members[at].1;
+        if !matches!(child, Ordered::Object(_)) {
+            return Err(ParseError::new(format!(
+                "Cannot use \"{}\" as both leaf and non-leaf key",
+                parts[..=i].join(".")
+            )));
         }
+        parent = child;
     }
-    if let Some(old) = parent.get(*last) {
-        if old.is_object() {
+    if let Some(old) = parent.get(last) {
+        if matches!(old, Ordered::Object(_)) {
             return Err(ParseError::new(format!(
                 "Cannot use \"{key}\" as both leaf and non-leaf key"
             )));
@@ -433,15 +459,15 @@ pub fn insert_argument(args: &mut JsonObject, key: &str, value: Value) -> Result
             "Cannot set \"{key}\" multiple times"
         )));
     }
-    parent.insert((*last).to_owned(), value);
+    members_mut(parent).push(((*last).to_owned(), value));
     Ok(())
 }
 
-/// Build an arguments object from `key=value` tokens.
+/// Build an arguments object from `key=value` tokens, its members in the order typed.
 pub fn parse_arguments<'a>(
     tokens: impl IntoIterator<Item = &'a str>,
-) -> Result<JsonObject, ParseError> {
-    let mut args = JsonObject::new();
+) -> Result<Ordered, ParseError> {
+    let mut args = empty_object();
     for tok in tokens {
         let Some((key, value)) = tok.split_once('=') else {
             return Err(ParseError::new(format!(
@@ -454,7 +480,9 @@ pub fn parse_arguments<'a>(
     Ok(args)
 }
 
-/// What a line produced.
+/// What a line produced. Requests are [`Ordered`]: they keep the order in which
+/// QEMU's Python shell builds them (`execute`, then `arguments` in the order typed;
+/// JSON as typed), which is the order `-v` and `-l` show.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
     /// Nothing to send: an empty line, or a transaction action that was queued.
@@ -463,25 +491,23 @@ pub enum Parsed {
     Command {
         /// The command name.
         name: String,
-        /// Its arguments (possibly empty).
-        arguments: JsonObject,
+        /// Its arguments (an object, possibly empty).
+        arguments: Ordered,
     },
-    /// A JSON request object typed by the user, to be sent exactly as typed.
-    Raw(JsonObject),
+    /// A JSON request object typed by the user, to be sent as typed.
+    Raw(Ordered),
 }
 
 impl Parsed {
     /// The request as it goes on the wire (without the id the client adds to built
-    /// commands); `None` for [`Parsed::Nothing`].
-    pub fn request(&self) -> Option<JsonObject> {
+    /// commands), in the order shown; `None` for [`Parsed::Nothing`].
+    pub fn request(&self) -> Option<Ordered> {
         match self {
             Parsed::Nothing => None,
-            Parsed::Command { name, arguments } => {
-                let mut m = JsonObject::new();
-                m.insert("execute".into(), Value::String(name.clone()));
-                m.insert("arguments".into(), Value::Object(arguments.clone()));
-                Some(m)
-            }
+            Parsed::Command { name, arguments } => Some(Ordered::Object(vec![
+                ("execute".into(), Ordered::String(name.clone())),
+                ("arguments".into(), arguments.clone()),
+            ])),
             Parsed::Raw(obj) => Some(obj.clone()),
         }
     }
@@ -490,7 +516,7 @@ impl Parsed {
 /// The stateful parser of QMP-mode lines (the state is an open transaction).
 #[derive(Debug, Default, Clone)]
 pub struct CommandParser {
-    transaction: Option<Vec<Value>>,
+    transaction: Option<Vec<Ordered>>,
 }
 
 impl CommandParser {
@@ -522,7 +548,7 @@ impl CommandParser {
             let obj = parse_json_object(trimmed)?;
             return Ok(match &mut self.transaction {
                 Some(actions) => {
-                    actions.push(Value::Object(obj));
+                    actions.push(obj);
                     Parsed::Nothing
                 }
                 None => Parsed::Raw(obj),
@@ -552,11 +578,12 @@ impl CommandParser {
                 _ => (rest, false),
             };
             let data = parse_arguments(rest.iter().copied())?;
-            let mut action = JsonObject::new();
-            action.insert("type".into(), Value::String(name.to_owned()));
-            action.insert("data".into(), Value::Object(data));
+            let action = Ordered::Object(vec![
+                ("type".into(), Ordered::String(name.to_owned())),
+                ("data".into(), data),
+            ]);
             if let Some(actions) = &mut self.transaction {
-                actions.push(Value::Object(action));
+                actions.push(action);
             }
             return Ok(if finalize {
                 self.finish_transaction()
@@ -576,19 +603,18 @@ impl CommandParser {
 
     fn finish_transaction(&mut self) -> Parsed {
         let actions = self.transaction.take().unwrap_or_default();
-        let mut arguments = JsonObject::new();
-        arguments.insert("actions".into(), Value::Array(actions));
         Parsed::Command {
             name: "transaction".into(),
-            arguments,
+            arguments: Ordered::Object(vec![("actions".into(), Ordered::Array(actions))]),
         }
     }
 }
 
-/// Parse a whole-line JSON request (JSON, or the Python literal subset).
-pub fn parse_json_object(text: &str) -> Result<JsonObject, ParseError> {
+/// Parse a whole-line JSON request (JSON, or the Python literal subset), keeping its
+/// members in the order typed.
+pub fn parse_json_object(text: &str) -> Result<Ordered, ParseError> {
     match parse_json_lenient(text) {
-        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(obj @ Ordered::Object(_)) => Ok(obj),
         Ok(_) => Err(ParseError::new("A JSON request must be an object")),
         Err(e) => Err(ParseError::new(format!("Invalid JSON request: {e}"))),
     }
@@ -607,15 +633,25 @@ mod tests {
             .collect()
     }
 
-    fn cmd(p: &mut CommandParser, line: &str) -> Value {
+    /// The request built from a line.
+    fn request(p: &mut CommandParser, line: &str) -> Ordered {
         match p.parse(line).unwrap() {
-            p @ (Parsed::Command { .. } | Parsed::Raw(_)) => Value::Object(p.request().unwrap()),
+            p @ (Parsed::Command { .. } | Parsed::Raw(_)) => p.request().unwrap(),
             Parsed::Nothing => panic!("no command from {line:?}"),
         }
     }
 
+    fn cmd(p: &mut CommandParser, line: &str) -> Value {
+        request(p, line).to_value()
+    }
+
     fn one(line: &str) -> Value {
         cmd(&mut CommandParser::new(), line)
+    }
+
+    /// The request built from a line, as compact JSON in its order.
+    fn shown(line: &str) -> String {
+        request(&mut CommandParser::new(), line).to_string()
     }
 
     fn err(line: &str) -> String {
@@ -646,7 +682,7 @@ mod tests {
 
     #[test]
     fn values_are_typed() {
-        let v = |s| parse_value(s).unwrap();
+        let v = |s| parse_value(s).unwrap().to_value();
         assert_eq!(v("5"), json!(5));
         assert_eq!(v("-5"), json!(-5));
         assert_eq!(v("+3"), json!(3));
@@ -685,7 +721,7 @@ mod tests {
 
     #[test]
     fn objects_and_arrays_accept_json_and_python_literals() {
-        let v = |s| parse_value(s).unwrap();
+        let v = |s| parse_value(s).unwrap().to_value();
         assert_eq!(
             v(r#"{"a":[1,2,{"b":null}]}"#),
             json!({"a": [1, 2, {"b": null}]})
@@ -843,5 +879,60 @@ mod tests {
         assert_eq!(p.cancel_transaction(), Some(1));
         assert!(!p.in_transaction());
         assert_eq!(p.cancel_transaction(), None);
+    }
+
+    #[test]
+    fn requests_keep_the_order_typed() {
+        // execute first, then the arguments as typed (Python's dicts).
+        assert_eq!(
+            shown("blockdev-add driver=file node-name=x filename=/tmp/y"),
+            r#"{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"x","filename":"/tmp/y"}}"#
+        );
+        assert_eq!(
+            shown("query-status"),
+            r#"{"execute":"query-status","arguments":{}}"#
+        );
+        // A dotted key's object takes the place of its first member; later members
+        // of it join it there.
+        assert_eq!(
+            shown("foo z.y=1 b=2 z.a.q=3 z.a.c=4 a=5"),
+            r#"{"execute":"foo","arguments":{"z":{"y":1,"a":{"q":3,"c":4}},"b":2,"a":5}}"#
+        );
+        // Values given as JSON (or Python) keep their order too, and can be extended.
+        assert_eq!(
+            shown(r#"foo o={"z":1,"a":{"y":2,"b":3}} o.m=4 l=[{'q':1,'c':2}]"#),
+            r#"{"execute":"foo","arguments":{"o":{"z":1,"a":{"y":2,"b":3},"m":4},"l":[{"q":1,"c":2}]}}"#
+        );
+    }
+
+    #[test]
+    fn raw_json_keeps_the_order_typed() {
+        assert_eq!(
+            shown(r#"{"id": 7, "arguments": {"name": "b", "node": "n"}, "execute": "x"}"#),
+            r#"{"id":7,"arguments":{"name":"b","node":"n"},"execute":"x"}"#
+        );
+        // Python literals too; a repeated key keeps its first place, as in Python.
+        assert_eq!(
+            shown("{'execute': 'stop', 'id': 1, 'arguments': {}, 'id': 2,}"),
+            r#"{"execute":"stop","id":2,"arguments":{}}"#
+        );
+    }
+
+    #[test]
+    fn transactions_keep_the_order_typed() {
+        let mut p = CommandParser::new();
+        p.parse("transaction(").unwrap();
+        p.parse("block-dirty-bitmap-add node=n0 name=b0 persistent=false")
+            .unwrap();
+        p.parse(r#"{"data": {"node": "n0", "name": "b1"}, "type": "block-dirty-bitmap-clear"}"#)
+            .unwrap();
+        assert_eq!(
+            request(&mut p, ")").to_string(),
+            concat!(
+                r#"{"execute":"transaction","arguments":{"actions":["#,
+                r#"{"type":"block-dirty-bitmap-add","data":{"node":"n0","name":"b0","persistent":false}},"#,
+                r#"{"data":{"node":"n0","name":"b1"},"type":"block-dirty-bitmap-clear"}]}}"#
+            )
+        );
     }
 }

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qemu_qmp::{Client, Error, JsonObject, RecvError, Response, Value};
+use qemu_qmp::json::Ordered;
+use qemu_qmp::{Client, Error, RecvError, Response, Value};
 
 use super::complete::{self, ShellHelper};
-use super::display::{format_json, format_log_entry, format_object};
+use super::display::{format_json, format_log_entry};
 use super::input::{
     default_history_file, read_history, write_history, EventSink, Input, Interrupter, PipedInput,
     Terminal, HISTORY_SIZE,
@@ -282,8 +283,10 @@ impl Shell {
             let mut listener = listener;
             let show = |item: Result<qemu_qmp::Event, u64>| match item {
                 Ok(ev) => {
-                    log_write(&log, || format_object(ev.as_object(), false));
-                    sink.print(format_json(&ev.to_value(), pretty));
+                    // As QEMU sent it.
+                    let ordered = ev.ordered();
+                    log_write(&log, || format_json(&ordered, false));
+                    sink.print(format_json(&ordered, pretty));
                 }
                 Err(n) => sink.print(format!(
                     "({n} events were dropped because the shell fell behind)"
@@ -602,9 +605,10 @@ impl Shell {
         }
     }
 
-    fn echo(&mut self, request: &JsonObject) {
+    /// Show a request before it is sent (`-v`), in the order it was built.
+    fn echo(&mut self, request: &Ordered) {
         if self.options.verbose {
-            let text = format_object(request, self.options.pretty);
+            let text = format_json(request, self.options.pretty);
             self.say(&text);
         }
     }
@@ -614,33 +618,38 @@ impl Shell {
         let Some(request) = parsed.request() else {
             return;
         };
-        let name = request
-            .get("execute")
-            .or_else(|| request.get("exec-oob"))
-            .and_then(Value::as_str)
-            .unwrap_or("(no command)")
-            .to_owned();
+        let name = match request.get("execute").or_else(|| request.get("exec-oob")) {
+            Some(Ordered::String(s)) => s.clone(),
+            _ => "(no command)".to_owned(),
+        };
         self.echo(&request);
         if name == "quit" {
             self.quit_sent = true;
         }
         let client = self.client.clone();
         let reply = match parsed {
+            // What is sent is a plain JSON value: the order shown does not matter
+            // to QEMU.
             Parsed::Command { name, arguments } => {
                 let fut = async move {
                     client
                         .request(&name)
-                        .arguments(Value::Object(arguments))
+                        .arguments(arguments.to_value())
                         .send_raw()
                         .await
                 };
                 self.wait(fut).await
             }
-            Parsed::Raw(obj) => self.wait(client.execute_raw(obj)).await,
+            Parsed::Raw(obj) => {
+                let Value::Object(obj) = obj.to_value() else {
+                    return;
+                };
+                self.wait(client.execute_raw(obj)).await
+            }
             Parsed::Nothing => return,
         };
-        self.show_reply(&name, &request, reply, |shell, raw| {
-            let text = format_object(raw, shell.options.pretty);
+        self.show_reply(&name, &request, reply, |shell, reply| {
+            let text = format_json(reply, shell.options.pretty);
             shell.say(&text);
         });
         if name == "quit" {
@@ -649,13 +658,13 @@ impl Shell {
     }
 
     /// Show a reply (or why there is none), log it, and count failures. `show` prints
-    /// a reply object.
+    /// a reply object, in the order QEMU sent it.
     fn show_reply(
         &mut self,
         command: &str,
-        request: &JsonObject,
+        request: &Ordered,
         reply: Waited<qemu_qmp::Result<Response>>,
-        show: impl FnOnce(&mut Self, &JsonObject),
+        show: impl FnOnce(&mut Self, &Ordered),
     ) {
         match reply {
             Waited::Interrupted => self.interrupted(command),
@@ -664,12 +673,12 @@ impl Shell {
                 self.outcome.terminated = true;
             }
             Waited::Done(Ok(resp)) => {
-                let raw = resp.raw;
-                if raw.contains_key("error") {
+                if resp.is_error() {
                     self.outcome.failures += 1;
                 }
-                show(self, &raw);
-                log_write(&self.log, || format_log_entry(request, &raw));
+                let ordered = resp.ordered();
+                show(self, &ordered);
+                log_write(&self.log, || format_log_entry(request, &ordered));
             }
             Waited::Done(Err(e)) => {
                 if self.quit_sent && e.is_disconnected() {
@@ -689,23 +698,25 @@ impl Shell {
             .await;
     }
 
-    fn hmp_request(&self, line: &str, cpu_index: Option<i64>) -> JsonObject {
-        let mut args = JsonObject::new();
-        args.insert("command-line".into(), Value::String(line.to_owned()));
+    /// The request for an HMP command line, in the order Python's shell builds it.
+    fn hmp_request(&self, line: &str, cpu_index: Option<i64>) -> Ordered {
+        let mut args = vec![("command-line".into(), Ordered::String(line.to_owned()))];
         if let Some(i) = cpu_index {
-            args.insert("cpu-index".into(), Value::from(i));
+            args.push(("cpu-index".into(), Ordered::Number(i.into())));
         }
-        let mut req = JsonObject::new();
-        req.insert(
-            "execute".into(),
-            Value::String("human-monitor-command".into()),
-        );
-        req.insert("arguments".into(), Value::Object(args));
-        req
+        Ordered::Object(vec![
+            (
+                "execute".into(),
+                Ordered::String("human-monitor-command".into()),
+            ),
+            ("arguments".into(), Ordered::Object(args)),
+        ])
     }
 
-    async fn send_hmp(&mut self, request: &JsonObject) -> Waited<qemu_qmp::Result<Response>> {
-        let args = request.get("arguments").cloned().unwrap_or(Value::Null);
+    async fn send_hmp(&mut self, request: &Ordered) -> Waited<qemu_qmp::Result<Response>> {
+        let args = request
+            .get("arguments")
+            .map_or(Value::Null, Ordered::to_value);
         let client = self.client.clone();
         let fut = async move {
             client
@@ -753,8 +764,8 @@ impl Shell {
             "human-monitor-command",
             &request,
             reply,
-            |shell, raw| match (raw.get("return"), raw.get("error")) {
-                (Some(Value::String(text)), _) => {
+            |shell, reply| match (reply.get("return"), reply.get("error")) {
+                (Some(Ordered::String(text)), _) => {
                     if !text.is_empty() {
                         if text.ends_with('\n') {
                             shell.say_raw(text);
@@ -764,12 +775,16 @@ impl Shell {
                     }
                 }
                 (_, Some(err)) => {
-                    let class = err.get("class").and_then(Value::as_str).unwrap_or("?");
-                    let desc = err.get("desc").and_then(Value::as_str).unwrap_or("");
+                    let text = |key| match err.get(key) {
+                        Some(Ordered::String(s)) => Some(s.as_str()),
+                        _ => None,
+                    };
+                    let class = text("class").unwrap_or("?");
+                    let desc = text("desc").unwrap_or("");
                     shell.say(&format!("{class}: {desc}"));
                 }
                 _ => {
-                    let text = format_object(raw, shell.options.pretty);
+                    let text = format_json(reply, shell.options.pretty);
                     shell.say(&text);
                 }
             },
