@@ -118,6 +118,7 @@ pub struct MachineBuilder {
     nodefaults: bool,
     conv_keys: bool,
     event_capacity: usize,
+    preserve_order: bool,
 }
 
 impl MachineBuilder {
@@ -147,6 +148,7 @@ impl MachineBuilder {
             nodefaults: false,
             conv_keys: false,
             event_capacity: EVENT_CAPACITY,
+            preserve_order: false,
         }
     }
 
@@ -388,6 +390,15 @@ impl MachineBuilder {
     /// Add `-nodefaults` (no default devices; off by default, as in Python).
     pub fn nodefaults(mut self) -> Self {
         self.nodefaults = true;
+        self
+    }
+
+    /// Keep the text of each QMP reply and event (default false), so that their
+    /// `ordered()` views show members in the order QEMU wrote them: for tools that
+    /// show QEMU's messages to a person. See
+    /// [`qemu_qmp::ClientBuilder::preserve_order`].
+    pub fn preserve_order(mut self, yes: bool) -> Self {
+        self.preserve_order = yes;
         self
     }
 
@@ -677,6 +688,7 @@ impl Launch {
         let client = Client::builder()
             .name(self.name.clone())
             .connect_timeout(None)
+            .preserve_order(self.b.preserve_order)
             .build();
         // Registered before the session exists, so that it sees every event.
         let listener = client.listen_with(ListenOptions::new().capacity(self.b.event_capacity));

@@ -625,6 +625,15 @@ async fn preserve_order_shows_replies_and_events_as_qemu_sent_them() {
     } else {
         assert_eq!(keys(status), ["status", "running"], "{sent}");
     }
+    // The return value alone, in the same order.
+    let value = qmp.request("query-status").send_ordered().await.unwrap();
+    assert_eq!(keys(&value), keys(status));
+    let err = qmp
+        .request("no-such-command")
+        .send_ordered()
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_class(), Some("CommandNotFound"));
     // A caller's id comes back in the place QEMU gave the library's.
     let mut msg = qemu_qmp::JsonObject::new();
     msg.insert("execute".into(), json!("query-status"));

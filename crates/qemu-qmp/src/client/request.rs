@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::Client;
 use crate::error::{Error, ExecuteError, ProtocolError, Result};
 use crate::framing::JsonObject;
+use crate::json::Ordered;
 use crate::message::{self, request_command, Response};
 use crate::transport::dup_fd;
 
@@ -117,6 +118,24 @@ impl<'a> Request<'a> {
             .call_keep_request(msg, self.fds, self.timeout)
             .await?;
         into_return(sent, reply)
+    }
+
+    /// [`send`](Self::send), returning the `return` value with its members in the
+    /// order the peer wrote them ([`Response::ordered`]): for showing it to a person.
+    /// Exact on a client built with
+    /// [`preserve_order(true)`](crate::ClientBuilder::preserve_order).
+    pub async fn send_ordered(self) -> Result<Ordered> {
+        if let Some(e) = self.fd_error {
+            return Err(Error::system("duplicating a descriptor", e));
+        }
+        let session = self.client.session()?;
+        let msg = message::make_request(&self.command, self.arguments, self.oob, None);
+        let (sent, reply) = session
+            .call_keep_request(msg, self.fds, self.timeout)
+            .await?;
+        let mut ordered = reply.ordered();
+        into_return(sent, reply)?;
+        Ok(ordered.remove("return").unwrap_or(Ordered::Null))
     }
 }
 

@@ -6,26 +6,21 @@
 //! ```
 //!
 //! QEMU is started by [`qemu_machine::QemuMachine`] with its QMP monitor on a
-//! socketpair (no socket file); leaving the shell shuts QEMU down through it (`quit`,
-//! then SIGKILL if it does not exit). The shell talks to a second QMP monitor, on a
-//! socketpair of its own, through a client that keeps each reply's and event's member
-//! order ([`qemu_qmp::ClientBuilder::preserve_order`]), as `qmp-shell` does.
+//! socketpair (no socket file), whose client keeps each reply's and event's member
+//! order ([`qemu_machine::MachineBuilder::preserve_order`]), as `qmp-shell` does; the
+//! shell runs on that connection, and leaving it shuts QEMU down through it (`quit`,
+//! then SIGKILL if it does not exit).
 
-use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use qemu_machine::{LaunchCause, MachineError, QemuMachine};
-use qemu_qmp::{Address, Client};
 use qemu_tools::exit;
 use qemu_tools::shell::{self, cli};
 
 /// How long QEMU has to exit after the shell ends before it is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The id of the chardev of the shell's monitor.
-const SHELL_CHARDEV: &str = "qmp-shell";
 
 const AFTER_HELP: &str = "\
 Example: qmp-shell-wrap -- qemu-system-x86_64 -machine none
@@ -84,20 +79,12 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return exit::fail("ERROR: ", format!("cannot start the async runtime: {e}")),
     };
-    let (ours, theirs) = match UnixStream::pair() {
-        Ok(pair) => pair,
-        Err(e) => return exit::fail("ERROR: ", format!("cannot create a socketpair: {e}")),
-    };
     runtime.block_on(async move {
         let binary = command[0].clone();
         let launched = QemuMachine::builder(&binary)
             .args(command[1..].iter().cloned())
-            // The shell's own monitor.
-            .chardev_fd(SHELL_CHARDEV, theirs)
-            .args([
-                "-mon".to_owned(),
-                format!("chardev={SHELL_CHARDEV},mode=control"),
-            ])
+            // Replies and events are shown in the order QEMU wrote their members.
+            .preserve_order(true)
             // The command line is the user's: no -display none -vga none.
             .display_none(false)
             .shutdown_timeout(SHUTDOWN_TIMEOUT)
@@ -111,22 +98,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(exit::FAILURE);
             }
         };
-        // Replies and events are shown in the order QEMU wrote their members.
-        let connected = Client::builder()
-            .name("qmp-shell")
-            .preserve_order(true)
-            .connect(Address::UnixStream(ours))
-            .await;
-        let mut code = match connected {
-            Ok(client) => {
-                let outcome = shell::run(client.clone(), args.shell.options()).await;
-                let _ = client.disconnect().await;
-                match &outcome {
-                    Ok(o) => ExitCode::from(o.exit_code()),
-                    Err(e) => exit::fail_with("ERROR: ", e),
-                }
-            }
-            Err(e) => exit::fail_with("ERROR: ", &e),
+        let outcome = shell::run(vm.qmp().clone(), args.shell.options()).await;
+        let mut code = match &outcome {
+            Ok(o) => ExitCode::from(o.exit_code()),
+            Err(e) => exit::fail_with("ERROR: ", e),
         };
         if let Err(e) = vm.shutdown().await {
             eprintln!("ERROR: {}", exit::one_line(&e));
