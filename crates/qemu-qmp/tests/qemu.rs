@@ -571,20 +571,6 @@ async fn guest_agent_dialect_resynchronises() {
     ga.disconnect().await.unwrap();
 }
 
-/// The text of QEMU's reply to `command`, over a raw connection of its own.
-fn raw_reply_text(path: &std::path::Path, command: &str) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let sock = std::os::unix::net::UnixStream::connect(path).unwrap();
-    sock.set_read_timeout(Some(T)).unwrap();
-    let mut lines = BufReader::new(sock.try_clone().unwrap()).lines();
-    let mut w = &sock;
-    lines.next().unwrap().unwrap(); // the greeting
-    w.write_all(br#"{"execute": "qmp_capabilities"}"#).unwrap();
-    lines.next().unwrap().unwrap();
-    write!(w, r#"{{"execute": "{command}"}}"#).unwrap();
-    lines.next().unwrap().unwrap()
-}
-
 fn keys(v: &qemu_qmp::json::Ordered) -> Vec<&str> {
     v.members()
         .unwrap()
@@ -599,7 +585,8 @@ async fn preserve_order_shows_replies_and_events_as_qemu_sent_them() {
     let qemu = QemuProcess::system_with_listener(&["-S"]);
     let version = qemu_testkit::version_of(&qemu_testkit::qemu_system().unwrap());
     // QEMU's own text, from a connection that is not ours.
-    let sent = raw_reply_text(qemu.qmp_path(), "query-status");
+    let sent =
+        qemu_testkit::RawQmp::connect(qemu.qmp_path()).command(r#"{"execute": "query-status"}"#);
     let qmp = Client::builder()
         .preserve_order(true)
         .command_timeout(T)

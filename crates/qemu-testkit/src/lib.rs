@@ -69,6 +69,7 @@ mod binaries;
 mod command;
 mod process;
 mod procfs;
+mod raw;
 mod version;
 mod wait;
 
@@ -84,6 +85,7 @@ pub use procfs::{
     assert_gone_within, assert_no_qemu_children, children, gone, proc_stat, proc_state,
     qemu_children,
 };
+pub use raw::{is_event, RawQmp};
 pub use version::{version_of, QemuVersion};
 pub use wait::{poll_until, wait_until};
 

@@ -270,19 +270,7 @@ impl FakeAgent {
 /// The names of the members of the agent's `return` object for `command`, in the
 /// order the agent wrote them, read over a connection of the test's own.
 fn raw_return_keys(sock: &Path, command: &str) -> Vec<String> {
-    use std::io::{BufRead as _, BufReader, Write as _};
-    let stream = std::os::unix::net::UnixStream::connect(sock).expect("connect to the agent");
-    stream
-        .set_read_timeout(Some(RUN_TIMEOUT))
-        .expect("read timeout");
-    let mut writer = stream.try_clone().expect("clone the socket");
-    writer
-        .write_all(format!(r#"{{"execute": "{command}"}}"#).as_bytes())
-        .expect("send");
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .expect("a reply from the agent");
+    let line = qemu_testkit::RawQmp::agent(sock).command(&format!(r#"{{"execute": "{command}"}}"#));
     let reply = Ordered::parse(line.as_bytes()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     reply
         .get("return")

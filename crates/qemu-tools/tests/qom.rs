@@ -4,8 +4,6 @@
 //! Tests that need `qemu-system-x86_64` print `SKIPPED: ...` without it, and fail
 //! under `CI=true`. Every run of the binary has a deadline.
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -255,34 +253,10 @@ fn list_get_and_set_on_a_pc_machine() {
     assert!(err.stderr.contains("<path>.<property>"), "{}", err.stderr);
 }
 
-/// QEMU's reply to `command`, as the bytes it wrote (without the CRLF), over a QMP
-/// connection of the test's own, closed before this returns (QEMU's socket takes
-/// one client at a time).
+/// QEMU's reply to `command`, as the bytes it wrote, over a QMP connection of the
+/// test's own, closed before this returns (QEMU's socket takes one client at a time).
 fn raw_reply(socket: &Path, command: &str) -> String {
-    let stream = UnixStream::connect(socket).expect("connect to QEMU");
-    stream
-        .set_read_timeout(Some(RUN_TIMEOUT))
-        .expect("read timeout");
-    let mut writer = stream.try_clone().expect("clone the socket");
-    let mut reader = BufReader::new(stream);
-    let mut next = || {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("a message from QEMU");
-        line.trim_end_matches("\r\n").to_owned()
-    };
-    let greeting = next();
-    assert!(greeting.starts_with(r#"{"QMP": "#), "{greeting}");
-    writer
-        .write_all(br#"{"execute": "qmp_capabilities"}"#)
-        .expect("send");
-    assert_eq!(next(), r#"{"return": {}}"#);
-    writer.write_all(command.as_bytes()).expect("send");
-    loop {
-        let reply = next();
-        if !reply.contains(r#""event": "#) {
-            return reply;
-        }
-    }
+    qemu_testkit::RawQmp::connect(socket).command(command)
 }
 
 /// The names of the members of the `return` object of a reply, in order.

@@ -7,9 +7,9 @@
 //! The terminal tests run one at a time: expectrl polls, and two CPUs are shared with
 //! QEMU and the shell.
 
-use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::os::fd::AsFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use expectrl::process::unix::WaitStatus;
 use expectrl::session::OsSession;
 use expectrl::Session;
-use qemu_qmp::json::Ordered;
-use qemu_testkit::{QemuProcess, QemuVersion};
+use qemu_testkit::{is_event, QemuProcess, QemuVersion, RawQmp};
 use serde_json::{json, Value};
 
 /// The longest any single expectation may wait.
@@ -111,73 +110,6 @@ fn start_qemu_with(extra: &[&str]) -> Option<Qemu> {
 fn raw(l: &UnixListener) -> i32 {
     use std::os::fd::AsRawFd;
     l.as_raw_fd()
-}
-
-/// A QMP connection of the test's own, on which QEMU's messages are read as the bytes
-/// QEMU wrote them: what the shell must show (QEMU writes the layout of Python's
-/// `json.dumps`, one message a line).
-struct RawQmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl RawQmp {
-    /// Connect and negotiate.
-    fn connect(path: &Path) -> RawQmp {
-        let stream = UnixStream::connect(path).expect("connect to QEMU");
-        stream
-            .set_read_timeout(Some(TIMEOUT))
-            .expect("read timeout");
-        let mut raw = RawQmp {
-            reader: BufReader::new(stream.try_clone().expect("clone the socket")),
-            writer: stream,
-        };
-        let greeting = raw.message();
-        assert!(greeting.starts_with(r#"{"QMP": "#), "{greeting}");
-        assert_eq!(
-            raw.command(r#"{"execute": "qmp_capabilities"}"#),
-            r#"{"return": {}}"#
-        );
-        raw
-    }
-
-    /// The next message, without its CRLF.
-    fn message(&mut self) -> String {
-        let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .expect("a message from QEMU in time");
-        line.strip_suffix("\r\n")
-            .unwrap_or_else(|| panic!("not a whole line: {line:?}"))
-            .to_owned()
-    }
-
-    /// Send a command; the reply as QEMU wrote it (events before it are passed over).
-    fn command(&mut self, text: &str) -> String {
-        self.writer.write_all(text.as_bytes()).expect("send");
-        loop {
-            let m = self.message();
-            if !is_event(&m) {
-                return m;
-            }
-        }
-    }
-
-    /// The next event `name`, as QEMU wrote it.
-    fn event(&mut self, name: &str) -> String {
-        loop {
-            let m = self.message();
-            let parsed = Ordered::parse(m.as_bytes()).expect("JSON from QEMU");
-            if parsed.get("event") == Some(&Ordered::String(name.to_owned())) {
-                return m;
-            }
-        }
-    }
-}
-
-/// Whether a line of JSON is an event.
-fn is_event(line: &str) -> bool {
-    Ordered::parse(line.as_bytes()).is_ok_and(|m| m.get("event").is_some())
 }
 
 /// A program on a pseudo-terminal, with a transcript for failure messages.
