@@ -125,15 +125,23 @@ struct Scanner {
 
 /// Incremental decoder for a stream of QMP messages.
 ///
-/// Feed bytes with [`buffer_mut`](Self::buffer_mut) or
-/// [`extend`](Self::extend), then call [`decode`](Self::decode) until it
-/// returns `Ok(None)`.
+/// Feed bytes with [`extend`](Self::extend), then call
+/// [`decode`](Self::decode) until it returns `Ok(None)`. (Within the crate,
+/// the readers append straight into the decoder's buffer instead, to save a
+/// copy.)
 ///
-/// ```ignore
+/// ```
+/// use qemu_qmp::framing::{Decoder, DEFAULT_MAX_MESSAGE_SIZE};
+///
 /// let mut decoder = Decoder::new(DEFAULT_MAX_MESSAGE_SIZE);
-/// decoder.extend(b"{\"return\": {}}\r\n");
+/// decoder.extend(b"{\"return\": {}}\r\n{\"event\": \"STOP\",");
 /// let msg = decoder.decode(false)?.expect("a complete message");
 /// assert!(msg.contains_key("return"));
+/// // The second message is not complete yet.
+/// assert_eq!(decoder.decode(true)?, None);
+/// decoder.extend(b" \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n");
+/// assert_eq!(decoder.decode(false)?.expect("the event")["event"], "STOP");
+/// # Ok::<(), qemu_qmp::framing::FrameError>(())
 /// ```
 pub struct Decoder {
     buf: Vec<u8>,
@@ -187,12 +195,14 @@ impl Decoder {
         self.max
     }
 
-    /// Buffer to read into: compacts already-consumed bytes when worthwhile
-    /// (amortised O(1), never O(n²)), and guarantees at least 64 KiB of spare
-    /// capacity. Callers append bytes (e.g. tokio's
-    /// `try_read_buf(decoder.buffer_mut())`); they must not modify or remove
-    /// bytes already in it.
-    pub fn buffer_mut(&mut self) -> &mut Vec<u8> {
+    /// Buffer to read into, for the crate's own readers: compacts
+    /// already-consumed bytes when worthwhile (amortised O(1), never O(n²)),
+    /// and guarantees at least 64 KiB of spare capacity. Callers append bytes
+    /// (e.g. tokio's `try_read_buf(decoder.buffer_mut())`); they must not
+    /// modify or remove bytes already in it. Not public: the decoder's
+    /// positions index this buffer, so outside code feeds bytes with
+    /// [`extend`](Self::extend).
+    pub(crate) fn buffer_mut(&mut self) -> &mut Vec<u8> {
         self.compact();
         if self.buf.is_empty() && self.buf.capacity() > SHRINK_THRESHOLD {
             self.buf.shrink_to(MIN_SPARE);
@@ -201,7 +211,7 @@ impl Decoder {
         &mut self.buf
     }
 
-    /// Appends bytes (convenience for tests and simple callers).
+    /// Appends bytes to decode.
     pub fn extend(&mut self, data: &[u8]) {
         self.compact();
         self.buf.extend_from_slice(data);
