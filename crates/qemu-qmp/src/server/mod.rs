@@ -61,20 +61,17 @@ mod output;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
-use std::io::{self, IoSliceMut, Write as _};
-use std::mem::MaybeUninit;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::Interest;
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -85,10 +82,11 @@ use crate::error::{Error, Result};
 use crate::framing::{Decoder, FrameError};
 use crate::json::{self, Style};
 use crate::message::{Event, Greeting, JsonObject, VersionInfo, VersionTriple};
+use crate::transport::{Listener, Stream};
 
 pub use builder::{Fault, Reply, TestServerBuilder};
 use builder::{FaultHook, Handler};
-use connection::{Conn, Connection, Ending};
+use connection::{Connection, Ending};
 use dispatch::*;
 use output::*;
 
@@ -114,7 +112,7 @@ const BUILTIN_COMMANDS: &[&str] = &[
     "echo",
 ];
 
-/// Bytes read per `read`/`recvmsg` call.
+/// Bytes read per call while draining a closing connection.
 const READ_CHUNK: usize = 64 * 1024;
 /// At most this many reads before the replies they produced are written.
 const MAX_READS_PER_WAKE: usize = 16;
@@ -126,8 +124,6 @@ const FLOOD_CHUNK: usize = 256 * 1024;
 const EVENT_BATCH: usize = 1024;
 /// Stop reading requests while this much output waits for the client to read it.
 const HIGH_WATER: usize = 4 * 1024 * 1024;
-/// The most descriptors Linux passes in one message (`SCM_MAX_FD`).
-const MAX_FDS_PER_READ: usize = 253;
 /// How long a connection the server closes keeps draining the client's input, so
 /// that the client sees a clean end of stream rather than a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -420,9 +416,10 @@ impl Shared {
 // ---- accepting ------------------------------------------------------------------
 
 enum Listening {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-    Pair(UnixStream),
+    /// Connections one after another.
+    Listener(Listener),
+    /// One end of a socket pair: one connection.
+    Pair(Stream),
 }
 
 fn spawn_server(shared: Arc<Shared>, listening: Listening) -> JoinHandle<()> {
@@ -431,25 +428,12 @@ fn spawn_server(shared: Arc<Shared>, listening: Listening) -> JoinHandle<()> {
         async move {
             match listening {
                 // Counted as accepted by `socketpair()`.
-                Listening::Pair(s) => {
-                    serve(&shared, Conn::Unix(s)).await;
-                }
-                Listening::Unix(l) => loop {
+                Listening::Pair(s) => serve(&shared, s).await,
+                Listening::Listener(l) => loop {
                     match l.accept().await {
-                        Ok((s, _)) => {
+                        Ok(s) => {
                             shared.counters.send_modify(|c| c.accepted += 1);
-                            serve(&shared, Conn::Unix(s)).await;
-                        }
-                        Err(e) => accept_failed(e).await,
-                    }
-                },
-                Listening::Tcp(l) => loop {
-                    match l.accept().await {
-                        Ok((s, peer)) => {
-                            let _ = s.set_nodelay(true);
-                            shared.counters.send_modify(|c| c.accepted += 1);
-                            debug!("connection from {peer}");
-                            serve(&shared, Conn::Tcp(s)).await;
+                            serve(&shared, s).await;
                         }
                         Err(e) => accept_failed(e).await,
                     }
@@ -466,8 +450,8 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-async fn serve(shared: &Arc<Shared>, stream: Conn) {
-    debug!("client connected");
+async fn serve(shared: &Arc<Shared>, stream: Stream) {
+    debug!("client connected ({})", stream.kind());
     let mut conn = Connection::new(shared.clone(), stream);
     match conn.run().await {
         Ending::Close => {
