@@ -80,6 +80,7 @@ impl Stream {
     ///
     /// Like `try_read_buf`, a `buf` with no spare capacity reads nothing and returns
     /// `Ok(0)`, which looks like the end of the stream: reserve first.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
     pub(crate) fn try_read_buf_with_fds(
         &self,
         buf: &mut Vec<u8>,
@@ -121,6 +122,7 @@ impl Stream {
 
     /// Shut down the sending direction: the peer reads the end of the stream, and we
     /// can still read what it sends.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
     pub(crate) fn shutdown_write(&self) {
         self.shutdown_how(rustix::net::Shutdown::Write);
     }
@@ -162,13 +164,16 @@ fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[OwnedFd]) -> io::Resu
 
 /// The most bytes one [`Stream::try_read_buf_with_fds`] reads on a Unix socket.
 /// `recvmsg` needs initialised memory, so this much spare capacity is zeroed first.
+#[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
 pub(crate) const READ_WINDOW: usize = 64 * 1024;
 
 /// Room for the control data of one message with [`SCM_MAX_FD`] descriptors.
+#[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
 const RECV_CMSG_SPACE: usize = rustix::cmsg_space!(ScmRights(SCM_MAX_FD));
 
 /// One `recvmsg` into the spare capacity of `buf`, taking the descriptors that came
 /// with the bytes (close-on-exec).
+#[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
 fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
