@@ -81,12 +81,25 @@ pub enum FrameError {
     },
     /// Bytes that are not valid JSON.
     #[error("malformed JSON in QMP stream: {source}; input starts with \"{excerpt}\"")]
+    #[non_exhaustive]
     Malformed {
         /// The JSON parser's error.
         source: serde_json::Error,
         /// The start of the offending bytes (at most about 200 characters),
         /// lossily decoded as UTF-8 and escaped.
         excerpt: String,
+        /// Where the parser stopped: the offset, from the start of the
+        /// offending bytes, of the byte it could not take (their length if
+        /// they ended too soon).
+        offset: usize,
+        /// The raw bytes of the token the parser stopped in, delimited as
+        /// QEMU's JSON lexer delimits tokens, so that a server can word the
+        /// error as QEMU does: a bare word (`[a-z]+`) that holds or ends at
+        /// `offset`; a string, from its opening quote (`"` or `'`) up to and
+        /// including the byte at `offset`; a number, from its start up to
+        /// and including the byte at `offset`; otherwise the one byte at
+        /// `offset` (none at the end of the input).
+        token: Vec<u8>,
     },
     /// Valid JSON that is not an object.
     #[error("QMP message is a JSON {kind}, not an object: \"{excerpt}\"")]
@@ -587,15 +600,19 @@ impl Decoder {
             },
             Failure::Malformed { len } => {
                 let bytes = slice(len);
-                // Re-parsing the same bytes reproduces the same error.
-                let source = source
-                    .or_else(|| parse_message(bytes).err())
-                    .unwrap_or_else(|| {
+                // Re-parsing the same bytes reproduces the same error, and
+                // tells where it is.
+                let (source, offset) = locate_failure(bytes).unwrap_or_else(|| {
+                    let e = source.unwrap_or_else(|| {
                         <serde_json::Error as serde::de::Error>::custom("malformed JSON")
                     });
+                    (e, 0)
+                });
                 FrameError::Malformed {
                     source,
                     excerpt: excerpt(bytes),
+                    offset,
+                    token: bytes[token_at(bytes, offset)].to_vec(),
                 }
             }
             Failure::NotAnObject { kind, len } => FrameError::NotAnObject {
@@ -637,6 +654,19 @@ fn parse_message(bytes: &[u8]) -> Result<(Value, usize), serde_json::Error> {
     match parse_first(bytes) {
         Err(e) if fails_at_apostrophe(bytes, &e) => parse_single_quoted(bytes).map_err(|(e, _)| e),
         r => r,
+    }
+}
+
+/// Where [`parse_message`] fails on `bytes`: the parser's error and the
+/// offset in `bytes` of the byte it stopped at. `None` if it does not fail.
+fn locate_failure(bytes: &[u8]) -> Option<(serde_json::Error, usize)> {
+    match parse_first(bytes) {
+        Ok(_) => None,
+        Err(e) if fails_at_apostrophe(bytes, &e) => parse_single_quoted(bytes).err(),
+        Err(e) => {
+            let offset = error_offset(bytes, &e);
+            Some((e, offset))
+        }
     }
 }
 
@@ -718,6 +748,10 @@ fn requote(bytes: &[u8], out: &mut Vec<u8>, stop: usize) -> usize {
                 i += 2;
             }
             (b'\\', Some(&c)) => {
+                if stop - out.len() < 2 {
+                    // `stop` falls inside the escape, which maps one to one.
+                    return i + (stop - out.len());
+                }
                 out.extend_from_slice(&[b'\\', c]);
                 i += 2;
             }
@@ -726,6 +760,9 @@ fn requote(bytes: &[u8], out: &mut Vec<u8>, stop: usize) -> usize {
                 i += 1;
             }
             (b'"', _) if q == b'\'' => {
+                if stop - out.len() < 2 {
+                    return i;
+                }
                 out.extend_from_slice(b"\\\"");
                 i += 1;
             }
@@ -754,6 +791,61 @@ fn error_offset(bytes: &[u8], e: &serde_json::Error) -> usize {
     }
     // serde_json's column counts the bytes of the line it has read.
     (line_start + e.column()).saturating_sub(1).min(bytes.len())
+}
+
+/// The token of `bytes` that the byte at `offset` belongs to, as
+/// [`FrameError::Malformed::token`] describes it.
+fn token_at(bytes: &[u8], offset: usize) -> std::ops::Range<usize> {
+    let offset = offset.min(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
+            i += 1;
+            continue;
+        }
+        if i > offset {
+            break;
+        }
+        let run = |from: usize, f: fn(&u8) -> bool| {
+            from + bytes[from..]
+                .iter()
+                .position(|b| !f(b))
+                .unwrap_or(bytes.len() - from)
+        };
+        let end = match b {
+            b'"' | b'\'' => {
+                // To the closing quote, past escapes.
+                let mut j = i + 1;
+                loop {
+                    match bytes.get(j) {
+                        None => break j,
+                        Some(b'\\') => j += 2,
+                        Some(&c) if c == b => break j + 1,
+                        Some(_) => j += 1,
+                    }
+                }
+                .min(bytes.len())
+            }
+            b'a'..=b'z' => run(i, u8::is_ascii_lowercase),
+            b'-' | b'0'..=b'9' => run(i, |c| {
+                matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+            }),
+            _ => i + 1,
+        };
+        let word = b.is_ascii_lowercase();
+        let number = matches!(b, b'-' | b'0'..=b'9');
+        if offset < end || (offset == end && (word || number)) {
+            return if number || b == b'"' || b == b'\'' {
+                // Up to and including the offending byte.
+                i..(offset + 1).min(bytes.len())
+            } else {
+                i..end
+            };
+        }
+        i = end;
+    }
+    offset..(offset + 1).min(bytes.len())
 }
 
 /// Parses the first JSON value in `bytes`, returning it and the number of
@@ -1151,6 +1243,50 @@ mod tests {
         let mut d = Decoder::default();
         d.extend(b"{\"a\":[1}");
         assert!(matches!(d.decode(true), Err(FrameError::Malformed { .. })));
+    }
+
+    /// The offset and raw token of the first error in `input`.
+    fn failure(input: &[u8]) -> (usize, Vec<u8>) {
+        let mut d = Decoder::default();
+        d.extend(input);
+        match d.decode(true) {
+            Err(FrameError::Malformed { offset, token, .. }) => (offset, token),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn errors_carry_the_raw_offending_token() {
+        let cases: &[(&[u8], usize, &[u8])] = &[
+            (b"{this is bad}\n", 1, b"this"),
+            (b"this\n", 1, b"this"),
+            (b"{\"execute\": x}\n", 12, b"x"),
+            // The parser stops after a word it took for `true`: the word.
+            (b"{\"execute\": tru}\n", 15, b"tru"),
+            (b"{\"a\": truex}\n", 10, b"truex"),
+            (b"}\n", 0, b"}"),
+            // A string up to where the parser stopped: its opening quote.
+            (b"{\"a\" \"b\"}\n", 5, b"\""),
+            (b"{\"a\": \"\\x\"}\n", 8, b"\"\\x"),
+            (b"{\"a\": \"\xc0\"}\n", 7, b"\"\xc0"),
+            (b"{\"a\": \"\\ud800\"}\n", 13, b"\"\\ud800\""),
+            (b"{\"a\": -}\n", 7, b"-}"),
+            (b"{\"a\": 01}\n", 7, b"01"),
+            (b"@\n", 0, b"@"),
+            (b"{\"a\": 1,\n\"b\": @}\n", 14, b"@"),
+            // In single-quoted messages, offsets are in the input as sent.
+            (b"{'a': 'x\"y', 'b': tru}\n", 21, b"tru"),
+            (b"{'a': '\\'\"', 'b': '\\q'}\n", 20, b"'\\q"),
+            (b"{\"a\": 'it\\'s' 'b'}\n", 14, b"'"),
+        ];
+        for (input, offset, token) in cases {
+            assert_eq!(
+                failure(input),
+                (*offset, token.to_vec()),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
     }
 
     #[test]

@@ -211,8 +211,8 @@ impl Connection {
                         FrameError::NotAnObject { .. } => {
                             "QMP input must be a JSON object".to_owned()
                         }
-                        FrameError::Malformed { source, excerpt } => {
-                            format!("JSON parse error, {}", qemu_parse_error(source, excerpt))
+                        FrameError::Malformed { source, token, .. } => {
+                            qemu_parse_error(source, token)
                         }
                         FrameError::TooLarge { .. } => e.to_string(),
                     };

@@ -45,6 +45,22 @@
 //! `echo`, which returns its arguments. Handlers added with
 //! [`TestServerBuilder::handler`] override the built-ins.
 //!
+//! # Parse errors
+//!
+//! Requests are read as QEMU reads them, single-quoted strings included (see
+//! [`crate::framing`]). Malformed JSON is answered with QEMU's texts (`JSON parse error,
+//! invalid keyword 'x'`, `... stray '@'`, `JSON nesting depth limit exceeded`, ...),
+//! worded from the raw token the decoder stopped at. Where the server still differs
+//! from QEMU:
+//!
+//! * it answers a malformed line once and goes on after its newline, where QEMU's lexer
+//!   recovers token by token and may answer one line more than once (`this that`: two
+//!   `invalid keyword` errors; a control character in a string: `stray` and then
+//!   `expecting value`);
+//! * it refuses nesting deeper than 128 levels (`serde_json`'s limit) with QEMU's
+//!   nesting error, where QEMU's limit is 1024;
+//! * a member given twice keeps its last value, where QEMU answers `duplicate key`.
+//!
 //! # Performance
 //!
 //! The server is fast enough to benchmark clients against: replies are serialised
@@ -604,6 +620,107 @@ mod tests {
             c(json!({"execute": "x", "exec-oob": "y"}), true).unwrap_err(),
             "QMP input member 'exec-oob' is unexpected"
         );
+    }
+
+    /// What QEMU 10.0 and 7.2 answer (alike) to malformed input that they
+    /// answer with one error, recorded from `qemu-system-x86_64 -machine none`.
+    const QEMU_PARSE_ERRORS: &[(&[u8], &str)] = &[
+        (
+            b"{this is bad}\n",
+            "JSON parse error, invalid keyword 'this'",
+        ),
+        (b"this\n", "JSON parse error, invalid keyword 'this'"),
+        (
+            b"{\"execute\": x}\n",
+            "JSON parse error, invalid keyword 'x'",
+        ),
+        (
+            b"{\"execute\": tru}\n",
+            "JSON parse error, invalid keyword 'tru'",
+        ),
+        (
+            b"{\"execute\": nul, \"id\": 1}\n",
+            "JSON parse error, invalid keyword 'nul'",
+        ),
+        (
+            b"{\"a\": truex}\n",
+            "JSON parse error, invalid keyword 'truex'",
+        ),
+        (b"{\"a\": [tr]}\n", "JSON parse error, invalid keyword 'tr'"),
+        (b"}\n", "JSON parse error, expecting value"),
+        (b"]\n", "JSON parse error, expecting value"),
+        (b",\n", "JSON parse error, expecting value"),
+        (b":\n", "JSON parse error, expecting value"),
+        (
+            b"{\"execute\":\"query-status\",}\n",
+            "JSON parse error, expecting value",
+        ),
+        (
+            b"{\"a\" \"b\"}\n",
+            "JSON parse error, missing : in object pair",
+        ),
+        (
+            b"{1: 2}\n",
+            "JSON parse error, key is not a string in object",
+        ),
+        (
+            b"{\"a\": 1 \"b\": 2}\n",
+            "JSON parse error, expected separator in dict",
+        ),
+        (b"[1 2]\n", "JSON parse error, expected separator in list"),
+        (
+            b"{\"a\": \"\\x\"}\n",
+            "JSON parse error, invalid escape sequence in string",
+        ),
+        (
+            b"{'a': '\\q'}\n",
+            "JSON parse error, invalid escape sequence in string",
+        ),
+        (
+            b"{\"a\": \"\\ud800\"}\n",
+            "JSON parse error, \\ud800 is not a valid Unicode character",
+        ),
+        (
+            b"{\"a\": \"\xc0\"}\n",
+            "JSON parse error, invalid UTF-8 sequence in string",
+        ),
+        (
+            b"{\"a\": \"\xe2\x82\"}\n",
+            "JSON parse error, invalid UTF-8 sequence in string",
+        ),
+        (
+            b"{\"a\": \"\xed\xa0\x80\"}\n",
+            "JSON parse error, invalid UTF-8 sequence in string",
+        ),
+        (b"{\"a\": 1.}\n", "JSON parse error, stray '1.}'"),
+        (b"{\"a\": -}\n", "JSON parse error, stray '-}'"),
+        (b"{\"a\": 1e}\n", "JSON parse error, stray '1e}'"),
+        (b"@\n", "JSON parse error, stray '@'"),
+        (b"\xc0\n", "JSON parse error, stray '\u{fffd}'"),
+    ];
+
+    fn parse_error_of(input: &[u8]) -> String {
+        let mut d = Decoder::default();
+        d.extend(input);
+        match d.decode(false) {
+            Err(FrameError::Malformed { source, token, .. }) => qemu_parse_error(&source, &token),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn parse_errors_are_worded_as_qemu_words_them() {
+        for (input, qemu) in QEMU_PARSE_ERRORS {
+            assert_eq!(
+                parse_error_of(input),
+                *qemu,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let mut deep = b"[".repeat(1025);
+        deep.push(b'\n');
+        assert_eq!(parse_error_of(&deep), "JSON nesting depth limit exceeded");
     }
 
     #[test]
