@@ -303,7 +303,7 @@ fn decode_corpus(style: &str) -> Vec<u8> {
 fn decode_rate(corpus: &[u8], rounds: usize) -> f64 {
     let expected = decode_corpus_len();
     let mut best = f64::MAX;
-    for _ in 0..rounds.max(3) {
+    for _ in 0..rounds.max(3) * 4 {
         let mut d = qemu_qmp::framing::Decoder::default();
         let mut n = 0;
         let t = Instant::now();
