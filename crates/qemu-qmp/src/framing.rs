@@ -138,11 +138,6 @@ struct Scanner {
     /// The quote that ends the current string: `"`, or `'` for QEMU's
     /// single-quoted strings.
     quote: u8,
-    /// With `sq_found`, the absolute index of the next `'` at or after the
-    /// position it was searched from; without, no `'` lies before it (it
-    /// was the buffer's length). Searched once per byte, not per string.
-    sq_pos: usize,
-    sq_found: bool,
     /// The previous byte was a backslash inside a string.
     escape: bool,
     /// The message is a top-level scalar (number, `true`, ...).
@@ -182,12 +177,28 @@ pub struct Decoder {
     start: usize,
     /// No `'\n'` lies in `start..nl_pos` (when `nl_pos >= start`).
     nl_pos: usize,
+    /// Where the scanner's next `'` is. Kept across messages, like
+    /// `nl_pos`, so that each byte is searched once.
+    apostrophe: Apostrophe,
     scan: Scanner,
     max: usize,
     failure: Option<Failure>,
     /// Total bytes examined by the scanner (for tests of the fast path).
     #[cfg(test)]
     scanned: usize,
+    /// Total bytes searched for apostrophes.
+    #[cfg(test)]
+    apostrophes_searched: usize,
+}
+
+/// What the scanner knows of the apostrophes ahead: with `found`, `pos` is
+/// the absolute index of a `'` and none lies between where it was searched
+/// from and it; without, none lies before `pos` from where it was searched
+/// from (`pos` was the buffer's length then).
+#[derive(Debug, Default, Clone, Copy)]
+struct Apostrophe {
+    pos: usize,
+    found: bool,
 }
 
 impl fmt::Debug for Decoder {
@@ -215,11 +226,14 @@ impl Decoder {
             buf: Vec::new(),
             start: 0,
             nl_pos: 0,
+            apostrophe: Apostrophe::default(),
             scan: Scanner::default(),
             max: max_message_size,
             failure: None,
             #[cfg(test)]
             scanned: 0,
+            #[cfg(test)]
+            apostrophes_searched: 0,
         }
     }
 
@@ -321,6 +335,7 @@ impl Decoder {
             // must not do; recover instead of indexing out of bounds.
             self.start = self.start.min(len);
             self.nl_pos = self.start;
+            self.apostrophe = Apostrophe::default();
             self.scan = Scanner::default();
         }
         if !self.scan.active {
@@ -335,6 +350,7 @@ impl Decoder {
                     self.buf.clear();
                     self.start = 0;
                     self.nl_pos = 0;
+                    self.apostrophe = Apostrophe::default();
                     return Ok(None);
                 }
             }
@@ -453,6 +469,9 @@ impl Decoder {
         let buf = &self.buf[..];
         let len = buf.len();
         let s = &mut self.scan;
+        let apostrophe = &mut self.apostrophe;
+        #[cfg(test)]
+        let mut searched = 0;
         if !s.active {
             *s = Scanner {
                 active: true,
@@ -528,7 +547,13 @@ impl Decoder {
                 } else {
                     // A single-quoted string may start before the next `"`
                     // or bracket.
-                    let sq = next_apostrophe(s, buf, i);
+                    let sq = next_apostrophe(
+                        apostrophe,
+                        buf,
+                        i,
+                        #[cfg(test)]
+                        &mut searched,
+                    );
                     match memchr3(b'"', s.open, s.close, &buf[i..sq]) {
                         None if sq < len => {
                             i = sq + 1;
@@ -563,6 +588,7 @@ impl Decoder {
         #[cfg(test)]
         {
             self.scanned += i - begin;
+            self.apostrophes_searched += searched;
         }
         end
     }
@@ -585,7 +611,7 @@ impl Decoder {
         self.start = 0;
         self.nl_pos = self.nl_pos.saturating_sub(shift);
         self.scan.pos = self.scan.pos.saturating_sub(shift);
-        self.scan.sq_pos = self.scan.sq_pos.saturating_sub(shift);
+        self.apostrophe.pos = self.apostrophe.pos.saturating_sub(shift);
     }
 
     fn make_error(&self, failure: Failure, source: Option<serde_json::Error>) -> FrameError {
@@ -624,26 +650,35 @@ impl Decoder {
 }
 
 /// The index of the next `'` at or after `i` in `buf`, or `buf.len()`.
-/// Remembers what it found in `s`, so that the scanner searches each byte
-/// once however many double-quoted strings (whose apostrophes do not count)
-/// it skips.
-fn next_apostrophe(s: &mut Scanner, buf: &[u8], i: usize) -> usize {
-    if s.sq_found && s.sq_pos >= i {
-        return s.sq_pos;
+/// Remembers what it found, so that each byte is searched once however many
+/// double-quoted strings (whose apostrophes do not count) and messages the
+/// scanner goes through.
+fn next_apostrophe(
+    a: &mut Apostrophe,
+    buf: &[u8],
+    i: usize,
+    #[cfg(test)] searched: &mut usize,
+) -> usize {
+    if a.found && a.pos >= i {
+        return a.pos;
     }
-    // No `'` lies before `sq_pos` when it was not found.
-    let from = if s.sq_found { i } else { s.sq_pos.max(i) };
+    // No `'` lies before `pos` when it was not found.
+    let from = if a.found { i } else { a.pos.max(i) };
     match memchr(b'\'', &buf[from..]) {
         Some(off) => {
-            s.sq_pos = from + off;
-            s.sq_found = true;
+            a.pos = from + off;
+            a.found = true;
         }
         None => {
-            s.sq_pos = buf.len();
-            s.sq_found = false;
+            a.pos = buf.len();
+            a.found = false;
         }
     }
-    s.sq_pos
+    #[cfg(test)]
+    {
+        *searched += a.pos - from;
+    }
+    a.pos
 }
 
 /// Parses the first JSON value in `bytes` as QEMU does, returning it and the
@@ -1593,6 +1628,29 @@ mod tests {
             d.decode(false).unwrap(),
             Some(obj(json!({"a": "x}", "b": "{\""})))
         );
+    }
+
+    #[test]
+    fn apostrophes_are_searched_once_over_many_messages() {
+        // Back to back, no newline (the scanner's path), no apostrophe at all,
+        // then one far ahead of many messages.
+        for tail in [&b""[..], b"{\"x\": \"'\"}"] {
+            let mut stream = Vec::new();
+            for i in 0..5000 {
+                stream.extend_from_slice(format!("{{\"id\": {i}}}").as_bytes());
+            }
+            stream.extend_from_slice(tail);
+            let mut d = Decoder::default();
+            d.extend(&stream);
+            let got = drain(&mut d, true);
+            assert_eq!(got.len(), 5000 + usize::from(!tail.is_empty()));
+            assert!(
+                d.apostrophes_searched <= stream.len(),
+                "{} > {}",
+                d.apostrophes_searched,
+                stream.len()
+            );
+        }
     }
 
     #[test]
