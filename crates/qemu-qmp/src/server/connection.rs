@@ -125,6 +125,13 @@ impl Connection {
     }
 
     /// Write what is pending until done or the socket is full.
+    ///
+    /// Through [`Stream::try_write`], the client's own write path, but not through
+    /// `transport::Writer`: this one task is the only writer, and [`Output`] already
+    /// paces it (deferred floods turned into bytes as the socket drains, reads stopped
+    /// above [`HIGH_WATER`], a close once everything before it is written). A
+    /// `Writer` would add a lock, a copy of every reply into a queued chunk and a
+    /// flusher task, for ordering guarantees that one task has anyway.
     pub(super) fn flush(&mut self) -> io::Result<()> {
         loop {
             if self.events_more && self.negotiated && self.out.buffered() < LOW_WATER {
