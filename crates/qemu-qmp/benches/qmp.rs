@@ -11,6 +11,10 @@
 //! - `pipelined_per_s`: commands per second with many in flight, against the in-process
 //!   test server (no QEMU bottleneck);
 //! - `events_per_s`: events per second decoded and dispatched to a listener;
+//! - `decode_*_mb_per_s`: the JSON stream decoder alone, on QEMU's replies and events
+//!   one a line (`lines`), pretty-printed over several lines (`pretty`, the scanner's
+//!   path) and with no newline between them (`unterminated`); best of the rounds.
+//!   `BENCH_DECODE_ONLY=1` prints only these;
 //! - `python_qemu_qmp`: for scale, QEMU's Python `qemu.qmp` on the same QEMU, when
 //!   `python3 -c "import qemu.qmp"` works (`pip install qemu.qmp`).
 //!
@@ -265,12 +269,84 @@ fn round(x: f64, places: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// A stream of QEMU-like messages: replies, events, a schema-sized reply, error
+/// texts with apostrophes in double-quoted strings.
+fn decode_corpus(style: &str) -> Vec<u8> {
+    let mut msgs: Vec<Value> = Vec::new();
+    for i in 0..2000 {
+        msgs.push(json!({"return": {"status": "running", "running": true}, "id": i}));
+        msgs.push(json!({"timestamp": {"seconds": 1_700_000_000u64 + i, "microseconds": 123_456}, "event": "BLOCK_JOB_COMPLETED", "data": {"device": format!("job{i}"), "len": 1u64 << 30, "offset": 1u64 << 30, "speed": 0, "type": "mirror"}}));
+        msgs.push(json!({"error": {"class": "GenericError", "desc": format!("Parameter 'x{i}' is unexpected")}, "id": format!("cmd-{i}")}));
+    }
+    let schema: Vec<Value> = (0..2000)
+        .map(|i| json!({"name": format!("type{i}"), "meta-type": "object", "members": [{"name": "a", "type": "int"}, {"name": "b", "type": "str", "default": null}]}))
+        .collect();
+    msgs.push(json!({"return": schema}));
+    let mut out = Vec::new();
+    for m in &msgs {
+        match style {
+            "pretty" => {
+                out.extend_from_slice(serde_json::to_string_pretty(m).unwrap().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            "unterminated" => out.extend_from_slice(m.to_string().as_bytes()),
+            _ => {
+                out.extend_from_slice(m.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    out
+}
+
+/// MB per second through the decoder, fed in 64 KiB reads as a socket would.
+fn decode_rate(corpus: &[u8], rounds: usize) -> f64 {
+    let expected = decode_corpus_len();
+    let mut best = f64::MAX;
+    for _ in 0..rounds.max(3) * 4 {
+        let mut d = qemu_qmp::framing::Decoder::default();
+        let mut n = 0;
+        let t = Instant::now();
+        for chunk in corpus.chunks(64 * 1024) {
+            d.extend(chunk);
+            while let Some(m) = d.decode(false).unwrap() {
+                std::hint::black_box(&m);
+                n += 1;
+            }
+            while let Some(m) = d.decode(true).unwrap() {
+                std::hint::black_box(&m);
+                n += 1;
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+        assert_eq!(n, expected);
+    }
+    corpus.len() as f64 / best / 1e6
+}
+
+fn decode_corpus_len() -> usize {
+    3 * 2000 + 1
+}
+
+fn decode_benches(rounds: usize) -> Value {
+    let mut out = serde_json::Map::new();
+    for style in ["lines", "pretty", "unterminated"] {
+        let rate = decode_rate(&decode_corpus(style), rounds);
+        out.insert(format!("decode_{style}_mb_per_s"), json!(round(rate, 1)));
+    }
+    Value::Object(out)
+}
+
 fn main() {
+    let s = sizes();
+    if std::env::var_os("BENCH_DECODE_ONLY").is_some() {
+        println!("{}", decode_benches(s.rounds));
+        return;
+    }
     if qemu_testkit::qemu_system().is_none() {
         eprintln!("qemu-system-x86_64 is missing: nothing to measure");
         return;
     }
-    let s = sizes();
     if std::env::var_os("BENCH_SERVER_ONLY").is_some() {
         let (p, e) = runtime(true).block_on(server_benches(s.pipelined, s.events));
         println!(
@@ -331,6 +407,7 @@ fn main() {
     drop(qemu);
 
     let (pipelined, events) = multi.block_on(server_benches(s.pipelined, s.events));
+    let decode = decode_benches(s.rounds);
 
     let python_figures = if !python {
         json!("not measured: a smoke run, or python3 with qemu.qmp is not installed (pip install qemu.qmp)")
@@ -360,6 +437,10 @@ fn main() {
         "events_per_s": events.round(),
         "python_qemu_qmp": python_figures,
     });
+    let mut out = out;
+    if let (Value::Object(o), Value::Object(d)) = (&mut out, decode) {
+        o.extend(d);
+    }
     println!("{out}");
 }
 

@@ -27,6 +27,18 @@
 //!   is buffered, an incremental structural scanner finds where the
 //!   top-level value ends, respecting strings and escapes. It resumes where
 //!   it stopped, so it never scans a byte twice for one message.
+//!
+//! # Single-quoted strings
+//!
+//! QEMU's JSON parser accepts strings in single quotes as well, as an
+//! extension, and scripts (and QEMU's own `qmp-shell` users) send them:
+//! `{'execute': 'query-status'}`. Inside one, `"` needs no escape and `\'`
+//! is an apostrophe; every other escape is JSON's. QEMU also takes `\'` in
+//! a double-quoted string. The decoder accepts all of these where QEMU
+//! does, at no cost to standard JSON: only when the JSON parser fails at an
+//! apostrophe is the message rewritten as standard JSON (the strings
+//! requoted, their contents unchanged) and parsed again. The scanner knows
+//! both kinds of string.
 
 use std::fmt;
 
@@ -69,12 +81,25 @@ pub enum FrameError {
     },
     /// Bytes that are not valid JSON.
     #[error("malformed JSON in QMP stream: {source}; input starts with \"{excerpt}\"")]
+    #[non_exhaustive]
     Malformed {
         /// The JSON parser's error.
         source: serde_json::Error,
         /// The start of the offending bytes (at most about 200 characters),
         /// lossily decoded as UTF-8 and escaped.
         excerpt: String,
+        /// Where the parser stopped: the offset, from the start of the
+        /// offending bytes, of the byte it could not take (their length if
+        /// they ended too soon).
+        offset: usize,
+        /// The raw bytes of the token the parser stopped in, delimited as
+        /// QEMU's JSON lexer delimits tokens, so that a server can word the
+        /// error as QEMU does: a bare word (`[a-z]+`) that holds or ends at
+        /// `offset`; a string, from its opening quote (`"` or `'`) up to and
+        /// including the byte at `offset`; a number, from its start up to
+        /// and including the byte at `offset`; otherwise the one byte at
+        /// `offset` (none at the end of the input).
+        token: Vec<u8>,
     },
     /// Valid JSON that is not an object.
     #[error("QMP message is a JSON {kind}, not an object: \"{excerpt}\"")]
@@ -110,6 +135,9 @@ struct Scanner {
     depth: usize,
     /// Inside a string.
     in_string: bool,
+    /// The quote that ends the current string: `"`, or `'` for QEMU's
+    /// single-quoted strings.
+    quote: u8,
     /// The previous byte was a backslash inside a string.
     escape: bool,
     /// The message is a top-level scalar (number, `true`, ...).
@@ -125,15 +153,23 @@ struct Scanner {
 
 /// Incremental decoder for a stream of QMP messages.
 ///
-/// Feed bytes with [`buffer_mut`](Self::buffer_mut) or
-/// [`extend`](Self::extend), then call [`decode`](Self::decode) until it
-/// returns `Ok(None)`.
+/// Feed bytes with [`extend`](Self::extend), then call
+/// [`decode`](Self::decode) until it returns `Ok(None)`. (Within the crate,
+/// the readers append straight into the decoder's buffer instead, to save a
+/// copy.)
 ///
-/// ```ignore
+/// ```
+/// use qemu_qmp::framing::{Decoder, DEFAULT_MAX_MESSAGE_SIZE};
+///
 /// let mut decoder = Decoder::new(DEFAULT_MAX_MESSAGE_SIZE);
-/// decoder.extend(b"{\"return\": {}}\r\n");
+/// decoder.extend(b"{\"return\": {}}\r\n{\"event\": \"STOP\",");
 /// let msg = decoder.decode(false)?.expect("a complete message");
 /// assert!(msg.contains_key("return"));
+/// // The second message is not complete yet.
+/// assert_eq!(decoder.decode(true)?, None);
+/// decoder.extend(b" \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n");
+/// assert_eq!(decoder.decode(false)?.expect("the event")["event"], "STOP");
+/// # Ok::<(), qemu_qmp::framing::FrameError>(())
 /// ```
 pub struct Decoder {
     buf: Vec<u8>,
@@ -141,6 +177,9 @@ pub struct Decoder {
     start: usize,
     /// No `'\n'` lies in `start..nl_pos` (when `nl_pos >= start`).
     nl_pos: usize,
+    /// Where the scanner's next `'` is. Kept across messages, like
+    /// `nl_pos`, so that each byte is searched once.
+    apostrophe: Apostrophe,
     scan: Scanner,
     max: usize,
     failure: Option<Failure>,
@@ -150,6 +189,19 @@ pub struct Decoder {
     /// Total bytes examined by the scanner (for tests of the fast path).
     #[cfg(test)]
     scanned: usize,
+    /// Total bytes searched for apostrophes.
+    #[cfg(test)]
+    apostrophes_searched: usize,
+}
+
+/// What the scanner knows of the apostrophes ahead: with `found`, `pos` is
+/// the absolute index of a `'` and none lies between where it was searched
+/// from and it; without, none lies before `pos` from where it was searched
+/// from (`pos` was the buffer's length then).
+#[derive(Debug, Default, Clone, Copy)]
+struct Apostrophe {
+    pos: usize,
+    found: bool,
 }
 
 impl fmt::Debug for Decoder {
@@ -177,12 +229,15 @@ impl Decoder {
             buf: Vec::new(),
             start: 0,
             nl_pos: 0,
+            apostrophe: Apostrophe::default(),
             scan: Scanner::default(),
             max: max_message_size,
             failure: None,
             last: 0..0,
             #[cfg(test)]
             scanned: 0,
+            #[cfg(test)]
+            apostrophes_searched: 0,
         }
     }
 
@@ -191,12 +246,14 @@ impl Decoder {
         self.max
     }
 
-    /// Buffer to read into: compacts already-consumed bytes when worthwhile
-    /// (amortised O(1), never O(n²)), and guarantees at least 64 KiB of spare
-    /// capacity. Callers append bytes (e.g. tokio's
-    /// `try_read_buf(decoder.buffer_mut())`); they must not modify or remove
-    /// bytes already in it.
-    pub fn buffer_mut(&mut self) -> &mut Vec<u8> {
+    /// Buffer to read into, for the crate's own readers: compacts
+    /// already-consumed bytes when worthwhile (amortised O(1), never O(n²)),
+    /// and guarantees at least 64 KiB of spare capacity. Callers append bytes
+    /// (e.g. tokio's `try_read_buf(decoder.buffer_mut())`); they must not
+    /// modify or remove bytes already in it. Not public: the decoder's
+    /// positions index this buffer, so outside code feeds bytes with
+    /// [`extend`](Self::extend).
+    pub(crate) fn buffer_mut(&mut self) -> &mut Vec<u8> {
         self.compact();
         if self.buf.is_empty() && self.buf.capacity() > SHRINK_THRESHOLD {
             self.buf.shrink_to(MIN_SPARE);
@@ -205,7 +262,7 @@ impl Decoder {
         &mut self.buf
     }
 
-    /// Appends bytes (convenience for tests and simple callers).
+    /// Appends bytes to decode.
     pub fn extend(&mut self, data: &[u8]) {
         self.compact();
         self.buf.extend_from_slice(data);
@@ -282,6 +339,7 @@ impl Decoder {
             // must not do; recover instead of indexing out of bounds.
             self.start = self.start.min(len);
             self.nl_pos = self.start;
+            self.apostrophe = Apostrophe::default();
             self.scan = Scanner::default();
         }
         if !self.scan.active {
@@ -296,13 +354,14 @@ impl Decoder {
                     self.buf.clear();
                     self.start = 0;
                     self.nl_pos = 0;
+                    self.apostrophe = Apostrophe::default();
                     return Ok(None);
                 }
             }
             if !can_start_value(self.buf[self.start]) {
                 let rest = &self.buf[self.start..];
                 let line = memchr(b'\n', rest).unwrap_or(rest.len());
-                let err = parse_first(&rest[..line.max(1)]).err();
+                let err = parse_message(&rest[..line.max(1)]).err();
                 return Err((Failure::Malformed { len: line.max(1) }, err));
             }
         }
@@ -319,7 +378,7 @@ impl Decoder {
                     // hold further messages that end at the same newline.
                     let nl = self.nl_pos + off;
                     self.nl_pos = nl;
-                    match parse_first(&self.buf[start..=nl]) {
+                    match parse_message(&self.buf[start..=nl]) {
                         Ok((value, used)) => return self.finish(value, used),
                         Err(e) if e.classify() == Category::Eof => self.scan.multiline = true,
                         Err(e) => {
@@ -348,7 +407,7 @@ impl Decoder {
                 if size > self.max {
                     return Err((Failure::TooLarge { size }, None));
                 }
-                match parse_first(&self.buf[start..end]) {
+                match parse_message(&self.buf[start..end]) {
                     Ok((value, used)) => self.finish(value, used),
                     Err(e) => Err((Failure::Malformed { len: size }, Some(e))),
                 }
@@ -393,6 +452,7 @@ impl Decoder {
             b'{' => b'}',
             b'[' => b']',
             b'"' => b'"',
+            b'\'' => b'\'',
             _ => return true,
         };
         let tail = &self.buf[self.start..];
@@ -414,6 +474,9 @@ impl Decoder {
         let buf = &self.buf[..];
         let len = buf.len();
         let s = &mut self.scan;
+        let apostrophe = &mut self.apostrophe;
+        #[cfg(test)]
+        let mut searched = 0;
         if !s.active {
             *s = Scanner {
                 active: true,
@@ -432,7 +495,10 @@ impl Decoder {
                     s.close = b']';
                     s.depth = 1;
                 }
-                Some(b'"') => s.in_string = true,
+                Some(&q @ (b'"' | b'\'')) => {
+                    s.in_string = true;
+                    s.quote = q;
+                }
                 _ => s.scalar = true,
             }
         }
@@ -452,7 +518,7 @@ impl Decoder {
                 }
             }
         } else {
-            // Only `"`, `\` and the top-level bracket pair matter: other
+            // Only quotes, `\` and the top-level bracket pair matter: other
             // brackets cannot close the top-level value in valid JSON, and
             // invalid JSON is reported by serde once the end is found.
             loop {
@@ -465,7 +531,7 @@ impl Decoder {
                         i += 1;
                         continue;
                     }
-                    match memchr2(b'"', b'\\', &buf[i..]) {
+                    match memchr2(s.quote, b'\\', &buf[i..]) {
                         None => {
                             i = len;
                             break None;
@@ -484,7 +550,21 @@ impl Decoder {
                         }
                     }
                 } else {
-                    match memchr3(b'"', s.open, s.close, &buf[i..]) {
+                    // A single-quoted string may start before the next `"`
+                    // or bracket.
+                    let sq = next_apostrophe(
+                        apostrophe,
+                        buf,
+                        i,
+                        #[cfg(test)]
+                        &mut searched,
+                    );
+                    match memchr3(b'"', s.open, s.close, &buf[i..sq]) {
+                        None if sq < len => {
+                            i = sq + 1;
+                            s.in_string = true;
+                            s.quote = b'\'';
+                        }
                         None => {
                             i = len;
                             break None;
@@ -495,6 +575,7 @@ impl Decoder {
                             let b = buf[j];
                             if b == b'"' {
                                 s.in_string = true;
+                                s.quote = b'"';
                             } else if b == s.open {
                                 s.depth += 1;
                             } else {
@@ -512,6 +593,7 @@ impl Decoder {
         #[cfg(test)]
         {
             self.scanned += i - begin;
+            self.apostrophes_searched += searched;
         }
         end
     }
@@ -541,6 +623,7 @@ impl Decoder {
         self.last = 0..0;
         self.nl_pos = self.nl_pos.saturating_sub(shift);
         self.scan.pos = self.scan.pos.saturating_sub(shift);
+        self.apostrophe.pos = self.apostrophe.pos.saturating_sub(shift);
     }
 
     fn make_error(&self, failure: Failure, source: Option<serde_json::Error>) -> FrameError {
@@ -555,15 +638,19 @@ impl Decoder {
             },
             Failure::Malformed { len } => {
                 let bytes = slice(len);
-                // Re-parsing the same bytes reproduces the same error.
-                let source = source
-                    .or_else(|| parse_first(bytes).err())
-                    .unwrap_or_else(|| {
+                // Re-parsing the same bytes reproduces the same error, and
+                // tells where it is.
+                let (source, offset) = locate_failure(bytes).unwrap_or_else(|| {
+                    let e = source.unwrap_or_else(|| {
                         <serde_json::Error as serde::de::Error>::custom("malformed JSON")
                     });
+                    (e, 0)
+                });
                 FrameError::Malformed {
                     source,
                     excerpt: excerpt(bytes),
+                    offset,
+                    token: bytes[token_at(bytes, offset)].to_vec(),
                 }
             }
             Failure::NotAnObject { kind, len } => FrameError::NotAnObject {
@@ -572,6 +659,240 @@ impl Decoder {
             },
         }
     }
+}
+
+/// The index of the next `'` at or after `i` in `buf`, or `buf.len()`.
+/// Remembers what it found, so that each byte is searched once however many
+/// double-quoted strings (whose apostrophes do not count) and messages the
+/// scanner goes through.
+fn next_apostrophe(
+    a: &mut Apostrophe,
+    buf: &[u8],
+    i: usize,
+    #[cfg(test)] searched: &mut usize,
+) -> usize {
+    if a.found && a.pos >= i {
+        return a.pos;
+    }
+    // No `'` lies before `pos` when it was not found.
+    let from = if a.found { i } else { a.pos.max(i) };
+    match memchr(b'\'', &buf[from..]) {
+        Some(off) => {
+            a.pos = from + off;
+            a.found = true;
+        }
+        None => {
+            a.pos = buf.len();
+            a.found = false;
+        }
+    }
+    #[cfg(test)]
+    {
+        *searched += a.pos - from;
+    }
+    a.pos
+}
+
+/// Parses the first JSON value in `bytes` as QEMU does, returning it and the
+/// number of bytes it spans: standard JSON, or with QEMU's single-quoted
+/// strings (see the [module documentation](self)), which are tried only
+/// when standard JSON fails at an apostrophe.
+fn parse_message(bytes: &[u8]) -> Result<(Value, usize), serde_json::Error> {
+    match parse_first(bytes) {
+        Err(e) if fails_at_apostrophe(bytes, &e) => parse_single_quoted(bytes).map_err(|(e, _)| e),
+        r => r,
+    }
+}
+
+/// Where [`parse_message`] fails on `bytes`: the parser's error and the
+/// offset in `bytes` of the byte it stopped at. `None` if it does not fail.
+fn locate_failure(bytes: &[u8]) -> Option<(serde_json::Error, usize)> {
+    match parse_first(bytes) {
+        Ok(_) => None,
+        Err(e) if fails_at_apostrophe(bytes, &e) => parse_single_quoted(bytes).err(),
+        Err(e) => {
+            let offset = error_offset(bytes, &e);
+            Some((e, offset))
+        }
+    }
+}
+
+fn fails_at_apostrophe(bytes: &[u8], e: &serde_json::Error) -> bool {
+    e.classify() == Category::Syntax && bytes.get(error_offset(bytes, e)) == Some(&b'\'')
+}
+
+/// [`parse_first`] for a value with single-quoted strings: rewrites it as
+/// standard JSON and parses that. Errors come with the offset in `bytes` of
+/// the byte the parser stopped at.
+fn parse_single_quoted(bytes: &[u8]) -> Result<(Value, usize), (serde_json::Error, usize)> {
+    let mut json = Vec::with_capacity(bytes.len() + 16);
+    let end = requote(bytes, &mut json, usize::MAX);
+    match parse_first(&json) {
+        Ok((value, used)) if used == json.len() => Ok((value, end)),
+        Ok((value, used)) => Ok((value, original_offset(bytes, used))),
+        Err(e) => {
+            let offset = original_offset(bytes, error_offset(&json, &e));
+            Err((e, offset))
+        }
+    }
+}
+
+/// The offset in `bytes` that became offset `rewritten` of its
+/// [`requote`]d form.
+fn original_offset(bytes: &[u8], rewritten: usize) -> usize {
+    requote(bytes, &mut Vec::new(), rewritten)
+}
+
+/// Appends to `out` the first value of `bytes` in standard JSON: strings in
+/// single quotes become double-quoted (with `"` escaped and `\'`
+/// unescaped), and `\'` in a double-quoted string becomes `'`; nothing else
+/// changes. Stops after the value, or when `out` holds `stop` bytes or
+/// more; returns how many bytes of `bytes` were used.
+fn requote(bytes: &[u8], out: &mut Vec<u8>, stop: usize) -> usize {
+    let mut i = 0;
+    let mut depth = 0usize;
+    let mut quote = None;
+    while i < bytes.len() && out.len() < stop {
+        let rest = &bytes[i..];
+        let Some(q) = quote else {
+            i += 1;
+            match rest[0] {
+                b @ (b'"' | b'\'') => {
+                    out.push(b'"');
+                    quote = Some(b);
+                }
+                b @ (b'{' | b'[') => {
+                    depth += 1;
+                    out.push(b);
+                }
+                b @ (b'}' | b']') => {
+                    out.push(b);
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return i;
+                    }
+                }
+                b => out.push(b),
+            }
+            continue;
+        };
+        // Inside a string: plain bytes are copied as they are.
+        let run = if q == b'"' {
+            memchr2(b'"', b'\\', rest)
+        } else {
+            memchr3(b'\'', b'"', b'\\', rest)
+        }
+        .unwrap_or(rest.len());
+        if run > 0 {
+            let take = run.min(stop - out.len());
+            out.extend_from_slice(&rest[..take]);
+            i += take;
+            continue;
+        }
+        match (rest[0], rest.get(1)) {
+            (b'\\', Some(b'\'')) => {
+                out.push(b'\'');
+                i += 2;
+            }
+            (b'\\', Some(&c)) => {
+                if stop - out.len() < 2 {
+                    // `stop` falls inside the escape, which maps one to one.
+                    return i + (stop - out.len());
+                }
+                out.extend_from_slice(&[b'\\', c]);
+                i += 2;
+            }
+            (b'\\', None) => {
+                out.push(b'\\');
+                i += 1;
+            }
+            (b'"', _) if q == b'\'' => {
+                if stop - out.len() < 2 {
+                    return i;
+                }
+                out.extend_from_slice(b"\\\"");
+                i += 1;
+            }
+            _ => {
+                // The closing quote.
+                out.push(b'"');
+                i += 1;
+                quote = None;
+                if depth == 0 {
+                    return i;
+                }
+            }
+        }
+    }
+    i
+}
+
+/// The offset in `bytes` of the byte at which parsing stopped with `e`.
+fn error_offset(bytes: &[u8], e: &serde_json::Error) -> usize {
+    let mut line_start = 0;
+    for _ in 1..e.line() {
+        match memchr(b'\n', &bytes[line_start..]) {
+            Some(off) => line_start += off + 1,
+            None => break,
+        }
+    }
+    // serde_json's column counts the bytes of the line it has read.
+    (line_start + e.column()).saturating_sub(1).min(bytes.len())
+}
+
+/// The token of `bytes` that the byte at `offset` belongs to, as
+/// [`FrameError::Malformed::token`] describes it.
+fn token_at(bytes: &[u8], offset: usize) -> std::ops::Range<usize> {
+    let offset = offset.min(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
+            i += 1;
+            continue;
+        }
+        if i > offset {
+            break;
+        }
+        let run = |from: usize, f: fn(&u8) -> bool| {
+            from + bytes[from..]
+                .iter()
+                .position(|b| !f(b))
+                .unwrap_or(bytes.len() - from)
+        };
+        let end = match b {
+            b'"' | b'\'' => {
+                // To the closing quote, past escapes.
+                let mut j = i + 1;
+                loop {
+                    match bytes.get(j) {
+                        None => break j,
+                        Some(b'\\') => j += 2,
+                        Some(&c) if c == b => break j + 1,
+                        Some(_) => j += 1,
+                    }
+                }
+                .min(bytes.len())
+            }
+            b'a'..=b'z' => run(i, u8::is_ascii_lowercase),
+            b'-' | b'0'..=b'9' => run(i, |c| {
+                matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+            }),
+            _ => i + 1,
+        };
+        let word = b.is_ascii_lowercase();
+        let number = matches!(b, b'-' | b'0'..=b'9');
+        if offset < end || (offset == end && (word || number)) {
+            return if number || b == b'"' || b == b'\'' {
+                // Up to and including the offending byte.
+                i..(offset + 1).min(bytes.len())
+            } else {
+                i..end
+            };
+        }
+        i = end;
+    }
+    offset..(offset + 1).min(bytes.len())
 }
 
 /// Parses the first JSON value in `bytes`, returning it and the number of
@@ -597,7 +918,7 @@ fn is_skippable(b: u8) -> bool {
 fn can_start_value(b: u8) -> bool {
     matches!(
         b,
-        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+        b'{' | b'[' | b'"' | b'\'' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
     )
 }
 
@@ -984,6 +1305,50 @@ mod tests {
         assert!(matches!(d.decode(true), Err(FrameError::Malformed { .. })));
     }
 
+    /// The offset and raw token of the first error in `input`.
+    fn failure(input: &[u8]) -> (usize, Vec<u8>) {
+        let mut d = Decoder::default();
+        d.extend(input);
+        match d.decode(true) {
+            Err(FrameError::Malformed { offset, token, .. }) => (offset, token),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn errors_carry_the_raw_offending_token() {
+        let cases: &[(&[u8], usize, &[u8])] = &[
+            (b"{this is bad}\n", 1, b"this"),
+            (b"this\n", 1, b"this"),
+            (b"{\"execute\": x}\n", 12, b"x"),
+            // The parser stops after a word it took for `true`: the word.
+            (b"{\"execute\": tru}\n", 15, b"tru"),
+            (b"{\"a\": truex}\n", 10, b"truex"),
+            (b"}\n", 0, b"}"),
+            // A string up to where the parser stopped: its opening quote.
+            (b"{\"a\" \"b\"}\n", 5, b"\""),
+            (b"{\"a\": \"\\x\"}\n", 8, b"\"\\x"),
+            (b"{\"a\": \"\xc0\"}\n", 7, b"\"\xc0"),
+            (b"{\"a\": \"\\ud800\"}\n", 13, b"\"\\ud800\""),
+            (b"{\"a\": -}\n", 7, b"-}"),
+            (b"{\"a\": 01}\n", 7, b"01"),
+            (b"@\n", 0, b"@"),
+            (b"{\"a\": 1,\n\"b\": @}\n", 14, b"@"),
+            // In single-quoted messages, offsets are in the input as sent.
+            (b"{'a': 'x\"y', 'b': tru}\n", 21, b"tru"),
+            (b"{'a': '\\'\"', 'b': '\\q'}\n", 20, b"'\\q"),
+            (b"{\"a\": 'it\\'s' 'b'}\n", 14, b"'"),
+        ];
+        for (input, offset, token) in cases {
+            assert_eq!(
+                failure(input),
+                (*offset, token.to_vec()),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
     #[test]
     fn excerpt_is_bounded() {
         let mut d = Decoder::default();
@@ -1147,6 +1512,192 @@ mod tests {
         assert!(d.decode(true).is_err());
     }
 
+    // ---- single-quoted strings (QEMU's extension) ----
+
+    /// Decodes `input` as one read, then idle: every message, or the error.
+    fn decode_all(input: &[u8]) -> Result<Vec<JsonObject>, FrameError> {
+        let mut d = Decoder::default();
+        d.extend(input);
+        let mut got = Vec::new();
+        for idle in [false, true] {
+            while let Some(m) = d.decode(idle)? {
+                got.push(m);
+            }
+        }
+        assert!(!d.has_partial(), "{:?}", String::from_utf8_lossy(input));
+        Ok(got)
+    }
+
+    fn one(input: &[u8]) -> Value {
+        match decode_all(input) {
+            Ok(mut v) if v.len() == 1 => Value::Object(v.remove(0)),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn single_quoted_strings_plain() {
+        for input in [
+            &b"{'execute': 'query-status'}\r\n"[..],
+            b"{'execute': 'query-status'}",
+            b"{'execute':'query-status'}\n",
+            b" \xff{ 'execute' : 'query-status' }\n",
+        ] {
+            assert_eq!(one(input), json!({"execute": "query-status"}));
+        }
+        // Mixed with double quotes, in keys and values.
+        assert_eq!(
+            one(b"{'execute': \"query-status\", \"id\": 'x', 'arguments': {}}\n"),
+            json!({"execute": "query-status", "id": "x", "arguments": {}})
+        );
+        assert_eq!(one(b"{'': ''}\n"), json!({"": ""}));
+    }
+
+    #[test]
+    fn single_quoted_strings_escapes() {
+        assert_eq!(
+            one(br#"{'a': '\n\t\r\b\f\\\/\u00e9\ud83d\ude00'}"#),
+            json!({"a": "\n\t\r\u{8}\u{c}\\/é😀"})
+        );
+        // `\'` is an apostrophe, in both kinds of string (QEMU's extension).
+        assert_eq!(one(br"{'a': 'it\'s'}"), json!({"a": "it's"}));
+        assert_eq!(one(br#"{"a": "it\'s"}"#), json!({"a": "it's"}));
+        assert_eq!(one(br"{'a': '\''}"), json!({"a": "'"}));
+        // An escaped backslash before the closing quote ends the string.
+        assert_eq!(one(br"{'a': 'x\\', 'b': 1}"), json!({"a": "x\\", "b": 1}));
+        assert_eq!(one(br"{'a\\\'b': 1}"), json!({"a\\'b": 1}));
+        // Non-ASCII bytes go through as they are.
+        assert_eq!(one("{'é': '😀'}\n".as_bytes()), json!({"é": "😀"}));
+    }
+
+    #[test]
+    fn single_quoted_strings_with_double_quotes_inside() {
+        assert_eq!(one(br#"{'a': 'say "hi"'}"#), json!({"a": "say \"hi\""}));
+        assert_eq!(one(br#"{'a': '"'}"#), json!({"a": "\""}));
+        // `\"` is a double quote there too.
+        assert_eq!(one(br#"{'a': 'x\"y'}"#), json!({"a": "x\"y"}));
+        assert_eq!(one(br#"{'"': '""'}"#), json!({"\"": "\"\""}));
+    }
+
+    #[test]
+    fn apostrophes_inside_double_quoted_strings_are_plain() {
+        assert_eq!(one(br#"{"a": "it's"}"#), json!({"a": "it's"}));
+        assert_eq!(
+            one(br#"{"a": "'", "b": 'x"y', "c": "'}"}"#),
+            json!({"a": "'", "b": "x\"y", "c": "'}"})
+        );
+        assert_eq!(one(b"{\"'\": \"'\"}\n"), json!({"'": "'"}));
+    }
+
+    #[test]
+    fn single_quoted_keys_and_nesting() {
+        assert_eq!(
+            one(b"{'execute': 'x', 'arguments': {'list': ['a', {'b': ['c', 'd}]']}], 'n': [1, true, null]}}\n"),
+            json!({"execute": "x", "arguments": {"list": ["a", {"b": ["c", "d}]"]}], "n": [1, true, null]}})
+        );
+        // Brackets and quotes of the other kind inside strings do not count.
+        assert_eq!(
+            one(b"{'a': '}', 'b': '{[\"', 'c': \"'}'\"}"),
+            json!({"a": "}", "b": "{[\"", "c": "'}'"})
+        );
+    }
+
+    #[test]
+    fn single_quoted_messages_over_several_lines_and_reads() {
+        let input = b"{'execute': 'x',\n 'id': '}\\'\"{'\n}\n{'a':\n1}{'b': 'c'}";
+        let want = vec![
+            obj(json!({"execute": "x", "id": "}'\"{"})),
+            obj(json!({"a": 1})),
+            obj(json!({"b": "c"})),
+        ];
+        assert_eq!(decode_all(input).unwrap(), want);
+        for k in 0..=input.len() {
+            assert_eq!(
+                decode_chunks([&input[..k], &input[k..]]),
+                want,
+                "split at {k}"
+            );
+        }
+        assert_eq!(decode_chunks(input.chunks(1)), want, "one byte at a time");
+    }
+
+    #[test]
+    fn single_quoted_errors_and_non_objects() {
+        match decode_all(b"'str'\n") {
+            Err(FrameError::NotAnObject { kind: "string", .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        match decode_all(b"['a', 'b']") {
+            Err(FrameError::NotAnObject { kind: "array", .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        for input in [
+            &br"{'a': '\q'}"[..],
+            b"{'a': 'tab\there'}\n",
+            b"{'a' 'b'}\n",
+            b"{'a': 'b',}\n",
+            b"{'a': 'x'\n}}\n",
+        ] {
+            match decode_all(input) {
+                Err(FrameError::Malformed { .. }) => {}
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+            }
+        }
+        // Unfinished: waits for more.
+        let mut d = Decoder::default();
+        d.extend(b"{'a': 'x}'\n, 'b': '{");
+        assert_eq!(d.decode(true).unwrap(), None);
+        assert!(d.has_partial());
+        d.extend(b"\"'}\n");
+        assert_eq!(
+            d.decode(false).unwrap(),
+            Some(obj(json!({"a": "x}", "b": "{\""})))
+        );
+    }
+
+    #[test]
+    fn apostrophes_are_searched_once_over_many_messages() {
+        // Back to back, no newline (the scanner's path), no apostrophe at all,
+        // then one far ahead of many messages.
+        for tail in [&b""[..], b"{\"x\": \"'\"}"] {
+            let mut stream = Vec::new();
+            for i in 0..5000 {
+                stream.extend_from_slice(format!("{{\"id\": {i}}}").as_bytes());
+            }
+            stream.extend_from_slice(tail);
+            let mut d = Decoder::default();
+            d.extend(&stream);
+            let got = drain(&mut d, true);
+            assert_eq!(got.len(), 5000 + usize::from(!tail.is_empty()));
+            assert!(
+                d.apostrophes_searched <= stream.len(),
+                "{} > {}",
+                d.apostrophes_searched,
+                stream.len()
+            );
+        }
+    }
+
+    #[test]
+    fn apostrophes_in_double_quoted_strings_keep_the_scanner_linear() {
+        // Multi-line, double-quoted, full of apostrophes in strings.
+        let mut msg = b"{\"a\": [".to_vec();
+        for i in 0..1000 {
+            msg.extend_from_slice(format!("\"it's {i}\",\n").as_bytes());
+        }
+        msg.extend_from_slice(b"\"end\"]}");
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for chunk in msg.chunks(100) {
+            d.extend(chunk);
+            got.extend(drain(&mut d, false));
+        }
+        got.extend(drain(&mut d, true));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["a"].as_array().unwrap().len(), 1001);
+        assert!(d.scanned <= msg.len(), "{} > {}", d.scanned, msg.len());
+    }
+
     /// QEMU 7.2's greeting, as it is on the wire.
     const GREETING: &[u8] = b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}}\r\n";
 
@@ -1194,7 +1745,7 @@ mod tests {
             prop::collection::vec(
                 prop::sample::select(vec![
                     '{', '}', '[', ']', '"', '\\', '\n', '\r', 'a', 'é', '😀', ' ', ':', ',',
-                    '\u{ff}'
+                    '\u{ff}', '\''
                 ]),
                 0..12
             )
@@ -1224,11 +1775,75 @@ mod tests {
             .prop_map(|m| m.into_iter().collect())
     }
 
+    /// Writes `v` as JSON with each string in single or double quotes, as
+    /// `seed` decides, sometimes over several lines.
+    fn write_mixed_quotes(out: &mut Vec<u8>, v: &Value, seed: &mut u64) {
+        fn step(seed: &mut u64) -> u64 {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *seed >> 33
+        }
+        match v {
+            Value::String(s) => {
+                if step(seed).is_multiple_of(2) {
+                    out.extend_from_slice(serde_json::to_string(s).unwrap().as_bytes());
+                    return;
+                }
+                out.push(b'\'');
+                for c in s.chars() {
+                    match c {
+                        '\'' => out.extend_from_slice(br"\'"),
+                        '\\' => out.extend_from_slice(br"\\"),
+                        // Sometimes escaped, as QEMU allows.
+                        '"' if step(seed).is_multiple_of(2) => out.extend_from_slice(br#"\""#),
+                        c if (c as u32) < 0x20 => {
+                            out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+                        }
+                        c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                    }
+                }
+                out.push(b'\'');
+            }
+            Value::Array(a) => {
+                out.push(b'[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(if step(seed).is_multiple_of(4) {
+                            b",\n"
+                        } else {
+                            b", "
+                        });
+                    }
+                    write_mixed_quotes(out, x, seed);
+                }
+                out.push(b']');
+            }
+            Value::Object(m) => {
+                out.push(b'{');
+                for (i, (k, x)) in m.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(if step(seed).is_multiple_of(4) {
+                            b",\n"
+                        } else {
+                            b", "
+                        });
+                    }
+                    write_mixed_quotes(out, &Value::String(k.clone()), seed);
+                    out.extend_from_slice(b": ");
+                    write_mixed_quotes(out, x, seed);
+                }
+                out.push(b'}');
+            }
+            other => out.extend_from_slice(other.to_string().as_bytes()),
+        }
+    }
+
     fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(
             prop_oneof![
                 any::<u8>(),
-                prop::sample::select(b"{}[]\"\\:,\n\r \t0123456789-tfnulrea\xff".to_vec()),
+                prop::sample::select(b"{}[]\"'\\:,\n\r \t0123456789-tfnulrea\xff".to_vec()),
             ],
             0..400,
         )
@@ -1289,6 +1904,40 @@ mod tests {
                 let _ = d.buffered();
                 let _ = d.buffer_mut();
             }
+        }
+
+        #[test]
+        fn random_objects_in_single_quotes_roundtrip(
+            msgs in prop::collection::vec((arb_object(), any::<u64>()), 1..5),
+            cuts in prop::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 0..20),
+        ) {
+            let mut stream = Vec::new();
+            for (m, seed) in &msgs {
+                let mut seed = *seed;
+                write_mixed_quotes(&mut stream, &Value::Object(m.clone()), &mut seed);
+                if seed.is_multiple_of(3) {
+                    stream.extend_from_slice(b"\r\n");
+                }
+            }
+            let mut points: BTreeMap<usize, bool> = BTreeMap::new();
+            for (i, idle) in &cuts {
+                *points.entry(i.index(stream.len() + 1)).or_insert(false) |= *idle;
+            }
+            points.insert(stream.len(), true);
+            let mut d = Decoder::default();
+            let mut got = Vec::new();
+            let mut prev = 0;
+            for (pos, idle) in points {
+                d.extend(&stream[prev..pos]);
+                prev = pos;
+                while let Some(m) = d.decode(idle).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    got.push(m);
+                }
+            }
+            // Messages with no newline between them come out once the next
+            // one is complete, so the last ones all arrive at the end.
+            let expected: Vec<JsonObject> = msgs.into_iter().map(|(m, _)| m).collect();
+            prop_assert_eq!(got, expected);
         }
 
         #[test]

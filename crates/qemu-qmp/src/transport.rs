@@ -2,15 +2,20 @@
 //! passing with `SCM_RIGHTS`.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Notify;
+use tracing::warn;
 
 use crate::address::Address;
 
@@ -65,6 +70,28 @@ impl Stream {
         }
     }
 
+    /// [`try_read_buf`](Self::try_read_buf), also taking the descriptors that came
+    /// with the bytes (`SCM_RIGHTS`): they are appended to `fds`, close-on-exec. On a
+    /// Unix socket this is one `recvmsg` into (at most [`READ_WINDOW`] bytes of) the
+    /// spare capacity of `buf`; a TCP socket cannot carry descriptors, so there it is
+    /// a plain read. Descriptors beyond the [`SCM_MAX_FD`] that one message can carry
+    /// cannot arrive; should the kernel still truncate the control data, the lost
+    /// descriptors are closed by it and a warning is logged.
+    ///
+    /// Like `try_read_buf`, a `buf` with no spare capacity reads nothing and returns
+    /// `Ok(0)`, which looks like the end of the stream: reserve first.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
+    pub(crate) fn try_read_buf_with_fds(
+        &self,
+        buf: &mut Vec<u8>,
+        fds: &mut Vec<OwnedFd>,
+    ) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read_buf(buf),
+            Stream::Unix(s) => s.try_io(Interest::READABLE, || recv_with_fds(s.as_fd(), buf, fds)),
+        }
+    }
+
     pub(crate) async fn writable(&self) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.writable().await,
@@ -90,12 +117,23 @@ impl Stream {
 
     /// Shut down both directions, waking the peer and our own reader.
     pub(crate) fn shutdown(&self) {
+        self.shutdown_how(rustix::net::Shutdown::Both);
+    }
+
+    /// Shut down the sending direction: the peer reads the end of the stream, and we
+    /// can still read what it sends.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
+    pub(crate) fn shutdown_write(&self) {
+        self.shutdown_how(rustix::net::Shutdown::Write);
+    }
+
+    fn shutdown_how(&self, how: rustix::net::Shutdown) {
         let fd = match self {
             Stream::Unix(s) => s.as_fd(),
             Stream::Tcp(s) => s.as_fd(),
         };
         // Errors (already shut down, not connected) leave nothing to do.
-        let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+        let _ = rustix::net::shutdown(fd, how);
     }
 
     /// True for Unix sockets, which can carry file descriptors.
@@ -121,6 +159,49 @@ fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[OwnedFd]) -> io::Resu
         &mut control,
         SendFlags::NOSIGNAL,
     )?;
+    Ok(n)
+}
+
+/// The most bytes one [`Stream::try_read_buf_with_fds`] reads on a Unix socket.
+/// `recvmsg` needs initialised memory, so this much spare capacity is zeroed first.
+#[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
+pub(crate) const READ_WINDOW: usize = 64 * 1024;
+
+/// Room for the control data of one message with [`SCM_MAX_FD`] descriptors.
+#[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
+const RECV_CMSG_SPACE: usize = rustix::cmsg_space!(ScmRights(SCM_MAX_FD));
+
+/// One `recvmsg` into the spare capacity of `buf`, taking the descriptors that came
+/// with the bytes (close-on-exec).
+#[cfg_attr(not(feature = "server"), allow(dead_code))] // Used by the test server.
+fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    let len = buf.len();
+    let window = (buf.capacity() - len).min(READ_WINDOW);
+    // `recvmsg` takes initialised memory: zero the window, keep what was read.
+    buf.resize(len + window, 0);
+    let mut space = [MaybeUninit::<u8>::uninit(); RECV_CMSG_SPACE];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        sock,
+        &mut [IoSliceMut::new(&mut buf[len..])],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    );
+    let n = received.as_ref().map_or(0, |m| m.bytes);
+    buf.truncate(len + n);
+    let msg = received?;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        warn!("control data truncated: some descriptors the peer sent were dropped");
+    }
     Ok(n)
 }
 
@@ -524,6 +605,82 @@ mod tests {
             }
         }
         (data, fds)
+    }
+
+    /// Wait until `stream` has something, then read it with its descriptors.
+    async fn read_with_fds(stream: &Stream, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> usize {
+        buf.reserve(4096);
+        loop {
+            tokio::time::timeout(T, stream.readable())
+                .await
+                .expect("readable in time")
+                .unwrap();
+            match stream.try_read_buf_with_fds(buf, fds) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r.unwrap(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_take_the_descriptors_that_came_with_the_bytes_close_on_exec() {
+        let (ours, peer) = UnixStream::pair().expect("socketpair");
+        let stream = Stream::Unix(ours);
+        let identity = |fd: BorrowedFd<'_>| {
+            let st = rustix::fs::fstat(fd).expect("fstat");
+            (st.st_dev, st.st_ino)
+        };
+        let file = tempfile::tempfile().expect("tempfile");
+        // Descriptors without close-on-exec on the sending side: the flag on ours
+        // comes from the receiving read.
+        let plain: Vec<OwnedFd> = (0..2)
+            .map(|_| rustix::io::dup(file.as_fd()).expect("dup"))
+            .collect();
+        assert!(!rustix::io::fcntl_getfd(&plain[0])
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC));
+        assert_eq!(send_with_fds(peer.as_fd(), b"one", &plain).unwrap(), 3);
+
+        let mut buf = b"kept".to_vec();
+        let mut fds = Vec::new();
+        assert_eq!(read_with_fds(&stream, &mut buf, &mut fds).await, 3);
+        assert_eq!(buf, b"keptone");
+        assert_eq!(fds.len(), 2);
+        for fd in &fds {
+            assert!(rustix::io::fcntl_getfd(fd)
+                .unwrap()
+                .contains(rustix::io::FdFlags::CLOEXEC));
+            assert_eq!(identity(fd.as_fd()), identity(file.as_fd()));
+        }
+
+        // Bytes without descriptors: a read that adds none.
+        peer.try_write(b"two").unwrap();
+        let mut more = Vec::new();
+        assert_eq!(read_with_fds(&stream, &mut buf, &mut more).await, 3);
+        assert_eq!(buf, b"keptonetwo");
+        assert!(more.is_empty());
+
+        // Nothing there: it would block; then the end of the stream.
+        let e = stream
+            .try_read_buf_with_fds(&mut buf, &mut more)
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        drop(peer);
+        assert_eq!(read_with_fds(&stream, &mut buf, &mut more).await, 0);
+        assert_eq!(buf, b"keptonetwo");
+    }
+
+    #[tokio::test]
+    async fn reads_on_tcp_are_plain_reads() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let stream = Stream::Tcp(TcpStream::from_std(server).unwrap());
+        std::io::Write::write_all(&mut &client, b"{}\n").unwrap();
+        let (mut buf, mut fds) = (Vec::new(), Vec::new());
+        assert_eq!(read_with_fds(&stream, &mut buf, &mut fds).await, 3);
+        assert_eq!((buf.as_slice(), fds.len()), (&b"{}\n"[..], 0));
     }
 
     #[test]

@@ -223,11 +223,13 @@ impl TestServerBuilder {
     /// removed when the server is dropped.
     pub async fn bind_unix(self, path: impl AsRef<Path>) -> io::Result<TestServer> {
         let path = path.as_ref().to_owned();
-        let listener = UnixListener::bind(&path)?;
+        // Adopted, so the listener leaves the file alone: `TestServer` removes it
+        // only if it is still ours.
+        let listener = Listener::from_std_unix(std::os::unix::net::UnixListener::bind(&path)?)?;
         let identity = file_identity(&path);
         let shared = self.into_shared();
         info!("QMP test server listening on {}", path.display());
-        let task = spawn_server(shared.clone(), Listening::Unix(listener));
+        let task = spawn_server(shared.clone(), Listening::Listener(listener));
         Ok(TestServer {
             shared,
             task: Some(task),
@@ -240,9 +242,10 @@ impl TestServerBuilder {
     pub async fn bind_tcp(self, addr: &str) -> io::Result<TestServer> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
+        let listener = Listener::from_std_tcp(listener.into_std()?)?;
         let shared = self.into_shared();
         info!("QMP test server listening on {local}");
-        let task = spawn_server(shared.clone(), Listening::Tcp(listener));
+        let task = spawn_server(shared.clone(), Listening::Listener(listener));
         Ok(TestServer {
             shared,
             task: Some(task),
@@ -259,7 +262,7 @@ impl TestServerBuilder {
         let ours = UnixStream::from_std(ours)?;
         let shared = self.into_shared();
         shared.counters.send_modify(|c| c.accepted += 1);
-        let task = spawn_server(shared.clone(), Listening::Pair(ours));
+        let task = spawn_server(shared.clone(), Listening::Pair(Stream::Unix(ours)));
         Ok((
             TestServer {
                 shared,

@@ -7,48 +7,6 @@ const KNOWN_CAPABILITIES: &[&str] = &["oob"];
 
 // ---- the connection -------------------------------------------------------------
 
-pub(super) enum Conn {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Conn {
-    pub(super) async fn readable(&self) -> io::Result<()> {
-        match self {
-            Conn::Unix(s) => s.readable().await,
-            Conn::Tcp(s) => s.readable().await,
-        }
-    }
-
-    pub(super) async fn writable(&self) -> io::Result<()> {
-        match self {
-            Conn::Unix(s) => s.writable().await,
-            Conn::Tcp(s) => s.writable().await,
-        }
-    }
-
-    pub(super) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.try_write(data),
-            Conn::Tcp(s) => s.try_write(data),
-        }
-    }
-
-    pub(super) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.try_read(buf),
-            Conn::Tcp(s) => s.try_read(buf),
-        }
-    }
-
-    pub(super) fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Conn::Unix(s) => s.as_fd(),
-            Conn::Tcp(s) => s.as_fd(),
-        }
-    }
-}
-
 pub(super) enum Ending {
     /// The server closes the connection (a fault, `quit`, an oversized request).
     Close,
@@ -68,12 +26,8 @@ pub(super) struct Delayed {
 
 pub(super) struct Connection {
     pub(super) shared: Arc<Shared>,
-    pub(super) stream: Conn,
+    pub(super) stream: Stream,
     pub(super) decoder: Decoder,
-    /// Read buffer for `recvmsg` on Unix sockets.
-    pub(super) scratch: Vec<u8>,
-    /// Control buffer for `recvmsg`.
-    pub(super) cmsg: Vec<MaybeUninit<u8>>,
     pub(super) out: Output,
     pub(super) delayed: BinaryHeap<Reverse<Delayed>>,
     pub(super) delay_seq: u64,
@@ -93,24 +47,13 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(shared: Arc<Shared>, stream: Conn) -> Connection {
+    pub(super) fn new(shared: Arc<Shared>, stream: Stream) -> Connection {
         let negotiated = !shared.config.negotiation;
         let max = shared.config.max_message_size;
-        let unix = matches!(stream, Conn::Unix(_));
         Connection {
             shared,
             stream,
             decoder: Decoder::new(max),
-            scratch: if unix {
-                vec![0; READ_CHUNK]
-            } else {
-                Vec::new()
-            },
-            cmsg: if unix {
-                vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))]
-            } else {
-                Vec::new()
-            },
             out: Output::default(),
             delayed: BinaryHeap::new(),
             delay_seq: 0,
@@ -182,6 +125,13 @@ impl Connection {
     }
 
     /// Write what is pending until done or the socket is full.
+    ///
+    /// Through [`Stream::try_write`], the client's own write path, but not through
+    /// `transport::Writer`: this one task is the only writer, and [`Output`] already
+    /// paces it (deferred floods turned into bytes as the socket drains, reads stopped
+    /// above [`HIGH_WATER`], a close once everything before it is written). A
+    /// `Writer` would add a lock, a copy of every reply into a queued chunk and a
+    /// flusher task, for ordering guarantees that one task has anyway.
     pub(super) fn flush(&mut self) -> io::Result<()> {
         loop {
             if self.events_more && self.negotiated && self.out.buffered() < LOW_WATER {
@@ -191,7 +141,7 @@ impl Connection {
             if self.out.pending() == 0 {
                 return Ok(());
             }
-            match self.stream.try_write(&self.out.buf[self.out.pos..]) {
+            match self.stream.try_write(&self.out.buf[self.out.pos..], &[]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.out.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -235,36 +185,10 @@ impl Connection {
     }
 
     pub(super) fn read_once(&mut self) -> io::Result<usize> {
-        let Connection {
-            stream,
-            decoder,
-            scratch,
-            cmsg,
-            ..
-        } = self;
-        let s = match stream {
-            Conn::Tcp(s) => return s.try_read_buf(decoder.buffer_mut()),
-            Conn::Unix(s) => s,
-        };
         let mut fds: Vec<OwnedFd> = Vec::new();
-        let mut truncated = false;
-        let n = s.try_io(Interest::READABLE, || {
-            let mut control = RecvAncillaryBuffer::new(cmsg);
-            let mut iov = [IoSliceMut::new(scratch)];
-            let msg =
-                rustix::net::recvmsg(s.as_fd(), &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
-            for m in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(received) = m {
-                    fds.extend(received);
-                }
-            }
-            truncated = msg.flags.contains(ReturnFlags::CTRUNC);
-            Ok(msg.bytes)
-        })?;
-        decoder.extend(&scratch[..n]);
-        if truncated {
-            warn!("control data truncated: some descriptors the client sent were dropped");
-        }
+        let n = self
+            .stream
+            .try_read_buf_with_fds(self.decoder.buffer_mut(), &mut fds)?;
         if !fds.is_empty() {
             debug!("received {} descriptor(s) with SCM_RIGHTS", fds.len());
             self.shared.lock().fds_received += fds.len();
@@ -294,8 +218,8 @@ impl Connection {
                         FrameError::NotAnObject { .. } => {
                             "QMP input must be a JSON object".to_owned()
                         }
-                        FrameError::Malformed { source, excerpt } => {
-                            format!("JSON parse error, {}", qemu_parse_error(source, excerpt))
+                        FrameError::Malformed { source, token, .. } => {
+                            qemu_parse_error(source, token)
                         }
                         FrameError::TooLarge { .. } => e.to_string(),
                     };
@@ -656,19 +580,17 @@ impl Connection {
     /// [`LINGER`] passes), so that it reads a clean end of stream: closing a socket
     /// with unread input makes the peer's next read fail with "connection reset".
     pub(super) async fn linger(&mut self) {
-        let _ = rustix::net::shutdown(self.stream.fd(), rustix::net::Shutdown::Write);
+        self.stream.shutdown_write();
         self.fds.clear();
-        if self.scratch.is_empty() {
-            self.scratch = vec![0; READ_CHUNK];
-        }
         let stream = &self.stream;
-        let scratch = &mut self.scratch;
+        let mut scratch = Vec::with_capacity(READ_CHUNK);
         let _ = tokio::time::timeout(LINGER, async {
             loop {
                 if stream.readable().await.is_err() {
                     return;
                 }
-                match stream.try_read(scratch) {
+                scratch.clear();
+                match stream.try_read_buf(&mut scratch) {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(e)

@@ -124,71 +124,119 @@ pub(super) fn fdname<'a>(args: &JsonObject) -> std::result::Result<&str, Answer<
     }
 }
 
-/// What QEMU's JSON parser says about the input serde_json rejected with
-/// `error`, for the mistakes a client makes (checked against QEMU 10.0 and 7.2
-/// by `tests/server_fidelity.rs`): a bare word is an `invalid keyword`, a
-/// missing value `expecting value`, a missing colon `missing : in object
-/// pair`. Anything else keeps serde_json's description.
-pub(super) fn qemu_parse_error(error: &serde_json::Error, excerpt: &str) -> String {
+/// What QEMU says about input its JSON parser rejects, worded from the
+/// decoder's `error` and the raw offending `token` (see
+/// [`FrameError::Malformed`]) as QEMU's lexer, streamer and parser word it
+/// (`qobject/json-*.c`; QEMU 10.0 and 7.2 alike, checked by
+/// `tests/server_fidelity.rs`). A mistake serde_json has no counterpart of
+/// keeps serde_json's description.
+pub(super) fn qemu_parse_error(error: &serde_json::Error, token: &[u8]) -> String {
     let text = error.to_string();
-    // serde_json points at the byte where it gave up, which may be inside a bare
-    // word (`this`: after the `t` of a would-be `true`): take the whole word.
-    let input = unescape_debug(excerpt);
-    let line = input
-        .split('\n')
-        .nth(error.line().saturating_sub(1))
-        .unwrap_or("")
-        .as_bytes();
-    let mut start = error.column().saturating_sub(1).min(line.len());
-    while start > 0 && line[start - 1].is_ascii_alphabetic() {
-        start -= 1;
+    let says = |prefix: &str| text.starts_with(prefix);
+    // The lexer's complaint: the token so far, with the byte it could not take.
+    let stray = || {
+        format!(
+            "JSON parse error, stray '{}'",
+            String::from_utf8_lossy(token)
+        )
+    };
+    let parse_error = |what: &str| format!("JSON parse error, {what}");
+    if says("recursion limit exceeded") {
+        // QEMU's limit is 1024 levels, serde_json's 128 (see the module docs).
+        return "JSON nesting depth limit exceeded".to_owned();
     }
-    let word: String = line[start..]
-        .iter()
-        .take_while(|b| b.is_ascii_alphabetic())
-        .map(|&b| char::from(b))
-        .collect();
-    let expected_value = text.starts_with("expected value")
-        || text.starts_with("expected ident")
-        || text.starts_with("key must be a string");
-    if expected_value && !word.is_empty() {
-        format!("invalid keyword '{word}'")
-    } else if expected_value || text.starts_with("trailing comma") {
-        "expecting value".to_owned()
-    } else if text.starts_with("expected `:`") {
-        "missing : in object pair".to_owned()
-    } else {
-        text
+    // The lexer takes any run of [a-z] for a keyword; the parser knows three.
+    if !token.is_empty()
+        && token.iter().all(u8::is_ascii_lowercase)
+        && !matches!(token, b"true" | b"false" | b"null")
+    {
+        return parse_error(&format!(
+            "invalid keyword '{}'",
+            String::from_utf8_lossy(token)
+        ));
     }
+    let first = token.first().copied();
+    match first {
+        Some(b'"' | b'\'') => {
+            // 0xFE, 0xFF and control characters end a string in the lexer.
+            if token.iter().any(|&b| b >= 0xFE) || says("control character") {
+                return stray();
+            }
+            if says("invalid escape") {
+                return parse_error("invalid escape sequence in string");
+            }
+            // serde_json stops at a byte of a bad UTF-8 sequence, and after a
+            // bad `\u` escape.
+            if token.last().is_some_and(|&b| b >= 0x80) {
+                return parse_error("invalid UTF-8 sequence in string");
+            }
+            if let Some(escape) = bad_unicode_escape(token) {
+                return parse_error(&format!(
+                    "{} is not a valid Unicode character",
+                    String::from_utf8_lossy(escape)
+                ));
+            }
+        }
+        Some(b'-' | b'0'..=b'9') if says("invalid number") => return stray(),
+        Some(b) if !starts_token(b) => return stray(),
+        _ => {}
+    }
+    if says("expected value") || says("trailing comma") || says("expected ident") {
+        return parse_error("expecting value");
+    }
+    if says("key must be a string") {
+        return parse_error(match first {
+            None | Some(b',' | b':' | b']' | b'}') => "expecting value",
+            Some(_) => "key is not a string in object",
+        });
+    }
+    if says("expected `:`") {
+        return parse_error("missing : in object pair");
+    }
+    if says("expected `,` or `}`") {
+        return parse_error("expected separator in dict");
+    }
+    if says("expected `,` or `]`") {
+        return parse_error("expected separator in list");
+    }
+    parse_error(&text)
 }
 
-/// Undoes `char::escape_debug`, with which the decoder quotes the offending
-/// input in its error.
-fn unescape_debug(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
+/// Whether QEMU's lexer can start a token with `b` (interpolation off, as
+/// for QMP).
+fn starts_token(b: u8) -> bool {
+    matches!(
+        b,
+        b'"' | b'\'' | b'0'..=b'9' | b'-' | b'{' | b'}' | b'[' | b']' | b',' | b':' | b'a'..=b'z'
+            | b' ' | b'\t' | b'\r' | b'\n'
+    )
+}
+
+/// The `\uXXXX` escape of a string token that QEMU refuses: the last one, or
+/// the leading surrogate before it that it does not complete.
+fn bad_unicode_escape(token: &[u8]) -> Option<&[u8]> {
+    let escapes: Vec<usize> = token
+        .windows(2)
+        .enumerate()
+        .filter(|(i, w)| w == b"\\u" && !(*i > 0 && token[i - 1] == b'\\'))
+        .map(|(i, _)| i)
+        .collect();
+    let hex = |at: usize| {
+        token
+            .get(at + 2..at + 6)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    let last = *escapes.last()?;
+    let pick = match escapes.len().checked_sub(2).map(|k| escapes[k]) {
+        Some(prev)
+            if prev + 6 == last
+                && hex(prev).is_some_and(|c| (0xD800..0xDC00).contains(&c))
+                && !hex(last).is_some_and(|c| (0xDC00..0xE000).contains(&c)) =>
+        {
+            prev
         }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('t') => out.push('\t'),
-            Some('0') => out.push('\0'),
-            Some('u') => {
-                let hex: String = chars
-                    .by_ref()
-                    .skip_while(|&c| c == '{')
-                    .take_while(|&c| c != '}')
-                    .collect();
-                let decoded = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
-                out.push(decoded.unwrap_or(char::REPLACEMENT_CHARACTER));
-            }
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
+        _ => last,
+    };
+    Some(&token[pick..(pick + 6).min(token.len())])
 }

@@ -45,6 +45,22 @@
 //! `echo`, which returns its arguments. Handlers added with
 //! [`TestServerBuilder::handler`] override the built-ins.
 //!
+//! # Parse errors
+//!
+//! Requests are read as QEMU reads them, single-quoted strings included (see
+//! [`crate::framing`]). Malformed JSON is answered with QEMU's texts (`JSON parse error,
+//! invalid keyword 'x'`, `... stray '@'`, `JSON nesting depth limit exceeded`, ...),
+//! worded from the raw token the decoder stopped at. Where the server still differs
+//! from QEMU:
+//!
+//! * it answers a malformed line once and goes on after its newline, where QEMU's lexer
+//!   recovers token by token and may answer one line more than once (`this that`: two
+//!   `invalid keyword` errors; a control character in a string: `stray` and then
+//!   `expecting value`);
+//! * it refuses nesting deeper than 128 levels (`serde_json`'s limit) with QEMU's
+//!   nesting error, where QEMU's limit is 1024;
+//! * a member given twice keeps its last value, where QEMU answers `duplicate key`.
+//!
 //! # Performance
 //!
 //! The server is fast enough to benchmark clients against: replies are serialised
@@ -61,20 +77,17 @@ mod output;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
-use std::io::{self, IoSliceMut, Write as _};
-use std::mem::MaybeUninit;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::Interest;
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -85,10 +98,11 @@ use crate::error::{Error, Result};
 use crate::framing::{Decoder, FrameError};
 use crate::json::{self, Style};
 use crate::message::{Event, Greeting, JsonObject, VersionInfo, VersionTriple};
+use crate::transport::{Listener, Stream};
 
 pub use builder::{Fault, Reply, TestServerBuilder};
 use builder::{FaultHook, Handler};
-use connection::{Conn, Connection, Ending};
+use connection::{Connection, Ending};
 use dispatch::*;
 use output::*;
 
@@ -114,7 +128,7 @@ const BUILTIN_COMMANDS: &[&str] = &[
     "echo",
 ];
 
-/// Bytes read per `read`/`recvmsg` call.
+/// Bytes read per call while draining a closing connection.
 const READ_CHUNK: usize = 64 * 1024;
 /// At most this many reads before the replies they produced are written.
 const MAX_READS_PER_WAKE: usize = 16;
@@ -126,8 +140,6 @@ const FLOOD_CHUNK: usize = 256 * 1024;
 const EVENT_BATCH: usize = 1024;
 /// Stop reading requests while this much output waits for the client to read it.
 const HIGH_WATER: usize = 4 * 1024 * 1024;
-/// The most descriptors Linux passes in one message (`SCM_MAX_FD`).
-const MAX_FDS_PER_READ: usize = 253;
 /// How long a connection the server closes keeps draining the client's input, so
 /// that the client sees a clean end of stream rather than a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -420,9 +432,10 @@ impl Shared {
 // ---- accepting ------------------------------------------------------------------
 
 enum Listening {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-    Pair(UnixStream),
+    /// Connections one after another.
+    Listener(Listener),
+    /// One end of a socket pair: one connection.
+    Pair(Stream),
 }
 
 fn spawn_server(shared: Arc<Shared>, listening: Listening) -> JoinHandle<()> {
@@ -431,25 +444,12 @@ fn spawn_server(shared: Arc<Shared>, listening: Listening) -> JoinHandle<()> {
         async move {
             match listening {
                 // Counted as accepted by `socketpair()`.
-                Listening::Pair(s) => {
-                    serve(&shared, Conn::Unix(s)).await;
-                }
-                Listening::Unix(l) => loop {
+                Listening::Pair(s) => serve(&shared, s).await,
+                Listening::Listener(l) => loop {
                     match l.accept().await {
-                        Ok((s, _)) => {
+                        Ok(s) => {
                             shared.counters.send_modify(|c| c.accepted += 1);
-                            serve(&shared, Conn::Unix(s)).await;
-                        }
-                        Err(e) => accept_failed(e).await,
-                    }
-                },
-                Listening::Tcp(l) => loop {
-                    match l.accept().await {
-                        Ok((s, peer)) => {
-                            let _ = s.set_nodelay(true);
-                            shared.counters.send_modify(|c| c.accepted += 1);
-                            debug!("connection from {peer}");
-                            serve(&shared, Conn::Tcp(s)).await;
+                            serve(&shared, s).await;
                         }
                         Err(e) => accept_failed(e).await,
                     }
@@ -466,8 +466,8 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-async fn serve(shared: &Arc<Shared>, stream: Conn) {
-    debug!("client connected");
+async fn serve(shared: &Arc<Shared>, stream: Stream) {
+    debug!("client connected ({})", stream.kind());
     let mut conn = Connection::new(shared.clone(), stream);
     match conn.run().await {
         Ending::Close => {
@@ -620,6 +620,107 @@ mod tests {
             c(json!({"execute": "x", "exec-oob": "y"}), true).unwrap_err(),
             "QMP input member 'exec-oob' is unexpected"
         );
+    }
+
+    /// What QEMU 10.0 and 7.2 answer (alike) to malformed input that they
+    /// answer with one error, recorded from `qemu-system-x86_64 -machine none`.
+    const QEMU_PARSE_ERRORS: &[(&[u8], &str)] = &[
+        (
+            b"{this is bad}\n",
+            "JSON parse error, invalid keyword 'this'",
+        ),
+        (b"this\n", "JSON parse error, invalid keyword 'this'"),
+        (
+            b"{\"execute\": x}\n",
+            "JSON parse error, invalid keyword 'x'",
+        ),
+        (
+            b"{\"execute\": tru}\n",
+            "JSON parse error, invalid keyword 'tru'",
+        ),
+        (
+            b"{\"execute\": nul, \"id\": 1}\n",
+            "JSON parse error, invalid keyword 'nul'",
+        ),
+        (
+            b"{\"a\": truex}\n",
+            "JSON parse error, invalid keyword 'truex'",
+        ),
+        (b"{\"a\": [tr]}\n", "JSON parse error, invalid keyword 'tr'"),
+        (b"}\n", "JSON parse error, expecting value"),
+        (b"]\n", "JSON parse error, expecting value"),
+        (b",\n", "JSON parse error, expecting value"),
+        (b":\n", "JSON parse error, expecting value"),
+        (
+            b"{\"execute\":\"query-status\",}\n",
+            "JSON parse error, expecting value",
+        ),
+        (
+            b"{\"a\" \"b\"}\n",
+            "JSON parse error, missing : in object pair",
+        ),
+        (
+            b"{1: 2}\n",
+            "JSON parse error, key is not a string in object",
+        ),
+        (
+            b"{\"a\": 1 \"b\": 2}\n",
+            "JSON parse error, expected separator in dict",
+        ),
+        (b"[1 2]\n", "JSON parse error, expected separator in list"),
+        (
+            b"{\"a\": \"\\x\"}\n",
+            "JSON parse error, invalid escape sequence in string",
+        ),
+        (
+            b"{'a': '\\q'}\n",
+            "JSON parse error, invalid escape sequence in string",
+        ),
+        (
+            b"{\"a\": \"\\ud800\"}\n",
+            "JSON parse error, \\ud800 is not a valid Unicode character",
+        ),
+        (
+            b"{\"a\": \"\xc0\"}\n",
+            "JSON parse error, invalid UTF-8 sequence in string",
+        ),
+        (
+            b"{\"a\": \"\xe2\x82\"}\n",
+            "JSON parse error, invalid UTF-8 sequence in string",
+        ),
+        (
+            b"{\"a\": \"\xed\xa0\x80\"}\n",
+            "JSON parse error, invalid UTF-8 sequence in string",
+        ),
+        (b"{\"a\": 1.}\n", "JSON parse error, stray '1.}'"),
+        (b"{\"a\": -}\n", "JSON parse error, stray '-}'"),
+        (b"{\"a\": 1e}\n", "JSON parse error, stray '1e}'"),
+        (b"@\n", "JSON parse error, stray '@'"),
+        (b"\xc0\n", "JSON parse error, stray '\u{fffd}'"),
+    ];
+
+    fn parse_error_of(input: &[u8]) -> String {
+        let mut d = Decoder::default();
+        d.extend(input);
+        match d.decode(false) {
+            Err(FrameError::Malformed { source, token, .. }) => qemu_parse_error(&source, &token),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn parse_errors_are_worded_as_qemu_words_them() {
+        for (input, qemu) in QEMU_PARSE_ERRORS {
+            assert_eq!(
+                parse_error_of(input),
+                *qemu,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let mut deep = b"[".repeat(1025);
+        deep.push(b'\n');
+        assert_eq!(parse_error_of(&deep), "JSON nesting depth limit exceeded");
     }
 
     #[test]
