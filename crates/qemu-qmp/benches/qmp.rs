@@ -457,7 +457,7 @@ async fn server_benches(pipelined: usize, events: usize) -> (f64, f64) {
     let server_thread = std::thread::spawn(move || {
         let rt = runtime(false);
         rt.block_on(async move {
-            let pair = TestServer::builder().record(false).socketpair().await;
+            let pair = TestServer::builder().record(false).socketpair();
             let _ = to_main.send(pair);
             let _ = stopped.await;
         });

@@ -42,7 +42,7 @@ fn server_thread() -> (ServerThread, std::os::unix::net::UnixStream) {
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let pair = TestServer::builder().record(false).socketpair().await;
+            let pair = TestServer::builder().record(false).socketpair();
             let _ = to_main.send(pair);
             let _ = stopped.await;
         });

@@ -104,7 +104,6 @@ async fn unix_server(builder: TestServerBuilder) -> (TestServer, tempfile::TempD
     let dir = tempfile::tempdir().expect("tempdir");
     let server = builder
         .bind_unix(dir.path().join("qmp.sock"))
-        .await
         .expect("bind");
     (server, dir)
 }
@@ -970,7 +969,7 @@ fn tcp_and_socketpair_servers() {
         qmp.disconnect().await.unwrap();
         server.shutdown().await;
 
-        let (server, stream) = TestServer::builder().socketpair().await.unwrap();
+        let (server, stream) = TestServer::builder().socketpair().unwrap();
         assert!(server.try_address().is_none());
         assert_eq!(server.connections(), 1);
         let qmp = Client::builder()
@@ -989,13 +988,13 @@ fn socket_file_is_removed_on_drop() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let server = TestServer::builder().bind_unix(&path).await.unwrap();
+        let server = TestServer::builder().bind_unix(&path).unwrap();
         assert!(path.exists());
         // A second server cannot take the same path.
-        assert!(TestServer::builder().bind_unix(&path).await.is_err());
+        assert!(TestServer::builder().bind_unix(&path).is_err());
         drop(server);
         assert!(!path.exists());
-        let server = TestServer::builder().bind_unix(&path).await.unwrap();
+        let server = TestServer::builder().bind_unix(&path).unwrap();
         server.shutdown().await;
         assert!(!path.exists());
     });

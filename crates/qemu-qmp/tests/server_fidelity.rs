@@ -169,7 +169,6 @@ async fn the_test_server_answers_byte_for_byte_as_qemu_does() {
             package,
         })
         .bind_unix(dir.path().join("qmp.sock"))
-        .await
         .expect("bind");
     let ours = transcript(&dir.path().join("qmp.sock")).await;
 

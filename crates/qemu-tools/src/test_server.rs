@@ -916,7 +916,7 @@ impl Running {
         let log = LogWriter::start(&config.log)?;
         let (b, hooks) = builder(config);
         let bound = match &config.listen {
-            Listen::Unix(path) => b.bind_unix(path).await.map_err(|source| {
+            Listen::Unix(path) => b.bind_unix(path).map_err(|source| {
                 let hint = if source.kind() == io::ErrorKind::AddrInUse {
                     " (the file exists: remove it if no server uses it)"
                 } else {

@@ -229,14 +229,14 @@ impl FakeAgent {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qga.sock");
-        let server = rt
-            .block_on(
-                builder
-                    .no_greeting()
-                    .handler("guest-sync-delimited", sync_delimited)
-                    .bind_unix(&path),
-            )
-            .unwrap();
+        let server = {
+            let _in_runtime = rt.enter();
+            builder
+                .no_greeting()
+                .handler("guest-sync-delimited", sync_delimited)
+                .bind_unix(&path)
+                .unwrap()
+        };
         FakeAgent {
             server,
             rt,

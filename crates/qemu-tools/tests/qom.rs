@@ -654,9 +654,10 @@ impl Served {
         if with_list_get {
             builder = builder.handler("qom-list-get", qom_list_get);
         }
-        let server = rt
-            .block_on(builder.bind_unix(dir.path().join("qmp.sock")))
-            .unwrap();
+        let server = {
+            let _in_runtime = rt.enter();
+            builder.bind_unix(dir.path().join("qmp.sock")).unwrap()
+        };
         Served {
             server,
             rt,

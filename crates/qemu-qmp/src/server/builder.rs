@@ -221,7 +221,11 @@ impl TestServerBuilder {
 
     /// Listen on a Unix socket at `path` (which must not exist). The socket file is
     /// removed when the server is dropped.
-    pub async fn bind_unix(self, path: impl AsRef<Path>) -> io::Result<TestServer> {
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as tokio's own listeners do.
+    pub fn bind_unix(self, path: impl AsRef<Path>) -> io::Result<TestServer> {
         let path = path.as_ref().to_owned();
         // Adopted, so the listener leaves the file alone: `TestServer` removes it
         // only if it is still ours.
@@ -256,7 +260,11 @@ impl TestServerBuilder {
     /// Serve one end of a new socket pair and return the other end (in blocking
     /// mode, as `std` makes it), e.g. for `Client::connect`. Counts as one connection;
     /// the server has no address.
-    pub async fn socketpair(self) -> io::Result<(TestServer, std::os::unix::net::UnixStream)> {
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as tokio's own sockets do.
+    pub fn socketpair(self) -> io::Result<(TestServer, std::os::unix::net::UnixStream)> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         ours.set_nonblocking(true)?;
         let ours = UnixStream::from_std(ours)?;

@@ -22,8 +22,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let server = TestServer::builder()
 //!     .handler("query-name", |_args| Reply::Return(json!({"name": "vm1"})))
-//!     .bind_unix(dir.path().join("qmp.sock"))
-//!     .await?;
+//!     .bind_unix(dir.path().join("qmp.sock"))?;
 //! let qmp = Client::connect(server.address()).await?;
 //! assert_eq!(qmp.execute("query-name", None).await?["name"], "vm1");
 //!
