@@ -28,6 +28,9 @@ pub(super) struct Connection {
     pub(super) shared: Arc<Shared>,
     pub(super) stream: Stream,
     pub(super) decoder: Decoder,
+    /// What each read lands in before it goes to the decoder (see
+    /// [`Stream::try_read_with_fds`]).
+    scratch: Box<[u8]>,
     pub(super) out: Output,
     pub(super) delayed: BinaryHeap<Reverse<Delayed>>,
     pub(super) delay_seq: u64,
@@ -54,6 +57,7 @@ impl Connection {
             shared,
             stream,
             decoder: Decoder::new(max),
+            scratch: vec![0; READ_WINDOW].into_boxed_slice(),
             out: Output::default(),
             delayed: BinaryHeap::new(),
             delay_seq: 0,
@@ -186,9 +190,8 @@ impl Connection {
 
     pub(super) fn read_once(&mut self) -> io::Result<usize> {
         let mut fds: Vec<OwnedFd> = Vec::new();
-        let n = self
-            .stream
-            .try_read_buf_with_fds(self.decoder.buffer_mut(), &mut fds)?;
+        let n = self.stream.try_read_with_fds(&mut self.scratch, &mut fds)?;
+        self.decoder.extend(&self.scratch[..n]);
         if !fds.is_empty() {
             debug!("received {} descriptor(s) with SCM_RIGHTS", fds.len());
             self.shared.lock().fds_received += fds.len();

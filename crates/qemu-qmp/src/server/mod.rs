@@ -97,7 +97,7 @@ use crate::error::{Error, Result};
 use crate::framing::{Decoder, FrameError};
 use crate::json::{self, Style};
 use crate::message::{Event, Greeting, JsonObject, VersionInfo, VersionTriple};
-use crate::transport::{Listener, Stream};
+use crate::transport::{Listener, Stream, READ_WINDOW};
 
 pub use builder::{Fault, Reply, TestServerBuilder};
 use builder::{FaultHook, Handler};
