@@ -23,7 +23,6 @@
 //!   `query-qmp-schema` (or HMP's `help`);
 //! - [`input`]: the line editor thread, piped input, the history file;
 //! - [`runner`]: the loop that ties them together;
-//! - [`raw`]: connecting without negotiation (`qmp-shell -N`);
 //! - [`cli`]: what the two binaries share.
 //!
 //! # Behaviour, compared with QEMU's Python shell
