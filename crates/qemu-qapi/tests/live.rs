@@ -1,9 +1,10 @@
 //! Schemas of a real QEMU: `qemu-system-x86_64 -machine none` and
 //! `qemu-storage-daemon`, the one on `PATH` (10.0) or the one the variables
 //! name (7.2, see `.ci/qemu-7.2`). Each test asserts what both versions have,
-//! and what one version has and the other lacks where that version runs;.
+//! and what one version has and the other lacks where that version runs; and
+//! that the live schema is the one recorded under `schemas/` for its version.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qemu_qapi::{Featured, Recording, Schema};
 use qemu_testkit::QemuProcess;
@@ -78,6 +79,42 @@ fn check_common(s: &Schema, v: qemu_testkit::QemuVersion) {
     }
 }
 
+/// The recording for this binary and version, if there is one; else a
+/// SKIPPED line.
+fn check_recorded(live: &Recording) {
+    let name = live.file_name().unwrap();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(&name);
+    if !path.exists() {
+        qemu_testkit::loud(&format!(
+            "SKIPPED: {}: no recording {name} for this QEMU (.ci/record-schemas makes one)",
+            qemu_testkit::test_name()
+        ));
+        return;
+    }
+    let recorded = Recording::load(&path).unwrap();
+    assert_eq!(recorded.binary, live.binary);
+    assert_eq!(
+        recorded.qemu_version().unwrap().to_string(),
+        live.qemu_version().unwrap().to_string()
+    );
+    if recorded.schema != live.schema {
+        // Say which entities differ, not 200 kB of JSON.
+        let (a, b) = (
+            recorded.schema.as_array().unwrap(),
+            live.schema.as_array().unwrap(),
+        );
+        let differ: Vec<_> = b.iter().filter(|e| !a.contains(e)).take(5).collect();
+        panic!(
+            "{} differs from this QEMU's schema ({} entities recorded, {} live); live entities not recorded: {differ:?}",
+            path.display(),
+            a.len(),
+            b.len()
+        );
+    }
+}
+
 #[test]
 fn system_emulator_schema() {
     qemu_testkit::require_qemu_system!();
@@ -103,6 +140,7 @@ fn system_emulator_schema() {
         assert!(!s.has_event("MEM_UNPLUG_ERROR"));
         assert!(s.path_exists("query-migrationthreads/$deprecated"));
     }
+    check_recorded(&live);
 }
 
 #[test]
@@ -120,4 +158,5 @@ fn storage_daemon_schema() {
     assert!(!s.has_command("query-status"));
     assert!(!s.has_event("STOP"));
     assert!(s.has_command("nbd-server-start"));
+    check_recorded(&live);
 }
