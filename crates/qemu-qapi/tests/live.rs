@@ -72,6 +72,16 @@ fn check_common(s: &Schema, v: qemu_testkit::QemuVersion) {
     assert!(s.path_exists("x-debug-query-block-graph/$unstable"));
     assert!(s.command("drive-backup").unwrap().is_deprecated());
     assert!(!s.command("blockdev-add").unwrap().is_deprecated());
+    // Features of members and of enum values.
+    assert!(s.path_exists("block-commit/arg-type/top/$deprecated"));
+    assert!(!s.path_exists("block-commit/arg-type/top-node/$deprecated"));
+    assert!(s.path_exists("object-add/arg-type/qom-type/^x-remote-object/$unstable"));
+    // The gluster driver: deprecated in 9.2.
+    assert!(s.path_exists("blockdev-add/arg-type/driver/^gluster"));
+    assert_eq!(
+        s.path_exists("blockdev-add/arg-type/driver/^gluster/$deprecated"),
+        v.at_least(9, 2)
+    );
     // Every command's types resolve.
     for c in s.commands() {
         assert!(s.arg_type(&c.name).is_some(), "{}", c.name);
