@@ -9,6 +9,7 @@
 //! | `arg-type` | a command or event | its argument object type |
 //! | `ret-type` | a command | its return type |
 //! | `NAME` | an object type, or a member of one | the member `NAME` (of the object, or of any of its variants, nested ones too) |
+//! | `*NAME` | the same | the member `NAME`, if it is optional |
 //! | `+CASE` | a union type, or a member of one | the variant type for the tag value `CASE` |
 //! | `^VALUE` | an enum type, or a member of one | the enum value `VALUE` |
 //! | `!JSONTYPE` | a builtin type, or a member of one | that builtin, if its JSON type is `JSONTYPE` (`string`, `int`, `number`, `boolean`, `null`, `object`, `array`, `value`) |
@@ -35,6 +36,7 @@
 //! - `blockdev-add/arg-type/+qcow2/discard-no-unref`: the qcow2 driver has
 //!   that option;
 //! - `object-add/arg-type/+memory-backend-file/mem-path/!string`;
+//! - `blockdev-add/arg-type/*node-name`: `node-name` may be left out;
 //! - `STOP`: the event exists.
 
 use crate::model::{Featured, Member, Meta, SchemaInfo};
@@ -184,6 +186,14 @@ impl Schema {
                 if t.as_builtin().is_some_and(|b| b.json_type == json_type) {
                     found.push(Found::Entity(t));
                 }
+            } else if let Some(name) = step.strip_prefix('*') {
+                let mut members = Vec::new();
+                self.members_named(t, name, &mut members);
+                found.extend(
+                    members
+                        .into_iter()
+                        .filter(|m| m.member().is_some_and(Member::is_optional)),
+                );
             } else {
                 self.members_named(t, step, &mut found);
             }

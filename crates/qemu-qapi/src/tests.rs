@@ -162,6 +162,8 @@ fn paths() {
         "blockdev-add/arg-type/+qcow2/file/driver",
         "x-debug/$unstable",
         "x-debug/$deprecated",
+        "blockdev-add/arg-type/*node-name",
+        "blockdev-add/arg-type/*aio/^native",
     ];
     for p in yes {
         assert!(s.path_exists(p), "{p} should exist");
@@ -185,6 +187,8 @@ fn paths() {
         "blockdev-add/arg-type/aio/^native/more",
         "blockdev-add/arg-type/node-name/$deprecated",
         "x-debug/$nope",
+        "blockdev-add/arg-type/*driver",
+        "blockdev-add/arg-type/*filename",
     ];
     for p in no {
         assert!(!s.path_exists(p), "{p} should not exist");

@@ -53,7 +53,8 @@ fn check_common(s: &Schema, v: qemu_testkit::QemuVersion) {
         assert!(s.has_command(cmd), "{cmd}");
     }
     assert!(s.has_command("query-qmp-schema"));
-    assert!(s.path_exists("blockdev-add/arg-type/node-name/!string"));
+    assert!(s.path_exists("blockdev-add/arg-type/*node-name/!string"));
+    assert!(!s.path_exists("blockdev-add/arg-type/*driver"));
     assert!(s.path_exists("blockdev-add/arg-type/+file/filename/!string"));
     // Debian builds both with liburing; `io_uring` has been an `aio` value
     // since 5.0.
