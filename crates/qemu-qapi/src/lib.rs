@@ -34,6 +34,7 @@
 pub mod model;
 pub mod path;
 pub mod recording;
+pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -46,6 +47,7 @@ pub use model::{
 };
 pub use path::Found;
 pub use recording::Recording;
+pub use validate::{CheckError, CheckErrorKind};
 
 /// Why a schema could not be read.
 #[derive(Debug, thiserror::Error)]

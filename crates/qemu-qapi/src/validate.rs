@@ -1,0 +1,515 @@
+//! Checking a QMP request against the schema before sending it, as QEMU's
+//! dispatcher (`qapi/qmp-dispatch.c`) and QMP input visitor
+//! (`qapi/qobject-input-visitor.c`) would: [`Schema::check_command`] and
+//! [`Schema::check`].
+//!
+//! The aim is QEMU's *verdict*: a request this module accepts is one whose
+//! arguments QEMU's visitor accepts (the command itself may still fail), and
+//! a request it rejects is one QEMU rejects before running the command.
+//! Where it knowingly differs from QEMU:
+//!
+//! - **Integer ranges.** Introspection reports every integer type (`int8`
+//!   ... `uint64`, `size`) as `int`, so the checker cannot know a member's
+//!   range: it accepts any JSON integer from `-2^63` to `2^64 - 1`. QEMU
+//!   rejects `300` for a `uint8`, `-1` for a `size` and `2^63` for an
+//!   `int64`; this checker does not.
+//! - **The first error.** QEMU stops at the first error in its own visiting
+//!   order (members in schema order, then variant members, then unexpected
+//!   members, in its hash table's order); so does this checker, in the same
+//!   order but with unexpected members in sorted order. The verdict is the
+//!   same; the member named may differ when there are several errors.
+//! - **`device_add`.** QEMU marshals its arguments by hand (`'gen': false`):
+//!   it takes any member besides `driver`, `bus` and `id` as a device
+//!   property. The checker accepts unknown members for it.
+//! - **Compatibility policies** (`-compat deprecated-input=reject`,
+//!   `unstable-input=reject`) are not applied: the checker accepts deprecated
+//!   and unstable commands, members and enum values, as QEMU does by default.
+//! - **`exec-oob`** is accepted for commands that allow out-of-band
+//!   execution; whether the session negotiated the `oob` capability is not
+//!   known here.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::{Meta, Schema, SchemaInfo};
+
+/// Commands whose arguments QEMU does not check against their schema
+/// (`'gen': false`): it reads the members it knows and passes the rest on.
+const UNCHECKED_EXTRA_MEMBERS: &[&str] = &["device_add"];
+
+/// Why a request would be rejected by QEMU before its command runs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}{}", self.command_or_request(), self.path_prefix(), self.kind)]
+pub struct CheckError {
+    /// The command's name (empty if the request names none).
+    pub command: String,
+    /// Where the problem is: `execute`, `arguments`,
+    /// `arguments.file.filename`, `arguments.keys[2]`, ...
+    pub path: String,
+    /// What the problem is.
+    pub kind: CheckErrorKind,
+}
+
+impl CheckError {
+    fn command_or_request(&self) -> &str {
+        if self.command.is_empty() {
+            "request"
+        } else {
+            &self.command
+        }
+    }
+
+    fn path_prefix(&self) -> String {
+        if self.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.path)
+        }
+    }
+
+    /// The name QEMU gives the member in its error messages: the path
+    /// without `arguments.` (`file.filename`, `keys[2]`).
+    pub fn qemu_name(&self) -> &str {
+        self.path
+            .strip_prefix("arguments.")
+            .unwrap_or(self.path.as_str())
+    }
+}
+
+/// What is wrong with a request, for [`CheckError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckErrorKind {
+    /// The request has neither `execute` nor `exec-oob`.
+    NoCommand,
+    /// `execute` or `exec-oob` is not a string, or `arguments` not an object.
+    RequestMemberType {
+        /// What it must be: `string` or `object`.
+        expected: &'static str,
+        /// What it is.
+        got: &'static str,
+    },
+    /// A top-level member other than `execute`, `exec-oob`, `arguments`
+    /// and `id`, or both `execute` and `exec-oob`.
+    UnexpectedRequestMember,
+    /// The schema has no such command (QEMU's `CommandNotFound`).
+    UnknownCommand {
+        /// The closest command name, if one is close.
+        did_you_mean: Option<String>,
+    },
+    /// `exec-oob` for a command without `allow-oob`.
+    NoOob,
+    /// A mandatory member is missing.
+    Missing,
+    /// A member the type does not have.
+    Unexpected {
+        /// The closest member name the type has, if one is close.
+        did_you_mean: Option<String>,
+    },
+    /// A value of the wrong JSON type.
+    WrongType {
+        /// What the schema wants: `string`, `integer`, `number`, `boolean`,
+        /// `null`, `object`, `array`, or an alternate's JSON types joined by
+        /// ` or `.
+        expected: String,
+        /// What the value is.
+        got: &'static str,
+    },
+    /// A string that is not one of the enum's values.
+    BadEnumValue {
+        /// The value given.
+        value: String,
+        /// The closest value the enum has, if one is close.
+        did_you_mean: Option<String>,
+    },
+}
+
+fn did_you_mean(s: &Option<String>) -> String {
+    match s {
+        Some(s) => format!(" (did you mean '{s}'?)"),
+        None => String::new(),
+    }
+}
+
+impl fmt::Display for CheckErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckErrorKind::NoCommand => write!(f, "no 'execute' member"),
+            CheckErrorKind::RequestMemberType { expected, got } => {
+                write!(f, "expected {expected}, got {got}")
+            }
+            CheckErrorKind::UnexpectedRequestMember => write!(f, "unexpected member"),
+            CheckErrorKind::UnknownCommand { did_you_mean: d } => {
+                write!(f, "unknown command{}", did_you_mean(d))
+            }
+            CheckErrorKind::NoOob => write!(f, "the command does not support out-of-band"),
+            CheckErrorKind::Missing => write!(f, "missing"),
+            CheckErrorKind::Unexpected { did_you_mean: d } => {
+                write!(f, "unexpected member{}", did_you_mean(d))
+            }
+            CheckErrorKind::WrongType { expected, got } => {
+                write!(f, "expected {expected}, got {got}")
+            }
+            CheckErrorKind::BadEnumValue {
+                value,
+                did_you_mean: d,
+            } => write!(f, "'{value}' is not a valid value{}", did_you_mean(d)),
+        }
+    }
+}
+
+/// The JSON type of `v`, in QAPI's words (QEMU's `QType`s).
+pub fn json_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The Levenshtein distance between `a` and `b`, in characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The candidate closest to `name` by edit distance, if it is close: at most
+/// a third of the name's length away (and at least 1, at most 3 edits).
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|&(d, _)| d <= limit)
+        .min()
+        .map(|(_, c)| c.to_owned())
+}
+
+/// A type error found at some path, before the command name is attached.
+struct Problem {
+    path: String,
+    kind: CheckErrorKind,
+}
+
+type Checked = Result<(), Problem>;
+
+fn problem(path: &str, kind: CheckErrorKind) -> Checked {
+    Err(Problem {
+        path: path.to_owned(),
+        kind,
+    })
+}
+
+fn child(path: &str, name: &str) -> String {
+    format!("{path}.{name}")
+}
+
+impl Schema {
+    /// Checks a whole QMP request (`{"execute": name, "arguments": {...},
+    /// "id": ...}`) as QEMU would before running the command. See the
+    /// [module](crate::validate) for where the verdict may differ.
+    ///
+    /// ```
+    /// use qemu_qapi::Schema;
+    /// use serde_json::json;
+    ///
+    /// let schema = Schema::from_introspection(&json!([
+    ///     {"name": "qom-get", "meta-type": "command", "arg-type": "0", "ret-type": "any"},
+    ///     {"name": "0", "meta-type": "object", "members": [
+    ///         {"name": "path", "type": "str"}, {"name": "property", "type": "str"}]},
+    ///     {"name": "str", "meta-type": "builtin", "json-type": "string"},
+    ///     {"name": "any", "meta-type": "builtin", "json-type": "value"},
+    /// ]))?;
+    /// let request = json!({"execute": "qom-get",
+    ///                      "arguments": {"path": "/machine", "property": 1}});
+    /// let err = schema.check_command(request.as_object().unwrap()).unwrap_err();
+    /// assert_eq!(err.path, "arguments.property");
+    /// assert_eq!(err.to_string(), "qom-get: arguments.property: expected string, got integer");
+    /// let err = schema.check("qom-gte", None).unwrap_err();
+    /// assert_eq!(err.to_string(), "qom-gte: execute: unknown command (did you mean 'qom-get'?)");
+    /// # Ok::<(), qemu_qapi::SchemaError>(())
+    /// ```
+    pub fn check_command(&self, request: &Map<String, Value>) -> Result<(), CheckError> {
+        let mut name: Option<(&str, bool)> = None;
+        let err = |command: &str, path: &str, kind| CheckError {
+            command: command.to_owned(),
+            path: path.to_owned(),
+            kind,
+        };
+        for key in ["execute", "exec-oob"] {
+            if let Some(v) = request.get(key) {
+                let Value::String(s) = v else {
+                    return Err(err(
+                        "",
+                        key,
+                        CheckErrorKind::RequestMemberType {
+                            expected: "string",
+                            got: json_type_name(v),
+                        },
+                    ));
+                };
+                if name.is_some() {
+                    return Err(err(s, key, CheckErrorKind::UnexpectedRequestMember));
+                }
+                name = Some((s, key == "exec-oob"));
+            }
+        }
+        let command = name.map(|(n, _)| n).unwrap_or("");
+        for key in request.keys() {
+            if !matches!(key.as_str(), "execute" | "exec-oob" | "arguments" | "id") {
+                return Err(err(command, key, CheckErrorKind::UnexpectedRequestMember));
+            }
+        }
+        let Some((command, oob)) = name else {
+            return Err(err("", "execute", CheckErrorKind::NoCommand));
+        };
+        let arguments = request.get("arguments");
+        if let Some(a) = arguments {
+            if !a.is_object() {
+                return Err(err(
+                    command,
+                    "arguments",
+                    CheckErrorKind::RequestMemberType {
+                        expected: "object",
+                        got: json_type_name(a),
+                    },
+                ));
+            }
+        }
+        let key = if oob { "exec-oob" } else { "execute" };
+        self.check_arguments(command, key, oob, arguments)
+    }
+
+    /// Checks the command `name` with `arguments` (`None`: no `arguments`
+    /// member, the same as `{}` for QEMU), as [`Schema::check_command`]
+    /// does for `{"execute": name, "arguments": arguments}`.
+    pub fn check(&self, name: &str, arguments: Option<&Value>) -> Result<(), CheckError> {
+        if let Some(a) = arguments {
+            if !a.is_object() {
+                return Err(CheckError {
+                    command: name.to_owned(),
+                    path: "arguments".to_owned(),
+                    kind: CheckErrorKind::RequestMemberType {
+                        expected: "object",
+                        got: json_type_name(a),
+                    },
+                });
+            }
+        }
+        self.check_arguments(name, "execute", false, arguments)
+    }
+
+    fn check_arguments(
+        &self,
+        name: &str,
+        key: &str,
+        oob: bool,
+        arguments: Option<&Value>,
+    ) -> Result<(), CheckError> {
+        let err = |path: &str, kind| CheckError {
+            command: name.to_owned(),
+            path: path.to_owned(),
+            kind,
+        };
+        let Some(command) = self.command(name).and_then(SchemaInfo::as_command) else {
+            let did_you_mean = closest(name, self.commands().map(|c| c.name.as_str()));
+            return Err(err(key, CheckErrorKind::UnknownCommand { did_you_mean }));
+        };
+        if oob && !command.allow_oob {
+            return Err(err(key, CheckErrorKind::NoOob));
+        }
+        let empty = Map::new();
+        let args = arguments.and_then(Value::as_object).unwrap_or(&empty);
+        let Some(arg_type) = self.get(&command.arg_type) else {
+            return Ok(());
+        };
+        let lenient = UNCHECKED_EXTRA_MEMBERS.contains(&name);
+        self.check_object(arg_type, args, "arguments", lenient)
+            .map_err(|p| err(&p.path, p.kind))
+    }
+
+    /// Checks an object value against the object type `t`: its members,
+    /// its variant's, then that nothing else is there.
+    fn check_object(
+        &self,
+        t: &SchemaInfo,
+        value: &Map<String, Value>,
+        path: &str,
+        lenient: bool,
+    ) -> Checked {
+        let mut known: Vec<&str> = Vec::new();
+        self.check_members(t, value, path, &mut known, 8)?;
+        if lenient {
+            return Ok(());
+        }
+        let mut extra: Vec<&String> = value
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .collect();
+        extra.sort();
+        if let Some(k) = extra.first() {
+            let did_you_mean = closest(k, known.iter().copied());
+            return problem(&child(path, k), CheckErrorKind::Unexpected { did_you_mean });
+        }
+        Ok(())
+    }
+
+    fn check_members<'a>(
+        &'a self,
+        t: &'a SchemaInfo,
+        value: &Map<String, Value>,
+        path: &str,
+        known: &mut Vec<&'a str>,
+        depth: u32,
+    ) -> Checked {
+        let Some(obj) = t.as_object() else {
+            return Ok(());
+        };
+        for m in &obj.members {
+            known.push(&m.name);
+            match value.get(&m.name) {
+                Some(v) => self.check_value(&m.type_name, v, &child(path, &m.name))?,
+                None if m.is_optional() => {}
+                None => return problem(&child(path, &m.name), CheckErrorKind::Missing),
+            }
+        }
+        if depth == 0 {
+            return Ok(());
+        }
+        if let Some(tag) = &obj.tag {
+            // The tag is a mandatory enum member: checked above.
+            if let Some(Value::String(case)) = value.get(tag) {
+                if let Some(vt) = obj.variant(case).and_then(|v| self.get(&v.type_name)) {
+                    self.check_members(vt, value, path, known, depth - 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `value` against the type named `t`.
+    fn check_value(&self, t: &str, value: &Value, path: &str) -> Checked {
+        let Some(info) = self.get(t) else {
+            // A type the schema does not define: nothing to check against.
+            return Ok(());
+        };
+        let wrong = |expected: &str| {
+            problem(
+                path,
+                CheckErrorKind::WrongType {
+                    expected: expected.to_owned(),
+                    got: json_type_name(value),
+                },
+            )
+        };
+        match &info.meta {
+            Meta::Builtin(b) => match (b.json_type.as_str(), value) {
+                ("string", Value::String(_)) => Ok(()),
+                ("int", Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
+                ("int", Value::Number(_)) => wrong("integer"),
+                ("number", Value::Number(_)) => Ok(()),
+                ("boolean", Value::Bool(_)) => Ok(()),
+                ("null", Value::Null) => Ok(()),
+                ("object", Value::Object(_)) => Ok(()),
+                ("array", Value::Array(_)) => Ok(()),
+                ("value", _) => Ok(()),
+                ("string" | "number" | "boolean" | "null" | "object" | "array", _) => {
+                    wrong(&b.json_type)
+                }
+                ("int", _) => wrong("integer"),
+                // A JSON type this crate does not know.
+                _ => Ok(()),
+            },
+            Meta::Enum(e) => {
+                let Value::String(s) = value else {
+                    return wrong("string");
+                };
+                if e.value(s).is_some() {
+                    Ok(())
+                } else {
+                    problem(
+                        path,
+                        CheckErrorKind::BadEnumValue {
+                            value: s.clone(),
+                            did_you_mean: closest(s, e.values()),
+                        },
+                    )
+                }
+            }
+            Meta::Array(a) => {
+                let Value::Array(items) = value else {
+                    return wrong("array");
+                };
+                for (i, item) in items.iter().enumerate() {
+                    self.check_value(&a.element_type, item, &format!("{path}[{i}]"))?;
+                }
+                Ok(())
+            }
+            Meta::Object(_) => {
+                let Value::Object(map) = value else {
+                    return wrong("object");
+                };
+                self.check_object(info, map, path, false)
+            }
+            Meta::Alternate(alt) => {
+                // QAPI guarantees at most one branch per JSON type; QEMU
+                // picks it by the value's type, then checks the value.
+                let mut expected = Vec::new();
+                for m in &alt.members {
+                    let wants = self.json_type_of(&m.type_name);
+                    if wants.is_empty() || wants.iter().any(|w| matches_json(w, value)) {
+                        return self.check_value(&m.type_name, value, path);
+                    }
+                    expected.extend(wants);
+                }
+                expected.dedup();
+                wrong(&expected.join(" or "))
+            }
+            Meta::Command(_) | Meta::Event(_) | Meta::Unknown(_) => Ok(()),
+        }
+    }
+
+    /// The JSON types a value of the type named `t` may have (empty: any).
+    fn json_type_of(&self, t: &str) -> Vec<&'static str> {
+        match self.get(t).map(|i| &i.meta) {
+            Some(Meta::Builtin(b)) => match b.json_type.as_str() {
+                "string" => vec!["string"],
+                "int" => vec!["integer"],
+                "number" => vec!["number", "integer"],
+                "boolean" => vec!["boolean"],
+                "null" => vec!["null"],
+                "object" => vec!["object"],
+                "array" => vec!["array"],
+                _ => vec![],
+            },
+            Some(Meta::Enum(_)) => vec!["string"],
+            Some(Meta::Array(_)) => vec!["array"],
+            Some(Meta::Object(_)) => vec!["object"],
+            _ => vec![],
+        }
+    }
+}
+
+/// True if `value`'s JSON type is `json_type` (in [`json_type_name`]'s
+/// words).
+fn matches_json(json_type: &str, value: &Value) -> bool {
+    json_type_name(value) == json_type
+}
