@@ -1,7 +1,9 @@
 //! QEMU's QAPI schema as QMP introspection reports it (`query-qmp-schema`):
 //! a typed model, lookups by command, event and type name, path queries
-//! ("does this QEMU's `blockdev-add` take `aio: io_uring`?"), and schemas
-//! recorded from the QEMU versions the project is tested against.
+//! ("does this QEMU's `blockdev-add` take `aio: io_uring`?"), checks of whole
+//! requests as QEMU's input visitor would make them
+//! ([`Schema::check_command`], see [`validate`]), and schemas recorded from the
+//! QEMU versions the project is tested against.
 //!
 //! ```
 //! use qemu_qapi::{Featured, Schema};
