@@ -1,5 +1,5 @@
 //! The `qapi-schema` binary: `diff` and `show` on the schemas qemu-qapi
-//! recorded (no QEMU needed), `dump --binary` of the installed QEMU (or the
+//! recorded (no QEMU needed), `dump --binary` and `--socket` of the installed QEMU (or the
 //! one `QEMU_SYSTEM_X86_64`/`QEMU_STORAGE_DAEMON` name) against the recording
 //! for its version, and the exit statuses.
 //!
@@ -202,11 +202,14 @@ fn usage_errors_exit_2_and_failures_1() {
     );
 }
 
-/// `dump --binary` prints what qemu-qapi recorded for that version, byte for
-/// byte (a SKIPPED line when there is no recording for it).
+/// `dump --binary` (or `--socket`) prints what qemu-qapi recorded for that
+/// version, byte for byte (a SKIPPED line when there is no recording for it).
 fn dump_equals_recording(binary: &Path) {
     let r = run(&["dump", "--binary", binary.to_str().unwrap()]);
-    let out = ok(&r);
+    same_as_recording(binary, ok(&r));
+}
+
+fn same_as_recording(binary: &Path, out: &str) {
     let live = Recording::from_json(out).unwrap();
     let name = live.file_name().unwrap();
     let path = schemas().join(&name);
@@ -242,4 +245,18 @@ fn dump_of_the_storage_daemon() {
         return;
     };
     dump_equals_recording(&qsd);
+}
+
+#[test]
+fn dump_and_show_of_a_running_qemu() {
+    let Some(qemu) = qemu_testkit::qemu_system() else {
+        return;
+    };
+    let running = qemu_testkit::QemuProcess::system_with_listener(&[]);
+    let sock = running.qmp_path().to_str().unwrap();
+    // The program's name comes from query-target.
+    let r = run(&["dump", "--socket", sock]);
+    same_as_recording(&qemu, ok(&r));
+    let r = run(&["show", "query-status", "--socket", sock]);
+    assert!(ok(&r).starts_with("command query-status\n"), "{r:?}");
 }
