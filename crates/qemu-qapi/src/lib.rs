@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod diff;
 pub mod model;
 pub mod path;
 pub mod recording;
@@ -43,6 +44,7 @@ use std::fmt;
 
 use serde_json::Value;
 
+pub use diff::{describe, diff, Change, ChangeKind, Group, Part, SchemaDiff};
 pub use model::{
     AlternateMember, AlternateType, ArrayType, BuiltinType, CommandType, EnumType, EnumValue,
     EventType, Featured, Member, Meta, ObjectType, SchemaInfo, Variant,

@@ -21,7 +21,8 @@ const WRAP: &str = env!("CARGO_BIN_EXE_qmp-shell-wrap");
 const QOM: &str = env!("CARGO_BIN_EXE_qom");
 const GA: &str = env!("CARGO_BIN_EXE_qemu-ga-client");
 const SERVER: &str = env!("CARGO_BIN_EXE_qmp-test-server");
-const TOOLS: [&str; 5] = [SHELL, WRAP, QOM, GA, SERVER];
+const QAPI: &str = env!("CARGO_BIN_EXE_qapi-schema");
+const TOOLS: [&str; 6] = [SHELL, WRAP, QOM, GA, SERVER, QAPI];
 
 /// Deadline for one run.
 const T: Duration = Duration::from_secs(60);
@@ -144,6 +145,10 @@ fn usage_errors_exit_2_on_stderr() {
     expect_usage_error(SERVER, &[]);
     expect_usage_error(SERVER, &["--tcp", "localhost:port"]);
     expect_usage_error(SERVER, &["--tcp", "127.0.0.1:0", "--fault", "bogus"]);
+    expect_usage_error(QAPI, &[]);
+    expect_usage_error(QAPI, &["dump"]);
+    expect_usage_error(QAPI, &["dump", "--socket", "localhost:port"]);
+    expect_usage_error(QAPI, &["diff", "old.json"]);
 }
 
 #[test]
@@ -162,6 +167,8 @@ fn connection_failures_exit_1_with_one_line() {
     expect_one_line_failure(&r, "qom: failed to connect to ");
     let r = run(GA, &["--address", missing, "info"], "");
     expect_one_line_failure(&r, "qemu-ga-client: ");
+    let r = run(QAPI, &["dump", "--socket", missing], "");
+    expect_one_line_failure(&r, "qapi-schema: failed to connect to ");
     // The server's equivalent: it cannot listen where a file is.
     let taken = dir.path().join("taken");
     std::fs::write(&taken, "").unwrap();
