@@ -109,14 +109,7 @@ impl<'a> Request<'a> {
     /// Send and return the `return` value; an error reply becomes [`Error::Execute`].
     /// Errors about descriptors as for [`send_raw`](Self::send_raw).
     pub async fn send(self) -> Result<Value> {
-        if let Some(e) = self.fd_error {
-            return Err(Error::system("duplicating a descriptor", e));
-        }
-        let session = self.client.session()?;
-        let msg = message::make_request(&self.command, self.arguments, self.oob, None);
-        let (sent, reply) = session
-            .call_keep_request(msg, self.fds, self.timeout)
-            .await?;
+        let (sent, reply) = self.exchange().await?;
         into_return(sent, reply)
     }
 
@@ -125,17 +118,20 @@ impl<'a> Request<'a> {
     /// Exact on a client built with
     /// [`preserve_order(true)`](crate::ClientBuilder::preserve_order).
     pub async fn send_ordered(self) -> Result<Ordered> {
+        let (sent, reply) = self.exchange().await?;
+        let mut ordered = reply.ordered();
+        into_return(sent, reply)?;
+        Ok(ordered.remove("return").unwrap_or(Ordered::Null))
+    }
+
+    /// Send; the request as sent (without the wire id) and the reply.
+    async fn exchange(self) -> Result<(JsonObject, Response)> {
         if let Some(e) = self.fd_error {
             return Err(Error::system("duplicating a descriptor", e));
         }
         let session = self.client.session()?;
         let msg = message::make_request(&self.command, self.arguments, self.oob, None);
-        let (sent, reply) = session
-            .call_keep_request(msg, self.fds, self.timeout)
-            .await?;
-        let mut ordered = reply.ordered();
-        into_return(sent, reply)?;
-        Ok(ordered.remove("return").unwrap_or(Ordered::Null))
+        session.call_keep_request(msg, self.fds, self.timeout).await
     }
 }
 
