@@ -151,6 +151,75 @@ fn show_a_command_and_an_event() {
 }
 
 #[test]
+fn check_commands_against_a_recorded_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("commands.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            "# comments and blank lines are skipped\n",
+            "{\"execute\": \"query-status\"}\n",
+            "\n",
+            "{\"execute\": \"query-stauts\"}\n",
+            "{\"execute\": \"blockdev-add\", \"arguments\": {\"driver\": \"null-co\", \"node-name\": 42}}\n",
+            "[1]\n",
+            "{\"execute\": \"blockdev-set-active\", \"arguments\": {\"active\": true}}\n",
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let shown = file.display();
+    // 10.0 has blockdev-set-active; 7.2 has not.
+    let r = run(&[
+        "check",
+        f,
+        "--schema",
+        &recording("qemu-system-x86_64-10.0.2.json"),
+    ]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert_eq!(
+        r.stdout,
+        format!(
+            "{shown}:4: query-stauts: execute: unknown command (did you mean 'query-status'?)\n\
+             {shown}:5: blockdev-add: arguments.node-name: expected string, got integer\n\
+             {shown}:6: not a JSON object\n"
+        )
+    );
+    assert_eq!(r.stderr, "3 of 5 commands rejected\n");
+    let r = run(&[
+        "check",
+        f,
+        "--schema",
+        &recording("qemu-system-x86_64-7.2.22.json"),
+    ]);
+    assert!(
+        r.stdout.contains(&format!(
+            "{shown}:7: blockdev-set-active: execute: unknown command"
+        )),
+        "{r:?}"
+    );
+    assert_eq!(r.stderr, "4 of 5 commands rejected\n");
+
+    // All good: nothing printed, exit 0.
+    std::fs::write(&file, "{\"execute\": \"query-status\"}\n").unwrap();
+    let r = run(&[
+        "check",
+        f,
+        "--schema",
+        &recording("qemu-system-x86_64-7.2.22.json"),
+    ]);
+    assert_eq!(ok(&r), "");
+    // A missing file is a failure; no schema source is bad usage.
+    fails(&run(&[
+        "check",
+        "/nonexistent/x.jsonl",
+        "--schema",
+        &recording("qemu-system-x86_64-7.2.22.json"),
+    ]));
+    assert_eq!(run(&["check", f]).code, Some(2));
+}
+
+#[test]
 fn usage_errors_exit_2_and_failures_1() {
     for args in [
         &[][..],

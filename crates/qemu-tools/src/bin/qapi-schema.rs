@@ -1,6 +1,7 @@
 //! `qapi-schema`: a QEMU's QAPI schema, as its QMP monitor describes it
-//! (`query-qmp-schema`): record it (`dump`), compare two (`diff`), and show a
-//! command's or an event's arguments and return (`show`).
+//! (`query-qmp-schema`): record it (`dump`), compare two (`diff`), show a
+//! command's or an event's arguments and return (`show`), and check commands
+//! against it before they reach a QEMU (`check`).
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -23,6 +24,12 @@ asks it, and stops it.";
 const DIFF_HELP: &str = "\
 `diff` exits 0 whether or not the schemas differ: it is a report. A file that
 cannot be read or is not a recording is a failure (1).";
+
+const CHECK_HELP: &str = "\
+`check` prints one line per rejected command (FILE:LINE: the command, the path
+of the problem and what is wrong, as QEMU's input checks would see it) and
+exits 1 if any was rejected or a line is not a JSON object (and says how many on
+stderr), 0 if all pass (printing nothing).";
 
 /// Record, compare and show QEMU's QAPI schemas.
 #[derive(Debug, Parser)]
@@ -61,6 +68,17 @@ enum Command {
         /// The newer recording.
         #[arg(value_name = "NEW")]
         new: PathBuf,
+    },
+    /// Check commands, one JSON object a line (`{"execute": ..., "arguments":
+    /// ...}`; blank lines and lines starting with `#` are skipped), against a
+    /// schema, as QEMU's own argument checks would, before any reaches QEMU.
+    #[command(after_help = CHECK_HELP)]
+    Check {
+        /// The file of commands (`-`: standard input).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        source: Source,
     },
     /// Show a command's arguments and return, or an event's data: members
     /// (nested objects indented), their types as JSON types, enum values or
@@ -143,14 +161,15 @@ fn main() -> ExitCode {
             })
         }
         Command::Diff { json, old, new } => run_diff(&old, &new, json),
+        Command::Check { file, source } => {
+            match source_recording(&source, cli.timeout).and_then(|r| run_check(&r, &file)) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(exit::FAILURE),
+                Err(e) => Err(e),
+            }
+        }
         Command::Show { name, source } => {
-            let recording = match live_source(source.socket.as_deref(), source.binary.as_deref()) {
-                Some(live) => fetch(live, cli.timeout),
-                None => {
-                    let path = source.schema.expect("clap requires one source");
-                    load(&path).map(|(r, _)| r)
-                }
-            };
+            let recording = source_recording(&source, cli.timeout);
             recording.and_then(|r| {
                 let schema = r.schema()?;
                 let text = show(&schema, &name)
@@ -170,6 +189,54 @@ fn main() -> ExitCode {
             exit::fail_with(PREFIX, e.as_ref())
         }
     }
+}
+
+/// The recording a `--schema`/`--socket`/`--binary` source names.
+fn source_recording(source: &Source, timeout: Duration) -> Result<Recording, BoxError> {
+    match live_source(source.socket.as_deref(), source.binary.as_deref()) {
+        Some(live) => fetch(live, timeout),
+        None => {
+            let path = source.schema.as_deref().expect("clap requires one source");
+            load(path).map(|(r, _)| r)
+        }
+    }
+}
+
+/// Checks every command of `file` against `recording`'s schema, printing one line
+/// per rejected command; true if all passed.
+fn run_check(recording: &Recording, file: &Path) -> Result<bool, BoxError> {
+    let schema = recording.schema()?;
+    let text = if file == Path::new("-") {
+        io::read_to_string(io::stdin()).map_err(|e| format!("standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?
+    };
+    let shown = file.display();
+    let mut out = String::new();
+    let (mut checked, mut rejected) = (0usize, 0usize);
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        checked += 1;
+        let verdict = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(request)) => {
+                schema.check_command(&request).map_err(|e| e.to_string())
+            }
+            Ok(_) => Err("not a JSON object".to_owned()),
+            Err(e) => Err(format!("not JSON: {e}")),
+        };
+        if let Err(why) = verdict {
+            rejected += 1;
+            out.push_str(&format!("{shown}:{}: {why}\n", i + 1));
+        }
+    }
+    write_out(&out)?;
+    if rejected > 0 {
+        eprintln!("{rejected} of {checked} commands rejected");
+    }
+    Ok(rejected == 0)
 }
 
 fn write_out(text: &str) -> Result<(), BoxError> {
