@@ -16,56 +16,6 @@ use rustix::process::{Pid, Signal};
 
 use crate::binaries::{require_binary, QEMU_SYSTEM_ENV, STORAGE_DAEMON_ENV};
 
-/// How long one look at a starting QEMU's monitor waits for the greeting.
-const GREETING_WAIT: Duration = Duration::from_secs(2);
-
-/// Returns once the QMP monitor listening at `path` greets a client, or QEMU is gone
-/// (the connection is refused: the test sees why), or after 30 s.
-///
-/// A client that connects while QEMU is still setting its monitor up can get the
-/// greeting twice (seen once with QEMU 7.2's storage daemon) or never (seen twice in
-/// a day of full runs: the client waited out its timeout); both are QEMU's open
-/// handler racing its own set-up, not something a client can repair. The tests are
-/// about our client, so the harness hands out a monitor only once it has greeted a
-/// connection of the harness's own, which it then closes (QEMU greets every new
-/// connection). A greeting that only came on a second connection is said on stderr.
-fn await_monitor(path: &Path) {
-    use std::io::{BufRead as _, BufReader};
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut attempts, mut hang_ups) = (0, 0);
-    while Instant::now() < deadline && hang_ups < 3 {
-        attempts += 1;
-        let Ok(stream) = UnixStream::connect(path) else {
-            return; // QEMU is gone: the test will say why.
-        };
-        let _ = stream.set_read_timeout(Some(GREETING_WAIT));
-        let mut reader = BufReader::new(stream);
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) => {
-                    hang_ups += 1;
-                    break;
-                }
-                Ok(_) if line.starts_with(r#"{"QMP""#) => {
-                    if attempts > 1 {
-                        eprintln!(
-                            "qemu-testkit: the monitor at {} greeted only connection {attempts} \
-                             (QEMU's set-up race)",
-                            path.display()
-                        );
-                    }
-                    return;
-                }
-                // An event can come before the greeting.
-                Ok(_) => {}
-                // No greeting in time: try a new connection.
-                Err(_) => break,
-            }
-        }
-    }
-}
-
 /// Largest Unix socket path (`sun_path` is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -244,10 +194,9 @@ impl QemuProcess {
         args.extend(["-mon", "chardev=qmp,mode=control"].map(String::from));
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let mut qemu = Self::spawn_in(dir, &binary, &args, &[listener.as_fd()]);
-        drop(listener); // QEMU holds the only copy.
-        await_monitor(&path);
         qemu.qmp_path = Some(path);
         qemu
+        // `listener` is closed here: QEMU holds the only copy.
     }
 
     /// `qemu-storage-daemon` whose QMP monitor listens on [`Self::qmp_path`]
@@ -265,8 +214,6 @@ impl QemuProcess {
         ];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let mut qemu = Self::spawn_in(dir, &binary, &args, &[listener.as_fd()]);
-        drop(listener); // QEMU holds the only copy.
-        await_monitor(&path);
         qemu.qmp_path = Some(path);
         qemu
     }
