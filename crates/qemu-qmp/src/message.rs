@@ -250,15 +250,7 @@ impl PartialEq for EventInner {
 impl Event {
     /// View a message as an event; `None` if it has no string `event` member.
     pub fn from_object(raw: JsonObject) -> Result<Event, JsonObject> {
-        let name = match raw.get("event") {
-            Some(Value::String(s)) => s.clone(),
-            _ => return Err(raw),
-        };
-        Ok(Event(Arc::new(EventInner {
-            name,
-            raw,
-            text: None,
-        })))
+        Event::from_object_and_text(raw, None)
     }
 
     /// [`from_object`](Self::from_object), keeping the text the event was decoded
