@@ -33,10 +33,12 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod codegen;
 mod diff;
 pub mod model;
 pub mod path;
 pub mod recording;
+pub mod typed;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};

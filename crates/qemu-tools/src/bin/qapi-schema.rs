@@ -1,7 +1,8 @@
 //! `qapi-schema`: a QEMU's QAPI schema, as its QMP monitor describes it
 //! (`query-qmp-schema`): record it (`dump`), compare two (`diff`), show a
-//! command's or an event's arguments and return (`show`), and check commands
-//! against it before they reach a QEMU (`check`).
+//! command's or an event's arguments and return (`show`), check commands
+//! against it before they reach a QEMU (`check`), and generate typed Rust
+//! from several (`gen`).
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -79,6 +80,21 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         source: Source,
+    },
+    /// Generate typed Rust for the commands, events and types of several
+    /// schemas (recordings and programs): `types.rs`, `commands.rs`,
+    /// `events.rs` and `names.json` in DIR, as in crates/qemu-qapi-types. A
+    /// names.json already in DIR keeps the names it gave.
+    Gen {
+        /// Schema recordings (what `dump` writes).
+        #[arg(value_name = "RECORDING")]
+        recordings: Vec<PathBuf>,
+        /// A QEMU program to start and ask as well (repeat for several).
+        #[arg(long, short = 'b', value_name = "QEMU_BINARY")]
+        binary: Vec<PathBuf>,
+        /// The directory to write to.
+        #[arg(long, short = 'o', value_name = "DIR")]
+        out: PathBuf,
     },
     /// Show a command's arguments and return, or an event's data: members
     /// (nested objects indented), their types as JSON types, enum values or
@@ -168,6 +184,11 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Gen {
+            recordings,
+            binary,
+            out,
+        } => run_gen(&recordings, &binary, &out, cli.timeout),
         Command::Show { name, source } => {
             let recording = source_recording(&source, cli.timeout);
             recording.and_then(|r| {
@@ -276,6 +297,49 @@ fn run_diff(old: &Path, new: &Path, json: bool) -> Result<(), BoxError> {
     } else {
         write_out(&d.to_string())
     }
+}
+
+// ---------------------------------------------------------------------------
+// gen: typed Rust
+
+fn run_gen(
+    files: &[PathBuf],
+    binaries: &[PathBuf],
+    out: &Path,
+    timeout: Duration,
+) -> Result<(), BoxError> {
+    if files.is_empty() && binaries.is_empty() {
+        exit::usage_error::<Cli>("gen: name at least one RECORDING or --binary")
+    }
+    let mut recordings = Vec::new();
+    for f in files {
+        recordings.push(load(f)?.0);
+    }
+    for b in binaries {
+        recordings.push(fetch(LiveSource::Binary(b.clone()), timeout)?);
+    }
+    let names_path = out.join("names.json");
+    let names = match std::fs::read_to_string(&names_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", names_path.display()).into()),
+    };
+    let generated = qemu_qapi::codegen::generate(&recordings, names.as_deref())?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for (name, text) in &generated.files {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let (commands, events, types) = generated.counts;
+    eprintln!(
+        "{}: {commands} commands, {events} events, {types} types from {} schemas",
+        out.display(),
+        recordings.len()
+    );
+    for c in &generated.conflicts {
+        eprintln!("note: {c}: its type differs between versions; it is plain JSON");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
