@@ -24460,12 +24460,6 @@ pub struct QuerySevReturn {
     pub build_id: i128,
     /// `state`
     pub state: QuerySevReturnState,
-    /// `policy`. In: qemu-system-x86_64 7.2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<i128>,
-    /// `handle`. In: qemu-system-x86_64 7.2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handle: Option<i128>,
     /// `sev-type` and the members that go with its value.
     #[serde(flatten)]
     pub sev_type: QuerySevReturnVariant,
@@ -24483,21 +24477,7 @@ impl QuerySevReturn {
             api_minor,
             build_id,
             state,
-            policy: None,
-            handle: None,
         }
-    }
-
-    /// Sets `policy`.
-    pub fn policy(mut self, policy: i128) -> Self {
-        self.policy = Some(policy);
-        self
-    }
-
-    /// Sets `handle`.
-    pub fn handle(mut self, handle: i128) -> Self {
-        self.handle = Some(handle);
-        self
     }
 }
 

@@ -142,8 +142,9 @@ impl<'a> Gen<'a> {
         let mut out = Vec::new();
         let mut used: BTreeSet<String> = BTreeSet::new();
         let presence = &self.merged.classes[c].presence;
+        let in_variants = self.variant_members(c);
         for (wire, entries) in self.merged.members(c) {
-            if Some(wire.as_str()) == skip {
+            if Some(wire.as_str()) == skip || in_variants.contains(&wire) {
                 continue;
             }
             let uses: Vec<(usize, TyRef)> = entries
@@ -324,6 +325,27 @@ impl<'a> Gen<'a> {
         if let Some((tag, venum)) = &variant {
             self.emit_variants(out, c, tag, venum);
         }
+    }
+
+    /// The members of a union's variants, in any version: a member an older
+    /// version has in the base and a newer one in a variant (SevInfo's
+    /// `policy`, 7.2 and 9.1) belongs to the variant, where the newer
+    /// version puts it.
+    fn variant_members(&self, c: usize) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for &n in &self.merged.classes[c].nodes {
+            let src = self.merged.nodes[n].src;
+            let Some(o) = self.merged.info(n).as_object() else {
+                continue;
+            };
+            for v in &o.variants {
+                let t = self.merged.schemas[src].get(&v.type_name);
+                if let Some(vo) = t.and_then(|t| t.as_object()) {
+                    out.extend(vo.members.iter().map(|m| m.name.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// True if JSON `null` is a value of the type.
