@@ -1,5 +1,4 @@
-//! Typed QMP commands and events, generated from the schemas of every QEMU
-//! version this project is tested against (see `crates/qemu-qapi/schemas`).
+#![doc = include_str!("../README.md")]
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -15,3 +14,9 @@ pub use commands::*;
 pub use events::*;
 pub use qemu_qapi::typed::{Command, Empty, EventData, FromEvent, TypedClient};
 pub use types::*;
+
+/// The workspace README's examples, compiled as doctests (this crate's
+/// dev-dependencies cover every crate they use).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct WorkspaceReadmeDoctests;
