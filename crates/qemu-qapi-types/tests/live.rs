@@ -26,9 +26,7 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn connect(args: &[&str]) -> (TypedClient, QemuProcess) {
     let (qemu, stream) = QemuProcess::system_with_socketpair(args);
     stream.set_nonblocking(true).unwrap();
-    let client = qemu_qmp::Client::builder()
-        .command_timeout(T)
-        .build();
+    let client = qemu_qmp::Client::builder().command_timeout(T).build();
     client
         .connect_to(stream)
         .await
@@ -74,7 +72,12 @@ fn every_query_decodes(args: &[&str]) {
             refused.len()
         );
         assert!(decoded.len() >= 40, "{decoded:?}");
-        for q in ["query-status", "query-version", "query-commands", "query-qmp-schema"] {
+        for q in [
+            "query-status",
+            "query-version",
+            "query-commands",
+            "query-qmp-schema",
+        ] {
             assert!(decoded.contains(&q), "{q}");
         }
     });
@@ -172,13 +175,17 @@ fn provoked_events_decode() {
         let backup = BlockdevBackup::new("src", BlockdevBackupSync::Full, "dst").job_id("j");
         qmp.call(backup).await.unwrap();
         let done = completed.recv_timeout(T).await.unwrap();
-        assert_eq!((done.device.as_str(), done.len, done.offset), ("j", 1 << 20, 1 << 20));
+        assert_eq!(
+            (done.device.as_str(), done.len, done.offset),
+            ("j", 1 << 20, 1 << 20)
+        );
         assert_eq!(done.type_.as_str(), "backup");
         assert!(done.error.is_none());
         // The job goes on to `null` (it is dismissed automatically).
-        let job_events = events_until_matching(&mut all, |e| {
-            matches!(e, Event::JobStatusChange(j) if j.status.as_str() == "null")
-        })
+        let job_events = events_until_matching(
+            &mut all,
+            |e| matches!(e, Event::JobStatusChange(j) if j.status.as_str() == "null"),
+        )
         .await;
         assert!(job_events.iter().any(|e| e.name() == "BLOCK_JOB_COMPLETED"));
         let statuses: BTreeSet<String> = job_events
@@ -216,7 +223,10 @@ fn what_the_running_qemu_lacks_fails_locally() {
             let e = r.unwrap_err();
             assert!(e.is_unsupported(), "{e}");
             let text = e.to_string();
-            assert!(text.contains("query-audiodevs") && text.contains(&version.to_string()), "{text}");
+            assert!(
+                text.contains("query-audiodevs") && text.contains(&version.to_string()),
+                "{text}"
+            );
         }
         // `active` of `blockdev-add` came with 10.0.
         let opts = BlockdevAddArguments::new(BlockdevAddArgumentsVariant::NullCo(

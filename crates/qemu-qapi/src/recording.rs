@@ -1,5 +1,5 @@
 //! A QEMU binary's schema and version as recorded in a file: what the
-//! `record-schemas` example writes to `crates/qemu-qapi/schemas/`.
+//! `qapi-schema dump` writes (`--into crates/qemu-qapi/schemas/`).
 //!
 //! The file is JSON, laid out to diff well: one line each for the binary and
 //! its `query-version` return, then `query-qmp-schema`'s return one entity

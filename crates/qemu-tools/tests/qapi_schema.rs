@@ -308,6 +308,60 @@ fn dump_of_the_system_emulator() {
     dump_equals_recording(&qemu);
 }
 
+/// `dump --into DIR` writes the recording under its own name and prints
+/// the path.
+#[test]
+fn dump_into_a_directory() {
+    let Some(qsd) = qemu_testkit::storage_daemon() else {
+        return;
+    };
+    let dir = qemu_testkit::tempdir("dump-into");
+    let d = dir.path().to_str().unwrap();
+    let r = run(&["dump", "--binary", qsd.to_str().unwrap(), "--into", d]);
+    let path = PathBuf::from(ok(&r).trim_end());
+    assert_eq!(path.parent(), Some(dir.path()));
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with("qemu-storage-daemon-") && name.ends_with(".json"),
+        "{name}"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        Recording::from_json(&text).unwrap().file_name().unwrap(),
+        name
+    );
+    same_as_recording(&qsd, &text);
+}
+
+/// `gen` writes what qemu-qapi-types holds, from the same recordings and
+/// names; without recordings it is a usage error.
+#[test]
+fn gen_makes_the_typed_crate() {
+    let dir = qemu_testkit::tempdir("gen");
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu-qapi-types/src");
+    std::fs::copy(committed.join("names.json"), dir.path().join("names.json")).unwrap();
+    let mut args = vec![
+        "gen".to_owned(),
+        "--out".to_owned(),
+        dir.path().display().to_string(),
+    ];
+    for e in std::fs::read_dir(schemas()).unwrap() {
+        args.push(e.unwrap().path().display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run(&args);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(r.stderr.contains("235 commands, 57 events"), "{r:?}");
+    for f in ["types.rs", "commands.rs", "events.rs", "names.json"] {
+        let made = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let held = std::fs::read_to_string(committed.join(f)).unwrap();
+        assert!(made == held, "{f} differs");
+    }
+    let r = run(&["gen", "--out", dir.path().to_str().unwrap()]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+}
+
 #[test]
 fn dump_of_the_storage_daemon() {
     let Some(qsd) = qemu_testkit::storage_daemon() else {

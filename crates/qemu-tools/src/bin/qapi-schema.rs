@@ -55,6 +55,11 @@ enum Command {
     Dump {
         #[command(flatten)]
         live: Live,
+        /// Write the recording into DIR as `<binary>-<version>.json` (the
+        /// layout of crates/qemu-qapi/schemas) and print its path, instead
+        /// of printing it.
+        #[arg(long, value_name = "DIR")]
+        into: Option<PathBuf>,
     },
     /// Compare two schema recordings: what changed from OLD to NEW, one line per
     /// change, grouped (commands, events, types).
@@ -168,12 +173,20 @@ fn live_source(socket: Option<&str>, binary: Option<&Path>) -> Option<LiveSource
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dump { live } => {
+        Command::Dump { live, into } => {
             let source = live_source(live.socket.as_deref(), live.binary.as_deref())
                 .unwrap_or_else(|| exit::usage_error::<Cli>("--socket or --binary is needed"));
             fetch(source, cli.timeout).and_then(|r| {
                 r.schema()?; // a recording that reads back
-                write_out(&r.to_json())
+                match &into {
+                    None => write_out(&r.to_json()),
+                    Some(dir) => {
+                        let path = dir.join(r.file_name()?);
+                        std::fs::write(&path, r.to_json())
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        write_out(&format!("{}\n", path.display()))
+                    }
+                }
             })
         }
         Command::Diff { json, old, new } => run_diff(&old, &new, json),
@@ -415,8 +428,7 @@ async fn fetch_system(path: &Path, kind: &str, timeout: Duration) -> Result<Reco
     Ok(recording)
 }
 
-/// `qemu-storage-daemon`, its monitor on a socketpair, as qemu-qapi's
-/// record-schemas example starts it: it dies with this process
+/// `qemu-storage-daemon`, its monitor on a socketpair: it dies with this process
 /// (`PR_SET_PDEATHSIG`), and is killed and reaped on every failure.
 async fn fetch_storage_daemon(
     path: &Path,
