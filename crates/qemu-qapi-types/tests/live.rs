@@ -162,7 +162,7 @@ fn provoked_events_decode() {
                 _ => None,
             })
             .unwrap();
-        assert_eq!(reset.guest, false);
+        assert!(!reset.guest);
 
         // A backup job between two null devices: the job events.
         let mut completed = qmp.listen::<BlockJobCompletedEvent>();
