@@ -442,14 +442,7 @@ impl QemuMachine {
     ///
     /// ```no_run
     /// # async fn f(vm: qemu_machine::QemuMachine) -> qemu_machine::Result<()> {
-    /// # #[derive(serde::Serialize)] struct QueryStatus {}
-    /// # #[derive(serde::Deserialize)] struct StatusInfo { running: bool }
-    /// # impl qemu_qapi::typed::Command for QueryStatus {
-    /// #     const NAME: &'static str = "query-status";
-    /// #     type Returns = StatusInfo;
-    /// # }
-    /// # impl QueryStatus { fn new() -> Self { QueryStatus {} } }
-    /// // use qemu_qapi_types::QueryStatus;
+    /// use qemu_qapi_types::QueryStatus;
     /// let status = vm.call(QueryStatus::new()).await?;
     /// println!("running: {}", status.running);
     /// # Ok(()) }
@@ -560,16 +553,8 @@ impl QemuMachine {
     ///
     /// ```no_run
     /// # async fn f(vm: qemu_machine::QemuMachine) -> qemu_machine::Result<()> {
-    /// # #[derive(serde::Deserialize)] struct StopEvent {}
-    /// # impl qemu_qapi::typed::EventData for StopEvent { const NAME: &'static str = "STOP"; }
-    /// # impl qemu_qapi::typed::FromEvent for StopEvent {
-    /// #     fn names() -> Option<&'static [&'static str]> { Some(&["STOP"]) }
-    /// #     fn from_parts(name: &str, data: Option<&serde_json::Value>) -> Result<Self, serde_json::Error> {
-    /// #         qemu_qapi::typed::support::event_as(name, data)
-    /// #     }
-    /// # }
     /// use std::time::Duration;
-    /// // use qemu_qapi_types::StopEvent;
+    /// use qemu_qapi_types::StopEvent;
     /// vm.command("stop", None).await?;
     /// let stop: Option<StopEvent> = vm.event_wait_typed(Duration::from_secs(5), None).await?;
     /// # Ok(()) }
