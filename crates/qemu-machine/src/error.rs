@@ -11,6 +11,8 @@ use std::io;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use qemu_qapi::typed::CallError;
+
 /// A `Result` whose error is [`MachineError`].
 pub type Result<T, E = MachineError> = std::result::Result<T, E>;
 
@@ -43,6 +45,30 @@ pub enum MachineError {
         /// The QMP library's error.
         #[source]
         source: qemu_qmp::Error,
+    },
+
+    /// A typed call ([`QemuMachine::call`](crate::QemuMachine::call)) failed:
+    /// refused by the version gate ([`CallError::Unsupported`]), failed in QMP, or
+    /// its return did not fit its type.
+    #[error("QMP command '{command}' failed: {source}")]
+    Call {
+        /// The command.
+        command: &'static str,
+        /// Why it failed.
+        #[source]
+        source: CallError,
+    },
+
+    /// An event that a typed wait
+    /// ([`QemuMachine::event_wait_typed`](crate::QemuMachine::event_wait_typed))
+    /// took did not fit its type. The event is not kept in the queue.
+    #[error("event {}: the data does not fit its type: {source}", event.name())]
+    EventDecode {
+        /// The event as received.
+        event: qemu_qmp::Event,
+        /// What did not fit.
+        #[source]
+        source: serde_json::Error,
     },
 
     /// The machine was built with [`qmp(false)`](crate::MachineBuilder::qmp), so there
@@ -115,13 +141,16 @@ impl MachineError {
     }
 
     /// The QMP library's error behind this one, wherever it is wrapped: a failed QMP
-    /// operation ([`MachineError::Qmp`]), a launch whose QMP connection failed
+    /// operation ([`MachineError::Qmp`]), a typed call that failed in QMP or whose
+    /// schema could not be fetched ([`MachineError::Call`], see
+    /// [`CallError::qmp_error`]), a launch whose QMP connection failed
     /// ([`LaunchCause::Qmp`]), a graceful shutdown whose `quit` failed
     /// ([`ShutdownCause::Quit`]). The other helpers look through it, as
     /// tokio-postgres's `Error::as_db_error` looks through its wrapping.
     pub fn qmp_error(&self) -> Option<&qemu_qmp::Error> {
         match self {
             MachineError::Qmp { source, .. } => Some(source),
+            MachineError::Call { source, .. } => source.qmp_error(),
             MachineError::LaunchFailure(f) => match &f.cause {
                 LaunchCause::Qmp(e) => Some(e),
                 _ => None,
@@ -131,6 +160,21 @@ impl MachineError {
             } => Some(e),
             _ => None,
         }
+    }
+
+    /// The typed call's error, if this is one ([`MachineError::Call`]).
+    pub fn as_call_error(&self) -> Option<&CallError> {
+        match self {
+            MachineError::Call { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// True if a typed call was refused by the version gate: the machine's QEMU
+    /// lacks the command or a member, or refuses a value
+    /// ([`CallError::Unsupported`]); nothing was sent.
+    pub fn is_unsupported(&self) -> bool {
+        self.as_call_error().is_some_and(CallError::is_unsupported)
     }
 
     /// The QMP error class (`GenericError`, `CommandNotFound`, `DeviceNotFound`, ...)

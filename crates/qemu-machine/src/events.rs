@@ -104,7 +104,15 @@ impl EventQueue {
                 .iter()
                 .any(|(name, pattern)| event_matches(e, name, pattern.as_ref()))
         };
-        match within(timeout, self.queue.wait_for(matches)).await {
+        self.wait_with(matches, timeout).await
+    }
+
+    /// The first event `matcher` accepts, as [`wait_for`](Self::wait_for).
+    pub(crate) async fn wait_with<F>(&self, matcher: F, timeout: Duration) -> Result<Event, NoEvent>
+    where
+        F: Fn(&Event) -> bool + Send + Sync + 'static,
+    {
+        match within(timeout, self.queue.wait_for(matcher)).await {
             Some(Ok(e)) => Ok(e),
             Some(Err(_)) => Err(NoEvent::Closed),
             None => Err(NoEvent::Timeout),

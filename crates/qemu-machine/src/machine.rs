@@ -5,9 +5,11 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use qemu_qapi::typed::{CallError, Command, FromEvent, TypedClient};
+use qemu_qapi::Schema;
 use qemu_qmp::{Client, Event, Response, Runstate, Value, Wait};
 use rustix::process::Signal;
 use tempfile::TempDir;
@@ -103,6 +105,8 @@ pub struct QemuMachine {
     console: Option<Console>,
     /// Set once `quit` was sent (by us or through [`QemuMachine::command`]).
     quit_issued: AtomicBool,
+    /// Typed calls on `qmp`; keeps QEMU's schema, fetched by the first one.
+    typed: TypedClient,
     /// Serialises shutdown, wait and kill.
     lifecycle: tokio::sync::Mutex<()>,
     files: Mutex<Files>,
@@ -129,6 +133,7 @@ impl QemuMachine {
     }
 
     pub(crate) fn new(p: MachineParts) -> QemuMachine {
+        let typed = TypedClient::new(p.qmp.clone());
         QemuMachine {
             name: p.name,
             command_line: p.command_line,
@@ -141,6 +146,7 @@ impl QemuMachine {
             events: p.events,
             console: p.console,
             quit_issued: AtomicBool::new(false),
+            typed,
             lifecycle: tokio::sync::Mutex::new(()),
             files: Mutex::new(Files {
                 temp_dir: Some(p.temp_dir),
@@ -412,6 +418,63 @@ impl QemuMachine {
             .map_err(|e| MachineError::qmp(format!("command '{command}'"), e))
     }
 
+    // ---- typed QMP ---------------------------------------------------------------
+
+    /// QEMU's QAPI schema (`query-qmp-schema`, with `query-version`), fetched on
+    /// first use and kept for the machine's life. Typed calls are checked against it.
+    pub async fn schema(&self) -> Result<&Arc<Schema>> {
+        self.require_qmp("fetch the schema")?;
+        self.typed.schema().await.map_err(|e| MachineError::Call {
+            command: "query-qmp-schema",
+            source: CallError::Schema(e),
+        })
+    }
+
+    /// Execute a typed command (generated, e.g. by `qemu-qapi-types`) and decode
+    /// what it returns, after checking it against this QEMU's
+    /// [schema](Self::schema): a command, member or value this QEMU lacks fails
+    /// locally, nothing sent, with [`MachineError::Call`] around
+    /// [`CallError::Unsupported`] ([`MachineError::is_unsupported`]), which names the
+    /// command and QEMU's version. Error replies are [`MachineError::Call`] too, seen
+    /// through by [`MachineError::error_class`] and the other helpers.
+    ///
+    /// The arguments go as the type writes them ([`conv_keys`] does not apply).
+    ///
+    /// ```no_run
+    /// # async fn f(vm: qemu_machine::QemuMachine) -> qemu_machine::Result<()> {
+    /// use qemu_qapi_types::QueryStatus;
+    /// let status = vm.call(QueryStatus::new()).await?;
+    /// println!("running: {}", status.running);
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<C: Command>(&self, command: C) -> Result<C::Returns> {
+        self.require_qmp(&format!("execute '{}'", C::NAME))?;
+        // Checked before `quit` is noted: a refused call sends nothing.
+        self.typed.check(&command).await.map_err(call_error::<C>)?;
+        self.note_quit(C::NAME);
+        self.typed
+            .call_unchecked(command)
+            .await
+            .map_err(call_error::<C>)
+    }
+
+    /// Execute a typed command without the schema check (see [`call`](Self::call)).
+    pub async fn call_unchecked<C: Command>(&self, command: C) -> Result<C::Returns> {
+        self.require_qmp(&format!("execute '{}'", C::NAME))?;
+        self.note_quit(C::NAME);
+        self.typed
+            .call_unchecked(command)
+            .await
+            .map_err(call_error::<C>)
+    }
+
+    /// Check a typed command against this QEMU's [schema](Self::schema) without
+    /// sending it (see [`call`](Self::call)).
+    pub async fn check<C: Command>(&self, command: &C) -> Result<()> {
+        self.require_qmp(&format!("check '{}'", C::NAME))?;
+        self.typed.check(command).await.map_err(call_error::<C>)
+    }
+
     /// Send a descriptor to QEMU with `SCM_RIGHTS` (Python: `send_fd_scm(fd=...)`);
     /// a following `getfd` or `add-fd` command picks it up. We keep our descriptor.
     pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
@@ -475,6 +538,58 @@ impl QemuMachine {
             Err(NoEvent::Timeout) => Ok(None),
             Err(NoEvent::Closed) => Err(MachineError::EventStreamEnded {
                 waiting_for: describe(events),
+            }),
+        }
+    }
+
+    /// Wait for an event that `E` decodes (one event's generated data type, such as
+    /// `StopEvent`, or the generated `Event` enum for any event) and that matches
+    /// `pattern`, and decode it: [`event_wait`](Self::event_wait) with the name
+    /// taken from the type. The same queue, the same rules: events passed over are
+    /// kept, `Ok(None)` if none arrives within `timeout`,
+    /// [`MachineError::EventStreamEnded`] if the session ends first. An event whose
+    /// data does not fit `E` is taken and returned as
+    /// [`MachineError::EventDecode`].
+    ///
+    /// ```no_run
+    /// # async fn f(vm: qemu_machine::QemuMachine) -> qemu_machine::Result<()> {
+    /// use std::time::Duration;
+    /// use qemu_qapi_types::StopEvent;
+    /// vm.command("stop", None).await?;
+    /// let stop: Option<StopEvent> = vm.event_wait_typed(Duration::from_secs(5), None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn event_wait_typed<E: FromEvent>(
+        &self,
+        timeout: Duration,
+        pattern: Option<Value>,
+    ) -> Result<Option<E>> {
+        self.require_qmp("wait for events")?;
+        let names = E::names();
+        let waiting_for = || match names {
+            Some(names) => {
+                let alternatives: Vec<(&str, Option<Value>)> =
+                    names.iter().map(|n| (*n, pattern.clone())).collect();
+                describe(&alternatives)
+            }
+            None => match &pattern {
+                None | Some(Value::Null) => "any event".to_owned(),
+                Some(p) => format!("any event matching {p}"),
+            },
+        };
+        let wanted = pattern.clone();
+        let matcher = move |e: &Event| {
+            names.is_none_or(|names| names.contains(&e.name()))
+                && crate::event_matches(e, e.name(), wanted.as_ref())
+        };
+        match self.events.wait_with(matcher, timeout).await {
+            Ok(event) => match E::from_event(&event) {
+                Ok(e) => Ok(Some(e)),
+                Err(source) => Err(MachineError::EventDecode { event, source }),
+            },
+            Err(NoEvent::Timeout) => Ok(None),
+            Err(NoEvent::Closed) => Err(MachineError::EventStreamEnded {
+                waiting_for: waiting_for(),
             }),
         }
     }
@@ -576,6 +691,14 @@ impl Drop for QemuMachine {
             debug!(name = %self.name, "machine dropped while QEMU runs: killing it");
         }
         let _ = self.process.kill_and_reap();
+    }
+}
+
+/// A typed call's error, with its command.
+fn call_error<C: Command>(source: CallError) -> MachineError {
+    MachineError::Call {
+        command: C::NAME,
+        source,
     }
 }
 

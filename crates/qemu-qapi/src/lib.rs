@@ -221,6 +221,12 @@ impl Schema {
         Ok(recording.schema()?)
     }
 
+    /// [`Schema::fetch`] through a blocking client.
+    pub fn fetch_blocking(client: &qemu_qmp::blocking::Client) -> Result<Schema, FetchError> {
+        let recording = Recording::fetch_blocking(client, "")?;
+        Ok(recording.schema()?)
+    }
+
     /// The same schema, said to be `version`'s.
     pub fn with_version(mut self, version: QemuVersion) -> Schema {
         self.version = Some(version);

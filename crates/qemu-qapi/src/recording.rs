@@ -44,18 +44,32 @@ impl Recording {
         let version = client
             .execute("query-version", None)
             .await
-            .map_err(|source| FetchError::Qmp {
-                command: "query-version",
-                source,
-            })?;
+            .map_err(failed("query-version"))?;
         let schema = client
             .execute("query-qmp-schema", None)
             .await
-            .map_err(|source| FetchError::Qmp {
-                command: "query-qmp-schema",
-                source,
-            })?;
-        // Fail here, not when the recording is used.
+            .map_err(failed("query-qmp-schema"))?;
+        Recording::from_replies(binary, version, schema)
+    }
+
+    /// [`Recording::fetch`] through a blocking client (its command timeout
+    /// applies).
+    pub fn fetch_blocking(
+        client: &qemu_qmp::blocking::Client,
+        binary: &str,
+    ) -> Result<Recording, FetchError> {
+        let version = client
+            .execute("query-version", None)
+            .map_err(failed("query-version"))?;
+        let schema = client
+            .execute("query-qmp-schema", None)
+            .map_err(failed("query-qmp-schema"))?;
+        Recording::from_replies(binary, version, schema)
+    }
+
+    /// The recording of the two replies; fails here, not when the recording
+    /// is used, if the version cannot be read.
+    fn from_replies(binary: &str, version: Value, schema: Value) -> Result<Recording, FetchError> {
         QemuVersion::from_query_version(&version)?;
         Ok(Recording {
             binary: binary.to_owned(),
@@ -132,4 +146,9 @@ impl Recording {
             .map_err(|e| SchemaError::Recording(format!("{}: {e}", path.display())))?;
         Recording::from_json(&text)
     }
+}
+
+/// The [`FetchError`] of a failed `command`.
+fn failed(command: &'static str) -> impl FnOnce(qemu_qmp::Error) -> FetchError {
+    move |source| FetchError::Qmp { command, source }
 }

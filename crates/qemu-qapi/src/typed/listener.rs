@@ -84,7 +84,10 @@ impl<E: FromEvent> TypedListener<E> {
     }
 }
 
-fn decode<E: FromEvent>(event: qemu_qmp::Event) -> Result<(E, qemu_qmp::Event), EventError> {
+/// The event, decoded (also for the blocking listener).
+pub(crate) fn decode<E: FromEvent>(
+    event: qemu_qmp::Event,
+) -> Result<(E, qemu_qmp::Event), EventError> {
     match E::from_event(&event) {
         Ok(e) => Ok((e, event)),
         Err(source) => Err(EventError::Decode { event, source }),

@@ -4,7 +4,8 @@
 //! own with `qapi-schema gen`); this module is what they plug into:
 //! [`Command`] ties a command's arguments to its name and return type,
 //! [`EventData`]/[`FromEvent`] an event's data to its name, and
-//! [`TypedClient`] calls them.
+//! [`TypedClient`] calls them ([`blocking::TypedClient`] without an async
+//! runtime).
 //!
 //! # The version rule
 //!
@@ -18,6 +19,7 @@
 //! tolerantly: unknown members are ignored, unknown enum values, union
 //! variants and events land in `Unknown` variants.
 
+pub mod blocking;
 mod client;
 mod listener;
 pub mod support;
