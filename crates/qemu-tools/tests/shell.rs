@@ -361,8 +361,11 @@ fn a_command_and_its_reply_then_an_error_reply() {
     sh.expect_json_where("status running", |v| is_status(v, "running", true));
     sh.expect("(QEMU) ");
 
-    sh.line("query-no-such-thing");
-    sh.expect_json(json!({"error": {"class": "CommandNotFound", "desc": "The command query-no-such-thing has not been found"}}));
+    // A command the schema accepts and QEMU refuses: QEMU's error reply.
+    sh.line("qom-get path=/no-such-object property=type");
+    sh.expect_json(
+        json!({"error": {"class": "DeviceNotFound", "desc": "Device '/no-such-object' not found"}}),
+    );
     sh.expect("(QEMU) ");
 
     // A parse error is reported and the shell goes on.
@@ -378,6 +381,50 @@ fn a_command_and_its_reply_then_an_error_reply() {
     sh.send("\x04"); // Ctrl-D
     assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
     drop(qemu);
+}
+
+/// The shell's reply in QEMU's place for `qom-gte` (misspelt `qom-get`), not sent.
+fn qom_gte_refused() -> Value {
+    json!({"error": {"class": "CommandNotFound",
+        "desc": "qom-gte: execute: unknown command (did you mean 'qom-get'?) (not sent)"}})
+}
+
+/// A `blockdev-add` whose node-name is fine but `read-only` has the wrong type.
+const WRONG_BLOCKDEV_ADD: &str = "blockdev-add driver=null-co node-name=n0 read-only=7";
+
+/// The shell's reply in QEMU's place for [`WRONG_BLOCKDEV_ADD`], not sent.
+fn wrong_blockdev_add_refused() -> Value {
+    json!({"error": {"class": "GenericError",
+        "desc": "blockdev-add: arguments.read-only: expected boolean, got integer (not sent)"}})
+}
+
+#[test]
+fn the_schema_check_refuses_a_wrong_command_without_sending_it() {
+    let _serial = serial();
+    let Some(qemu) = start_qemu() else { return };
+    let hist = history_dir();
+    let mut sh = shell(&qemu, &[], &hist.path().join("h"));
+
+    sh.line("qom-gte path=/machine property=type");
+    sh.expect_json(qom_gte_refused());
+    sh.expect("(QEMU) ");
+    sh.line(WRONG_BLOCKDEV_ADD);
+    sh.expect_json(wrong_blockdev_add_refused());
+    sh.expect("(QEMU) ");
+    // QEMU never saw it: no node was added.
+    sh.line("query-named-block-nodes");
+    sh.expect_json(json!({"return": []}));
+    sh.expect("(QEMU) ");
+    // A right command goes through.
+    sh.line("blockdev-add driver=null-co node-name=n0");
+    sh.expect_json(json!({"return": {}}));
+    sh.expect("(QEMU) ");
+    sh.line("query-named-block-nodes");
+    sh.expect_json_where("node n0", |v| v["return"][0]["node-name"] == "n0");
+    sh.expect("(QEMU) ");
+    sh.send("\x04");
+    // At a terminal, refused commands do not change the exit status.
+    assert_eq!(sh.wait_exit(), 0, "{}", sh.shown());
 }
 
 #[test]
@@ -879,6 +926,145 @@ fn replies_and_events_as_qemu_wrote_them_requests_as_typed() {
         ],
         "{logged}"
     );
+}
+
+#[test]
+fn piped_refusals_fail_the_run_and_no_check_sends_the_commands() {
+    let Some(qemu) = start_qemu() else { return };
+    let path = qemu.qmp.to_str().unwrap();
+    let mut raw = RawQmp::connect(&qemu.qmp2);
+    let dir = history_dir();
+    let log = dir.path().join("log.jsonl");
+    let input = concat!(
+        "qom-gte path=/machine property=type\n",
+        "blockdev-add driver=null-co node-name=n0 read-only=7\n",
+        "{\"execute\": \"query-stauts\", \"id\": 7}\n",
+        "transaction( block-dirty-bitmap-add node=n0 name=b0 persistent=7 )\n",
+        "query-named-block-nodes\n",
+    );
+    let (status, out, err) = run_piped(SHELL, &["-v", "-l", log.to_str().unwrap(), path], input);
+    assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(err, "");
+    let qom_gte =
+        r#"{"execute": "qom-gte", "arguments": {"path": "/machine", "property": "type"}}"#;
+    let qom_gte_error = r#""error": {"class": "CommandNotFound", "desc": "qom-gte: execute: unknown command (did you mean 'qom-get'?) (not sent)"}"#;
+    let blockdev_add = r#"{"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "n0", "read-only": 7}}"#;
+    let blockdev_add_error = r#""error": {"class": "GenericError", "desc": "blockdev-add: arguments.read-only: expected boolean, got integer (not sent)"}"#;
+    let raw_error = r#""error": {"class": "CommandNotFound", "desc": "query-stauts: execute: unknown command (did you mean 'query-status'?) (not sent)"}"#;
+    let transaction = r#"{"execute": "transaction", "arguments": {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b0", "persistent": 7}}]}}"#;
+    let transaction_error = r#""error": {"class": "GenericError", "desc": "transaction: arguments.actions[0].data.persistent: expected boolean, got integer (not sent)"}"#;
+    // -v echoes each request; the refusal stands where QEMU's error reply would,
+    // laid out as one (a raw request's id first, where QEMU puts it).
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            qom_gte,
+            &format!("{{{qom_gte_error}}}"),
+            blockdev_add,
+            &format!("{{{blockdev_add_error}}}"),
+            r#"{"execute": "query-stauts", "id": 7}"#,
+            &format!(r#"{{"id": 7, {raw_error}}}"#),
+            transaction,
+            &format!("{{{transaction_error}}}"),
+            r#"{"execute": "query-named-block-nodes", "arguments": {}}"#,
+            r#"{"return": []}"#,
+        ],
+        "{out}"
+    );
+    // Logged as a request with its reply.
+    let logged = std::fs::read_to_string(&log).expect("the log");
+    let merged =
+        |request: &str, error: &str| format!("{}, {error}}}", request.strip_suffix('}').unwrap());
+    assert_eq!(
+        logged.lines().collect::<Vec<_>>(),
+        [
+            merged(qom_gte, qom_gte_error),
+            merged(blockdev_add, blockdev_add_error),
+            format!(r#"{{"execute": "query-stauts", "id": 7, {raw_error}}}"#),
+            merged(transaction, transaction_error),
+            r#"{"execute": "query-named-block-nodes", "arguments": {}, "return": []}"#.to_owned(),
+        ],
+        "{logged}"
+    );
+    // QEMU never saw them.
+    assert_eq!(
+        raw.command(r#"{"execute": "query-named-block-nodes"}"#),
+        r#"{"return": []}"#
+    );
+
+    // -p lays the refusal out as it does a reply; one refused command fails the run.
+    let (status, out, err) = run_piped(
+        SHELL,
+        &["-p", path],
+        "qom-gte path=/machine property=type\n",
+    );
+    assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        out,
+        concat!(
+            "{\n",
+            "    \"error\": {\n",
+            "        \"class\": \"CommandNotFound\",\n",
+            "        \"desc\": \"qom-gte: execute: unknown command (did you mean 'qom-get'?) (not sent)\"\n",
+            "    }\n",
+            "}\n"
+        )
+    );
+
+    // --no-check sends them: QEMU's own error replies.
+    let (status, out, err) = run_piped(
+        SHELL,
+        &["--no-check", path],
+        &format!("qom-gte path=/machine property=type\n{WRONG_BLOCKDEV_ADD}\n"),
+    );
+    assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    let replies: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            json!({"error": {"class": "CommandNotFound", "desc": "The command qom-gte has not been found"}}),
+            json!({"error": {"class": "GenericError", "desc": "Invalid parameter type for 'read-only', expected: boolean"}}),
+        ],
+        "{out}"
+    );
+}
+
+#[test]
+fn wrap_checks_too_unless_told_not_to() {
+    let Some(qemu_bin) = qemu_testkit::qemu_system() else {
+        return;
+    };
+    let bin = qemu_bin.to_str().unwrap();
+    let qemu = [
+        "--",
+        bin,
+        "-machine",
+        "none",
+        "-nodefaults",
+        "-display",
+        "none",
+    ];
+    for (args, expected) in [
+        (&[][..], qom_gte_refused()),
+        (
+            &["--no-check"][..],
+            json!({"error": {"class": "CommandNotFound", "desc": "The command qom-gte has not been found"}}),
+        ),
+    ] {
+        let all: Vec<&str> = args.iter().chain(&qemu).copied().collect();
+        let (status, out, err) = run_piped(WRAP, &all, "qom-gte path=/machine property=type\n");
+        assert_eq!(status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+        let reply: Value =
+            serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(reply, expected, "{args:?}");
+    }
+    for program in [SHELL, WRAP] {
+        let (_, help, _) = run_piped(program, &["--help"], "");
+        assert!(help.contains("--no-check"), "{help}");
+    }
 }
 
 #[test]

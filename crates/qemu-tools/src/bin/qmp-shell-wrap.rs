@@ -2,7 +2,7 @@
 //! `qmp-shell-wrap`).
 //!
 //! ```text
-//! qmp-shell-wrap [-H] [-v] [-p] [-l LOGFILE] [--] QEMU_BINARY ARGS...
+//! qmp-shell-wrap [-H] [-v] [-p] [-l LOGFILE] [--no-check] [--] QEMU_BINARY ARGS...
 //! ```
 //!
 //! QEMU is started by [`qemu_machine::QemuMachine`] with its QMP monitor on a

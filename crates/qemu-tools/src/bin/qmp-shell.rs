@@ -1,7 +1,7 @@
 //! `qmp-shell`: a low-level shell on a QEMU QMP monitor (QEMU's Python `qmp-shell`).
 //!
 //! ```text
-//! qmp-shell [-H] [-N] [-v] [-p] [-l LOGFILE] [ADDRESS]
+//! qmp-shell [-H] [-N] [-v] [-p] [-l LOGFILE] [--no-check] [ADDRESS]
 //! ```
 //!
 //! See the crate README and [`qemu_tools::shell`].

@@ -29,6 +29,14 @@ pub struct ShellArgs {
     /// Log every request with its reply, and every event, to FILE as JSON lines
     #[arg(short, long = "logfile", value_name = "FILE")]
     pub logfile: Option<PathBuf>,
+    /// Send commands unchecked. By default (QMP mode) each command is first
+    /// checked against QEMU's schema (query-qmp-schema, asked once at start); one
+    /// the schema refuses is not sent, and an error reply is printed in QEMU's
+    /// place: {"error": {"class": "CommandNotFound" or "GenericError", "desc":
+    /// "... (not sent)"}}. It counts as a failed command. Without a schema (a peer
+    /// that does not answer query-qmp-schema), nothing is checked
+    #[arg(long = "no-check")]
+    pub no_check: bool,
 }
 
 impl ShellArgs {
@@ -40,6 +48,7 @@ impl ShellArgs {
         o.verbose = self.verbose;
         o.pretty = self.pretty;
         o.logfile = self.logfile.clone();
+        o.check = !self.no_check;
         o
     }
 }

@@ -542,9 +542,14 @@ fn walk<'a, 'b>(
 }
 
 /// Fetch the QMP-mode completion data: command names from `query-commands` (or, from
-/// a guest agent, `guest-info`), and the schema. Every failure just means less
-/// completion; each request is bounded by `timeout`.
-pub async fn fetch_qmp(client: &Client, timeout: Duration) -> Completions {
+/// a guest agent, `guest-info`), with argument names from `introspection`, the reply
+/// of `query-qmp-schema` the caller already asked for (`None` if it has none). Every
+/// failure just means less completion; each request is bounded by `timeout`.
+pub async fn fetch_qmp(
+    client: &Client,
+    timeout: Duration,
+    introspection: Option<&Value>,
+) -> Completions {
     let names = |v: &Value, list: Option<&str>| -> Vec<String> {
         let list = match list {
             Some(k) => v.get(k),
@@ -570,8 +575,8 @@ pub async fn fetch_qmp(client: &Client, timeout: Duration) -> Completions {
         if let Some(v) = run("guest-info").await {
             commands = names(&v, Some("supported_commands"));
         }
-    } else if let Some(v) = run("query-qmp-schema").await {
-        schema = Some(QmpSchema::from_introspection(&v));
+    } else if let Some(v) = introspection {
+        schema = Some(QmpSchema::from_introspection(v));
     }
     Completions::qmp(commands, schema)
 }

@@ -41,7 +41,10 @@
 //! terminal there is no banner or prompt and the exit status is 1 if any command
 //! failed; with `-N`, QEMU's greeting is taken out quietly and never mistaken for a
 //! reply (Python's client dropped it, or gave it as the reply to a command already
-//! waiting); the value-parsing fixes listed in [`parser`].
+//! waiting); the value-parsing fixes listed in [`parser`]; in QMP mode each command
+//! is checked against the peer's `query-qmp-schema` (asked once at start) and, if
+//! refused, not sent, its error reply printed in QEMU's place ([`runner::refusal`],
+//! [`ShellOptions::check`], `--no-check`).
 
 pub mod cli;
 pub mod complete;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use qemu_qapi::{CheckErrorKind, Schema};
 use qemu_qmp::json::Ordered;
 use qemu_qmp::{Client, Error, RecvError, Response, Value};
 
@@ -19,7 +20,7 @@ use super::input::{
 };
 use super::parser::{CommandParser, Parsed, COMMAND_FORMAT};
 
-/// How long each completion query may take at startup.
+/// How long each completion (or schema) query may take at startup.
 const COMPLETION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for QEMU to hang up after `quit`.
 const QUIT_GRACE: Duration = Duration::from_secs(2);
@@ -63,6 +64,9 @@ pub struct ShellOptions {
     /// The client neither waited for a greeting nor negotiated (`-N`): the banner
     /// says only `Connected`, as QEMU's shell does, whether a greeting came or not.
     pub skip_negotiation: bool,
+    /// Check each QMP-mode command against the peer's schema before sending it (on
+    /// in [`ShellOptions::detect`]; `--no-check` turns it off). See [`refusal`].
+    pub check: bool,
 }
 
 impl ShellOptions {
@@ -73,6 +77,7 @@ impl ShellOptions {
         let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
         ShellOptions {
             interactive,
+            check: true,
             history_file: if interactive {
                 default_history_file()
             } else {
@@ -214,6 +219,8 @@ pub struct Shell {
     /// A read is still pending in the line editor and cannot be ended.
     editor_stuck: bool,
     terminate: Option<Terminate>,
+    /// The peer's schema, when commands are checked against it.
+    schema: Option<Schema>,
 }
 
 impl Shell {
@@ -248,6 +255,7 @@ impl Shell {
             history: Vec::new(),
             editor_stuck: false,
             terminate: None,
+            schema: None,
         })
     }
 
@@ -259,7 +267,22 @@ impl Shell {
     pub async fn run(mut self) -> Outcome {
         // Listen first, so that no event is missed while completion data is fetched.
         let listener = self.client.listen_all();
-        let (mut source, sink, interrupter) = match self.open_input().await {
+        let introspection = self.fetch_introspection().await;
+        if self.options.check {
+            self.schema =
+                introspection
+                    .as_ref()
+                    .and_then(|v| match Schema::from_introspection(v) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            tracing::debug!(
+                                "cannot read query-qmp-schema ({e}): commands are not checked"
+                            );
+                            None
+                        }
+                    });
+        }
+        let (mut source, sink, interrupter) = match self.open_input(introspection.as_ref()).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ERROR: {e}");
@@ -364,8 +387,33 @@ impl Shell {
         }
     }
 
+    /// The reply of `query-qmp-schema`, asked once a session, in QMP mode, for the
+    /// check and for completion; `None` when neither wants it or the peer does not
+    /// answer it (the check and argument completion are then off).
+    async fn fetch_introspection(&self) -> Option<Value> {
+        if self.options.mode != Mode::Qmp || !(self.options.check || self.options.interactive) {
+            return None;
+        }
+        let asked = self
+            .client
+            .request("query-qmp-schema")
+            .timeout(COMPLETION_TIMEOUT)
+            .send()
+            .await;
+        match asked {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::debug!("query-qmp-schema failed ({e}): commands are not checked");
+                None
+            }
+        }
+    }
+
     /// Set up where lines come from (and, interactively, completion and history).
-    async fn open_input(&mut self) -> io::Result<(Source, EventSink, Option<Interrupter>)> {
+    async fn open_input(
+        &mut self,
+        introspection: Option<&Value>,
+    ) -> io::Result<(Source, EventSink, Option<Interrupter>)> {
         if !self.options.interactive {
             return Ok((
                 Source::Piped(PipedInput::stdin()?),
@@ -374,7 +422,7 @@ impl Shell {
             ));
         }
         let completions = match self.options.mode {
-            Mode::Qmp => complete::fetch_qmp(&self.client, COMPLETION_TIMEOUT).await,
+            Mode::Qmp => complete::fetch_qmp(&self.client, COMPLETION_TIMEOUT, introspection).await,
             Mode::Hmp => complete::fetch_hmp(&self.client, COMPLETION_TIMEOUT).await,
         };
         if let Some(path) = &self.options.history_file {
@@ -623,6 +671,14 @@ impl Shell {
             _ => "(no command)".to_owned(),
         };
         self.echo(&request);
+        if let Some(reply) = self.schema.as_ref().and_then(|s| refusal(s, &request)) {
+            // Shown, logged and counted as QEMU's own error reply would be.
+            self.outcome.failures += 1;
+            let text = format_json(&reply, self.options.pretty);
+            self.say(&text);
+            log_write(&self.log, || format_log_entry(&request, &reply));
+            return;
+        }
         if name == "quit" {
             self.quit_sent = true;
         }
@@ -795,6 +851,29 @@ impl Shell {
     }
 }
 
+/// The error reply the shell shows in QEMU's place for a request `schema` refuses
+/// (`None` if it accepts it): `{"error": {"class": C, "desc": D}}`, C as QEMU would
+/// say (`CommandNotFound` for an unknown command, else `GenericError`), D the
+/// [`qemu_qapi::CheckError`] followed by ` (not sent)`; a request's `id` comes first,
+/// where QEMU 7.2 and 10.0 put it (`{"id": 7, "error": ...}`).
+pub fn refusal(schema: &Schema, request: &Ordered) -> Option<Ordered> {
+    let Value::Object(map) = request.to_value() else {
+        return None;
+    };
+    let e = schema.check_command(&map).err()?;
+    let class = match e.kind {
+        CheckErrorKind::UnknownCommand { .. } => "CommandNotFound",
+        _ => "GenericError",
+    };
+    let error = Ordered::Object(vec![
+        ("class".into(), Ordered::String(class.into())),
+        ("desc".into(), Ordered::String(format!("{e} (not sent)"))),
+    ]);
+    let id = request.get("id").map(|id| ("id".into(), id.clone()));
+    let reply = id.into_iter().chain([("error".into(), error)]).collect();
+    Some(Ordered::Object(reply))
+}
+
 /// Run a shell session over `client` (see [`Shell`]).
 pub async fn run(client: Client, options: ShellOptions) -> io::Result<Outcome> {
     Ok(Shell::new(client, options)?.run().await)
@@ -831,6 +910,43 @@ mod tests {
         assert_eq!(o(|o| o.lost_connection = Some("x".into())), 1);
         assert_eq!(o(|o| o.interrupted = true), 130);
         assert_eq!(o(|o| o.terminated = true), 143);
+    }
+
+    #[test]
+    fn refusals_read_as_qemu_error_replies() {
+        let schema = Schema::from_introspection(&serde_json::json!([
+            {"name": "qom-get", "meta-type": "command", "arg-type": "0", "ret-type": "any"},
+            {"name": "0", "meta-type": "object", "members": [
+                {"name": "path", "type": "str"}, {"name": "property", "type": "str"}]},
+            {"name": "str", "meta-type": "builtin", "json-type": "string"},
+            {"name": "any", "meta-type": "builtin", "json-type": "value"},
+        ]))
+        .unwrap();
+        let refused = |request: &str| {
+            let request = Ordered::parse(request.as_bytes()).unwrap();
+            refusal(&schema, &request).map(|r| r.to_string())
+        };
+        assert_eq!(
+            refused(r#"{"execute": "qom-get", "arguments": {"path": "/", "property": "x"}}"#),
+            None
+        );
+        assert_eq!(
+            refused(r#"{"execute": "qom-gte", "arguments": {}}"#).as_deref(),
+            Some(concat!(
+                r#"{"error":{"class":"CommandNotFound","desc":"#,
+                r#""qom-gte: execute: unknown command (did you mean 'qom-get'?) (not sent)"}}"#
+            ))
+        );
+        assert_eq!(
+            refused(
+                r#"{"execute": "qom-get", "arguments": {"path": "/", "property": 1}, "id": 7}"#
+            )
+            .as_deref(),
+            Some(concat!(
+                r#"{"id":7,"error":{"class":"GenericError","desc":"#,
+                r#""qom-get: arguments.property: expected string, got integer (not sent)"}}"#
+            ))
+        );
     }
 
     #[test]
