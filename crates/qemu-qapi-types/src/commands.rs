@@ -17,7 +17,7 @@ use crate::events::*;
 #[allow(unused_imports)]
 use crate::types::*;
 
-/// The command `add-fd`; returns [`AddFdReturn`].
+/// The command `add-fd`; returns [`AddfdInfo`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -58,7 +58,7 @@ impl AddFd {
 
 impl Command for AddFd {
     const NAME: &'static str = "add-fd";
-    type Returns = AddFdReturn;
+    type Returns = AddfdInfo;
 }
 
 /// The command `add_client`; returns [`Empty`].
@@ -233,7 +233,7 @@ pub struct BlockCommit {
     /// `on-error`
     #[serde(rename = "on-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_error: Option<BlockCommitOnError>,
+    pub on_error: Option<BlockdevOnError>,
     /// `filter-node-name`
     #[serde(rename = "filter-node-name")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,7 +321,7 @@ impl BlockCommit {
     }
 
     /// Sets `on-error`.
-    pub fn on_error(mut self, on_error: BlockCommitOnError) -> Self {
+    pub fn on_error(mut self, on_error: BlockdevOnError) -> Self {
         self.on_error = Some(on_error);
         self
     }
@@ -409,22 +409,22 @@ impl Command for BlockDirtyBitmapAdd {
     type Returns = Empty;
 }
 
-/// The command `block-dirty-bitmap-clear`; returns [`Empty`]. Its arguments are a [`BlockDirtyBitmapClearArguments`].
+/// The command `block-dirty-bitmap-clear`; returns [`Empty`]. Its arguments are a [`BlockDirtyBitmap`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct BlockDirtyBitmapClear(pub BlockDirtyBitmapClearArguments);
+pub struct BlockDirtyBitmapClear(pub BlockDirtyBitmap);
 
 impl BlockDirtyBitmapClear {
     /// The command with these arguments.
-    pub fn new(arguments: BlockDirtyBitmapClearArguments) -> Self {
+    pub fn new(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
 
-impl From<BlockDirtyBitmapClearArguments> for BlockDirtyBitmapClear {
-    fn from(arguments: BlockDirtyBitmapClearArguments) -> Self {
+impl From<BlockDirtyBitmap> for BlockDirtyBitmapClear {
+    fn from(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
@@ -434,22 +434,22 @@ impl Command for BlockDirtyBitmapClear {
     type Returns = Empty;
 }
 
-/// The command `block-dirty-bitmap-disable`; returns [`Empty`]. Its arguments are a [`BlockDirtyBitmapClearArguments`].
+/// The command `block-dirty-bitmap-disable`; returns [`Empty`]. Its arguments are a [`BlockDirtyBitmap`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct BlockDirtyBitmapDisable(pub BlockDirtyBitmapClearArguments);
+pub struct BlockDirtyBitmapDisable(pub BlockDirtyBitmap);
 
 impl BlockDirtyBitmapDisable {
     /// The command with these arguments.
-    pub fn new(arguments: BlockDirtyBitmapClearArguments) -> Self {
+    pub fn new(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
 
-impl From<BlockDirtyBitmapClearArguments> for BlockDirtyBitmapDisable {
-    fn from(arguments: BlockDirtyBitmapClearArguments) -> Self {
+impl From<BlockDirtyBitmap> for BlockDirtyBitmapDisable {
+    fn from(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
@@ -459,22 +459,22 @@ impl Command for BlockDirtyBitmapDisable {
     type Returns = Empty;
 }
 
-/// The command `block-dirty-bitmap-enable`; returns [`Empty`]. Its arguments are a [`BlockDirtyBitmapClearArguments`].
+/// The command `block-dirty-bitmap-enable`; returns [`Empty`]. Its arguments are a [`BlockDirtyBitmap`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct BlockDirtyBitmapEnable(pub BlockDirtyBitmapClearArguments);
+pub struct BlockDirtyBitmapEnable(pub BlockDirtyBitmap);
 
 impl BlockDirtyBitmapEnable {
     /// The command with these arguments.
-    pub fn new(arguments: BlockDirtyBitmapClearArguments) -> Self {
+    pub fn new(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
 
-impl From<BlockDirtyBitmapClearArguments> for BlockDirtyBitmapEnable {
-    fn from(arguments: BlockDirtyBitmapClearArguments) -> Self {
+impl From<BlockDirtyBitmap> for BlockDirtyBitmapEnable {
+    fn from(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
@@ -495,14 +495,14 @@ pub struct BlockDirtyBitmapMerge {
     /// `target`
     pub target: String,
     /// `bitmaps`
-    pub bitmaps: Vec<BlockDirtyBitmapMergeBitmaps>,
+    pub bitmaps: Vec<BlockDirtyBitmapOrStr>,
 }
 
 impl BlockDirtyBitmapMerge {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(node: impl Into<String>, target: impl Into<String>, bitmaps: Vec<BlockDirtyBitmapMergeBitmaps>) -> Self {
+    pub fn new(node: impl Into<String>, target: impl Into<String>, bitmaps: Vec<BlockDirtyBitmapOrStr>) -> Self {
         Self {
             node: node.into(),
             target: target.into(),
@@ -516,22 +516,22 @@ impl Command for BlockDirtyBitmapMerge {
     type Returns = Empty;
 }
 
-/// The command `block-dirty-bitmap-remove`; returns [`Empty`]. Its arguments are a [`BlockDirtyBitmapClearArguments`].
+/// The command `block-dirty-bitmap-remove`; returns [`Empty`]. Its arguments are a [`BlockDirtyBitmap`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct BlockDirtyBitmapRemove(pub BlockDirtyBitmapClearArguments);
+pub struct BlockDirtyBitmapRemove(pub BlockDirtyBitmap);
 
 impl BlockDirtyBitmapRemove {
     /// The command with these arguments.
-    pub fn new(arguments: BlockDirtyBitmapClearArguments) -> Self {
+    pub fn new(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
 
-impl From<BlockDirtyBitmapClearArguments> for BlockDirtyBitmapRemove {
-    fn from(arguments: BlockDirtyBitmapClearArguments) -> Self {
+impl From<BlockDirtyBitmap> for BlockDirtyBitmapRemove {
+    fn from(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
@@ -541,22 +541,22 @@ impl Command for BlockDirtyBitmapRemove {
     type Returns = Empty;
 }
 
-/// The command `block-export-add`; returns [`Empty`]. Its arguments are a [`BlockExportAddArguments`].
+/// The command `block-export-add`; returns [`Empty`]. Its arguments are a [`BlockExportOptions`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct BlockExportAdd(pub BlockExportAddArguments);
+pub struct BlockExportAdd(pub BlockExportOptions);
 
 impl BlockExportAdd {
     /// The command with these arguments.
-    pub fn new(arguments: BlockExportAddArguments) -> Self {
+    pub fn new(arguments: BlockExportOptions) -> Self {
         Self(arguments)
     }
 }
 
-impl From<BlockExportAddArguments> for BlockExportAdd {
-    fn from(arguments: BlockExportAddArguments) -> Self {
+impl From<BlockExportOptions> for BlockExportAdd {
+    fn from(arguments: BlockExportOptions) -> Self {
         Self(arguments)
     }
 }
@@ -576,7 +576,7 @@ pub struct BlockExportDel {
     pub id: String,
     /// `mode`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<BlockExportDelMode>,
+    pub mode: Option<BlockExportRemoveMode>,
 }
 
 impl BlockExportDel {
@@ -591,7 +591,7 @@ impl BlockExportDel {
     }
 
     /// Sets `mode`.
-    pub fn mode(mut self, mode: BlockExportDelMode) -> Self {
+    pub fn mode(mut self, mode: BlockExportRemoveMode) -> Self {
         self.mode = Some(mode);
         self
     }
@@ -638,22 +638,22 @@ impl Command for BlockJobCancel {
     type Returns = Empty;
 }
 
-/// The command `block-job-change`; returns [`Empty`]. Its arguments are a [`BlockJobChangeArguments`].
+/// The command `block-job-change`; returns [`Empty`]. Its arguments are a [`BlockJobChangeOptions`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct BlockJobChange(pub BlockJobChangeArguments);
+pub struct BlockJobChange(pub BlockJobChangeOptions);
 
 impl BlockJobChange {
     /// The command with these arguments.
-    pub fn new(arguments: BlockJobChangeArguments) -> Self {
+    pub fn new(arguments: BlockJobChangeOptions) -> Self {
         Self(arguments)
     }
 }
 
-impl From<BlockJobChangeArguments> for BlockJobChange {
-    fn from(arguments: BlockJobChangeArguments) -> Self {
+impl From<BlockJobChangeOptions> for BlockJobChange {
+    fn from(arguments: BlockJobChangeOptions) -> Self {
         Self(arguments)
     }
 }
@@ -969,7 +969,7 @@ pub struct BlockStream {
     /// `on-error`
     #[serde(rename = "on-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_error: Option<BlockCommitOnError>,
+    pub on_error: Option<BlockdevOnError>,
     /// `filter-node-name`
     #[serde(rename = "filter-node-name")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1048,7 +1048,7 @@ impl BlockStream {
     }
 
     /// Sets `on-error`.
-    pub fn on_error(mut self, on_error: BlockCommitOnError) -> Self {
+    pub fn on_error(mut self, on_error: BlockdevOnError) -> Self {
         self.on_error = Some(on_error);
         self
     }
@@ -1327,22 +1327,22 @@ impl Command for BlockSetIoThrottle {
     type Returns = Empty;
 }
 
-/// The command `blockdev-add`; returns [`Empty`]. Its arguments are a [`BlockdevAddArguments`].
+/// The command `blockdev-add`; returns [`Empty`]. Its arguments are a [`BlockdevOptions`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct BlockdevAdd(pub BlockdevAddArguments);
+pub struct BlockdevAdd(pub BlockdevOptions);
 
 impl BlockdevAdd {
     /// The command with these arguments.
-    pub fn new(arguments: BlockdevAddArguments) -> Self {
+    pub fn new(arguments: BlockdevOptions) -> Self {
         Self(arguments)
     }
 }
 
-impl From<BlockdevAddArguments> for BlockdevAdd {
-    fn from(arguments: BlockdevAddArguments) -> Self {
+impl From<BlockdevOptions> for BlockdevAdd {
+    fn from(arguments: BlockdevOptions) -> Self {
         Self(arguments)
     }
 }
@@ -1365,7 +1365,7 @@ pub struct BlockdevBackup {
     /// `device`
     pub device: String,
     /// `sync`
-    pub sync: BlockdevBackupSync,
+    pub sync: MirrorSyncMode,
     /// `speed`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<i128>,
@@ -1375,18 +1375,18 @@ pub struct BlockdevBackup {
     /// `bitmap-mode`
     #[serde(rename = "bitmap-mode")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bitmap_mode: Option<BlockdevBackupBitmapMode>,
+    pub bitmap_mode: Option<BitmapSyncMode>,
     /// `compress`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compress: Option<bool>,
     /// `on-source-error`
     #[serde(rename = "on-source-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_source_error: Option<BlockCommitOnError>,
+    pub on_source_error: Option<BlockdevOnError>,
     /// `on-target-error`
     #[serde(rename = "on-target-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_target_error: Option<BlockCommitOnError>,
+    pub on_target_error: Option<BlockdevOnError>,
     /// `auto-finalize`
     #[serde(rename = "auto-finalize")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1407,7 +1407,7 @@ pub struct BlockdevBackup {
     #[cfg(feature = "unstable")]
     #[serde(rename = "x-perf")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub x_perf: Option<BlockdevBackupXPerf>,
+    pub x_perf: Option<BackupPerf>,
     /// `target`
     pub target: String,
 }
@@ -1416,7 +1416,7 @@ impl BlockdevBackup {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(device: impl Into<String>, sync: BlockdevBackupSync, target: impl Into<String>) -> Self {
+    pub fn new(device: impl Into<String>, sync: MirrorSyncMode, target: impl Into<String>) -> Self {
         Self {
             device: device.into(),
             sync,
@@ -1456,7 +1456,7 @@ impl BlockdevBackup {
     }
 
     /// Sets `bitmap-mode`.
-    pub fn bitmap_mode(mut self, bitmap_mode: BlockdevBackupBitmapMode) -> Self {
+    pub fn bitmap_mode(mut self, bitmap_mode: BitmapSyncMode) -> Self {
         self.bitmap_mode = Some(bitmap_mode);
         self
     }
@@ -1468,13 +1468,13 @@ impl BlockdevBackup {
     }
 
     /// Sets `on-source-error`.
-    pub fn on_source_error(mut self, on_source_error: BlockCommitOnError) -> Self {
+    pub fn on_source_error(mut self, on_source_error: BlockdevOnError) -> Self {
         self.on_source_error = Some(on_source_error);
         self
     }
 
     /// Sets `on-target-error`.
-    pub fn on_target_error(mut self, on_target_error: BlockCommitOnError) -> Self {
+    pub fn on_target_error(mut self, on_target_error: BlockdevOnError) -> Self {
         self.on_target_error = Some(on_target_error);
         self
     }
@@ -1505,7 +1505,7 @@ impl BlockdevBackup {
 
     /// Sets `x-perf`.
     #[cfg(feature = "unstable")]
-    pub fn x_perf(mut self, x_perf: BlockdevBackupXPerf) -> Self {
+    pub fn x_perf(mut self, x_perf: BackupPerf) -> Self {
         self.x_perf = Some(x_perf);
         self
     }
@@ -1540,7 +1540,7 @@ pub struct BlockdevChangeMedium {
     /// `read-only-mode`
     #[serde(rename = "read-only-mode")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read_only_mode: Option<BlockdevChangeMediumReadOnlyMode>,
+    pub read_only_mode: Option<BlockdevChangeReadOnlyMode>,
 }
 
 impl BlockdevChangeMedium {
@@ -1584,7 +1584,7 @@ impl BlockdevChangeMedium {
     }
 
     /// Sets `read-only-mode`.
-    pub fn read_only_mode(mut self, read_only_mode: BlockdevChangeMediumReadOnlyMode) -> Self {
+    pub fn read_only_mode(mut self, read_only_mode: BlockdevChangeReadOnlyMode) -> Self {
         self.read_only_mode = Some(read_only_mode);
         self
     }
@@ -1745,7 +1745,7 @@ pub struct BlockdevMirror {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
     /// `sync`
-    pub sync: BlockdevBackupSync,
+    pub sync: MirrorSyncMode,
     /// `speed`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<i128>,
@@ -1759,11 +1759,11 @@ pub struct BlockdevMirror {
     /// `on-source-error`
     #[serde(rename = "on-source-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_source_error: Option<BlockCommitOnError>,
+    pub on_source_error: Option<BlockdevOnError>,
     /// `on-target-error`
     #[serde(rename = "on-target-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_target_error: Option<BlockCommitOnError>,
+    pub on_target_error: Option<BlockdevOnError>,
     /// `filter-node-name`
     #[serde(rename = "filter-node-name")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1771,7 +1771,7 @@ pub struct BlockdevMirror {
     /// `copy-mode`
     #[serde(rename = "copy-mode")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub copy_mode: Option<BlockdevMirrorCopyMode>,
+    pub copy_mode: Option<MirrorCopyMode>,
     /// `auto-finalize`
     #[serde(rename = "auto-finalize")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1786,7 +1786,7 @@ impl BlockdevMirror {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(device: impl Into<String>, target: impl Into<String>, sync: BlockdevBackupSync) -> Self {
+    pub fn new(device: impl Into<String>, target: impl Into<String>, sync: MirrorSyncMode) -> Self {
         Self {
             device: device.into(),
             target: target.into(),
@@ -1836,13 +1836,13 @@ impl BlockdevMirror {
     }
 
     /// Sets `on-source-error`.
-    pub fn on_source_error(mut self, on_source_error: BlockCommitOnError) -> Self {
+    pub fn on_source_error(mut self, on_source_error: BlockdevOnError) -> Self {
         self.on_source_error = Some(on_source_error);
         self
     }
 
     /// Sets `on-target-error`.
-    pub fn on_target_error(mut self, on_target_error: BlockCommitOnError) -> Self {
+    pub fn on_target_error(mut self, on_target_error: BlockdevOnError) -> Self {
         self.on_target_error = Some(on_target_error);
         self
     }
@@ -1854,7 +1854,7 @@ impl BlockdevMirror {
     }
 
     /// Sets `copy-mode`.
-    pub fn copy_mode(mut self, copy_mode: BlockdevMirrorCopyMode) -> Self {
+    pub fn copy_mode(mut self, copy_mode: MirrorCopyMode) -> Self {
         self.copy_mode = Some(copy_mode);
         self
     }
@@ -1965,14 +1965,14 @@ impl Command for BlockdevRemoveMedium {
 #[non_exhaustive]
 pub struct BlockdevReopen {
     /// `options`
-    pub options: Vec<BlockdevAddArguments>,
+    pub options: Vec<BlockdevOptions>,
 }
 
 impl BlockdevReopen {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(options: Vec<BlockdevAddArguments>) -> Self {
+    pub fn new(options: Vec<BlockdevOptions>) -> Self {
         Self {
             options,
         }
@@ -2050,7 +2050,7 @@ impl Command for BlockdevSnapshot {
     type Returns = Empty;
 }
 
-/// The command `blockdev-snapshot-delete-internal-sync`; returns [`BlockdevSnapshotDeleteInternalSyncReturn`].
+/// The command `blockdev-snapshot-delete-internal-sync`; returns [`SnapshotInfo`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -2093,7 +2093,7 @@ impl BlockdevSnapshotDeleteInternalSync {
 
 impl Command for BlockdevSnapshotDeleteInternalSync {
     const NAME: &'static str = "blockdev-snapshot-delete-internal-sync";
-    type Returns = BlockdevSnapshotDeleteInternalSyncReturn;
+    type Returns = SnapshotInfo;
 }
 
 /// The command `blockdev-snapshot-internal-sync`; returns [`Empty`].
@@ -2150,7 +2150,7 @@ pub struct BlockdevSnapshotSync {
     pub format: Option<String>,
     /// `mode`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<BlockdevSnapshotSyncMode>,
+    pub mode: Option<NewImageMode>,
 }
 
 impl BlockdevSnapshotSync {
@@ -2193,7 +2193,7 @@ impl BlockdevSnapshotSync {
     }
 
     /// Sets `mode`.
-    pub fn mode(mut self, mode: BlockdevSnapshotSyncMode) -> Self {
+    pub fn mode(mut self, mode: NewImageMode) -> Self {
         self.mode = Some(mode);
         self
     }
@@ -2216,14 +2216,14 @@ pub struct CalcDirtyRate {
     /// `calc-time-unit`. In: qemu-system-x86_64 10.0.
     #[serde(rename = "calc-time-unit")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub calc_time_unit: Option<CalcDirtyRateCalcTimeUnit>,
+    pub calc_time_unit: Option<TimeUnit>,
     /// `sample-pages`
     #[serde(rename = "sample-pages")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_pages: Option<i128>,
     /// `mode`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<CalcDirtyRateMode>,
+    pub mode: Option<DirtyRateMeasureMode>,
 }
 
 impl CalcDirtyRate {
@@ -2240,7 +2240,7 @@ impl CalcDirtyRate {
     }
 
     /// Sets `calc-time-unit`.
-    pub fn calc_time_unit(mut self, calc_time_unit: CalcDirtyRateCalcTimeUnit) -> Self {
+    pub fn calc_time_unit(mut self, calc_time_unit: TimeUnit) -> Self {
         self.calc_time_unit = Some(calc_time_unit);
         self
     }
@@ -2252,7 +2252,7 @@ impl CalcDirtyRate {
     }
 
     /// Sets `mode`.
-    pub fn mode(mut self, mode: CalcDirtyRateMode) -> Self {
+    pub fn mode(mut self, mode: DirtyRateMeasureMode) -> Self {
         self.mode = Some(mode);
         self
     }
@@ -2357,7 +2357,7 @@ impl Command for ChangeVncPassword {
     type Returns = Empty;
 }
 
-/// The command `chardev-add`; returns [`ChardevAddReturn`].
+/// The command `chardev-add`; returns [`ChardevReturn`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -2366,14 +2366,14 @@ pub struct ChardevAdd {
     /// `id`
     pub id: String,
     /// `backend`
-    pub backend: ChardevAddBackend,
+    pub backend: ChardevBackend,
 }
 
 impl ChardevAdd {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(id: impl Into<String>, backend: ChardevAddBackend) -> Self {
+    pub fn new(id: impl Into<String>, backend: ChardevBackend) -> Self {
         Self {
             id: id.into(),
             backend,
@@ -2383,10 +2383,10 @@ impl ChardevAdd {
 
 impl Command for ChardevAdd {
     const NAME: &'static str = "chardev-add";
-    type Returns = ChardevAddReturn;
+    type Returns = ChardevReturn;
 }
 
-/// The command `chardev-change`; returns [`ChardevAddReturn`].
+/// The command `chardev-change`; returns [`ChardevReturn`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -2395,14 +2395,14 @@ pub struct ChardevChange {
     /// `id`
     pub id: String,
     /// `backend`
-    pub backend: ChardevAddBackend,
+    pub backend: ChardevBackend,
 }
 
 impl ChardevChange {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(id: impl Into<String>, backend: ChardevAddBackend) -> Self {
+    pub fn new(id: impl Into<String>, backend: ChardevBackend) -> Self {
         Self {
             id: id.into(),
             backend,
@@ -2412,7 +2412,7 @@ impl ChardevChange {
 
 impl Command for ChardevChange {
     const NAME: &'static str = "chardev-change";
-    type Returns = ChardevAddReturn;
+    type Returns = ChardevReturn;
 }
 
 /// The command `chardev-remove`; returns [`Empty`].
@@ -3071,7 +3071,7 @@ impl Command for CxlReleaseDynamicCapacity {
     type Returns = Empty;
 }
 
-/// The command `device-list-properties`; returns [`DeviceListPropertiesReturn`].
+/// The command `device-list-properties`; returns [`ObjectPropertyInfo`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -3094,7 +3094,7 @@ impl DeviceListProperties {
 
 impl Command for DeviceListProperties {
     const NAME: &'static str = "device-list-properties";
-    type Returns = Vec<DeviceListPropertiesReturn>;
+    type Returns = Vec<ObjectPropertyInfo>;
 }
 
 /// The command `device-sync-config`; returns [`Empty`].
@@ -3260,7 +3260,7 @@ pub struct DriveBackup {
     /// `device`
     pub device: String,
     /// `sync`
-    pub sync: BlockdevBackupSync,
+    pub sync: MirrorSyncMode,
     /// `speed`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<i128>,
@@ -3270,18 +3270,18 @@ pub struct DriveBackup {
     /// `bitmap-mode`
     #[serde(rename = "bitmap-mode")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bitmap_mode: Option<BlockdevBackupBitmapMode>,
+    pub bitmap_mode: Option<BitmapSyncMode>,
     /// `compress`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compress: Option<bool>,
     /// `on-source-error`
     #[serde(rename = "on-source-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_source_error: Option<BlockCommitOnError>,
+    pub on_source_error: Option<BlockdevOnError>,
     /// `on-target-error`
     #[serde(rename = "on-target-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_target_error: Option<BlockCommitOnError>,
+    pub on_target_error: Option<BlockdevOnError>,
     /// `auto-finalize`
     #[serde(rename = "auto-finalize")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -3302,7 +3302,7 @@ pub struct DriveBackup {
     #[cfg(feature = "unstable")]
     #[serde(rename = "x-perf")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub x_perf: Option<BlockdevBackupXPerf>,
+    pub x_perf: Option<BackupPerf>,
     /// `target`
     pub target: String,
     /// `format`
@@ -3310,14 +3310,14 @@ pub struct DriveBackup {
     pub format: Option<String>,
     /// `mode`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<BlockdevSnapshotSyncMode>,
+    pub mode: Option<NewImageMode>,
 }
 
 impl DriveBackup {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(device: impl Into<String>, sync: BlockdevBackupSync, target: impl Into<String>) -> Self {
+    pub fn new(device: impl Into<String>, sync: MirrorSyncMode, target: impl Into<String>) -> Self {
         Self {
             device: device.into(),
             sync,
@@ -3359,7 +3359,7 @@ impl DriveBackup {
     }
 
     /// Sets `bitmap-mode`.
-    pub fn bitmap_mode(mut self, bitmap_mode: BlockdevBackupBitmapMode) -> Self {
+    pub fn bitmap_mode(mut self, bitmap_mode: BitmapSyncMode) -> Self {
         self.bitmap_mode = Some(bitmap_mode);
         self
     }
@@ -3371,13 +3371,13 @@ impl DriveBackup {
     }
 
     /// Sets `on-source-error`.
-    pub fn on_source_error(mut self, on_source_error: BlockCommitOnError) -> Self {
+    pub fn on_source_error(mut self, on_source_error: BlockdevOnError) -> Self {
         self.on_source_error = Some(on_source_error);
         self
     }
 
     /// Sets `on-target-error`.
-    pub fn on_target_error(mut self, on_target_error: BlockCommitOnError) -> Self {
+    pub fn on_target_error(mut self, on_target_error: BlockdevOnError) -> Self {
         self.on_target_error = Some(on_target_error);
         self
     }
@@ -3408,7 +3408,7 @@ impl DriveBackup {
 
     /// Sets `x-perf`.
     #[cfg(feature = "unstable")]
-    pub fn x_perf(mut self, x_perf: BlockdevBackupXPerf) -> Self {
+    pub fn x_perf(mut self, x_perf: BackupPerf) -> Self {
         self.x_perf = Some(x_perf);
         self
     }
@@ -3420,7 +3420,7 @@ impl DriveBackup {
     }
 
     /// Sets `mode`.
-    pub fn mode(mut self, mode: BlockdevSnapshotSyncMode) -> Self {
+    pub fn mode(mut self, mode: NewImageMode) -> Self {
         self.mode = Some(mode);
         self
     }
@@ -3456,10 +3456,10 @@ pub struct DriveMirror {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
     /// `sync`
-    pub sync: BlockdevBackupSync,
+    pub sync: MirrorSyncMode,
     /// `mode`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<BlockdevSnapshotSyncMode>,
+    pub mode: Option<NewImageMode>,
     /// `speed`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<i128>,
@@ -3473,18 +3473,18 @@ pub struct DriveMirror {
     /// `on-source-error`
     #[serde(rename = "on-source-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_source_error: Option<BlockCommitOnError>,
+    pub on_source_error: Option<BlockdevOnError>,
     /// `on-target-error`
     #[serde(rename = "on-target-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_target_error: Option<BlockCommitOnError>,
+    pub on_target_error: Option<BlockdevOnError>,
     /// `unmap`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmap: Option<bool>,
     /// `copy-mode`
     #[serde(rename = "copy-mode")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub copy_mode: Option<BlockdevMirrorCopyMode>,
+    pub copy_mode: Option<MirrorCopyMode>,
     /// `auto-finalize`
     #[serde(rename = "auto-finalize")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -3499,7 +3499,7 @@ impl DriveMirror {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(device: impl Into<String>, target: impl Into<String>, sync: BlockdevBackupSync) -> Self {
+    pub fn new(device: impl Into<String>, target: impl Into<String>, sync: MirrorSyncMode) -> Self {
         Self {
             device: device.into(),
             target: target.into(),
@@ -3546,7 +3546,7 @@ impl DriveMirror {
     }
 
     /// Sets `mode`.
-    pub fn mode(mut self, mode: BlockdevSnapshotSyncMode) -> Self {
+    pub fn mode(mut self, mode: NewImageMode) -> Self {
         self.mode = Some(mode);
         self
     }
@@ -3570,13 +3570,13 @@ impl DriveMirror {
     }
 
     /// Sets `on-source-error`.
-    pub fn on_source_error(mut self, on_source_error: BlockCommitOnError) -> Self {
+    pub fn on_source_error(mut self, on_source_error: BlockdevOnError) -> Self {
         self.on_source_error = Some(on_source_error);
         self
     }
 
     /// Sets `on-target-error`.
-    pub fn on_target_error(mut self, on_target_error: BlockCommitOnError) -> Self {
+    pub fn on_target_error(mut self, on_target_error: BlockdevOnError) -> Self {
         self.on_target_error = Some(on_target_error);
         self
     }
@@ -3588,7 +3588,7 @@ impl DriveMirror {
     }
 
     /// Sets `copy-mode`.
-    pub fn copy_mode(mut self, copy_mode: BlockdevMirrorCopyMode) -> Self {
+    pub fn copy_mode(mut self, copy_mode: MirrorCopyMode) -> Self {
         self.copy_mode = Some(copy_mode);
         self
     }
@@ -3761,22 +3761,22 @@ impl Command for Eject {
     type Returns = Empty;
 }
 
-/// The command `expire_password`; returns [`Empty`]. Its arguments are a [`ExpirePasswordArguments`].
+/// The command `expire_password`; returns [`Empty`]. Its arguments are a [`ExpirePasswordOptions`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ExpirePassword(pub ExpirePasswordArguments);
+pub struct ExpirePassword(pub ExpirePasswordOptions);
 
 impl ExpirePassword {
     /// The command with these arguments.
-    pub fn new(arguments: ExpirePasswordArguments) -> Self {
+    pub fn new(arguments: ExpirePasswordOptions) -> Self {
         Self(arguments)
     }
 }
 
-impl From<ExpirePasswordArguments> for ExpirePassword {
-    fn from(arguments: ExpirePasswordArguments) -> Self {
+impl From<ExpirePasswordOptions> for ExpirePassword {
+    fn from(arguments: ExpirePasswordOptions) -> Self {
         Self(arguments)
     }
 }
@@ -3882,14 +3882,14 @@ pub struct InputSendEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<i128>,
     /// `events`
-    pub events: Vec<InputSendEventEvents>,
+    pub events: Vec<InputEvent>,
 }
 
 impl InputSendEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(events: Vec<InputSendEventEvents>) -> Self {
+    pub fn new(events: Vec<InputEvent>) -> Self {
         Self {
             events,
             device: None,
@@ -4125,7 +4125,7 @@ pub struct Migrate {
     pub uri: Option<String>,
     /// `channels`. In: qemu-system-x86_64 10.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channels: Option<Vec<MigrateChannels>>,
+    pub channels: Option<Vec<MigrationChannel>>,
     /// `detach`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detach: Option<bool>,
@@ -4162,7 +4162,7 @@ impl Migrate {
     }
 
     /// Sets `channels`.
-    pub fn channels(mut self, channels: Vec<MigrateChannels>) -> Self {
+    pub fn channels(mut self, channels: Vec<MigrationChannel>) -> Self {
         self.channels = Some(channels);
         self
     }
@@ -4204,14 +4204,14 @@ impl Command for Migrate {
 #[non_exhaustive]
 pub struct MigrateContinue {
     /// `state`
-    pub state: MigrateContinueState,
+    pub state: MigrationStatus,
 }
 
 impl MigrateContinue {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(state: MigrateContinueState) -> Self {
+    pub fn new(state: MigrationStatus) -> Self {
         Self {
             state,
         }
@@ -4234,7 +4234,7 @@ pub struct MigrateIncoming {
     pub uri: Option<String>,
     /// `channels`. In: qemu-system-x86_64 10.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channels: Option<Vec<MigrateChannels>>,
+    pub channels: Option<Vec<MigrationChannel>>,
     /// `exit-on-error`. In: qemu-system-x86_64 10.0.
     #[serde(rename = "exit-on-error")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -4260,7 +4260,7 @@ impl MigrateIncoming {
     }
 
     /// Sets `channels`.
-    pub fn channels(mut self, channels: Vec<MigrateChannels>) -> Self {
+    pub fn channels(mut self, channels: Vec<MigrationChannel>) -> Self {
         self.channels = Some(channels);
         self
     }
@@ -4329,14 +4329,14 @@ impl Command for MigrateRecover {
 #[non_exhaustive]
 pub struct MigrateSetCapabilities {
     /// `capabilities`
-    pub capabilities: Vec<QueryMigrateCapabilitiesReturn>,
+    pub capabilities: Vec<MigrationCapabilityStatus>,
 }
 
 impl MigrateSetCapabilities {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(capabilities: Vec<QueryMigrateCapabilitiesReturn>) -> Self {
+    pub fn new(capabilities: Vec<MigrationCapabilityStatus>) -> Self {
         Self {
             capabilities,
         }
@@ -4389,15 +4389,15 @@ pub struct MigrateSetParameters {
     /// `tls-creds`
     #[serde(rename = "tls-creds")]
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "support::present")]
-    pub tls_creds: Option<MigrateSetParametersTlsCreds>,
+    pub tls_creds: Option<StrOrNull>,
     /// `tls-hostname`
     #[serde(rename = "tls-hostname")]
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "support::present")]
-    pub tls_hostname: Option<MigrateSetParametersTlsCreds>,
+    pub tls_hostname: Option<StrOrNull>,
     /// `tls-authz`
     #[serde(rename = "tls-authz")]
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "support::present")]
-    pub tls_authz: Option<MigrateSetParametersTlsCreds>,
+    pub tls_authz: Option<StrOrNull>,
     /// `max-bandwidth`
     #[serde(rename = "max-bandwidth")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -4434,7 +4434,7 @@ pub struct MigrateSetParameters {
     /// `multifd-compression`
     #[serde(rename = "multifd-compression")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub multifd_compression: Option<MigrateSetParametersMultifdCompression>,
+    pub multifd_compression: Option<MultiFDCompression>,
     /// `multifd-zlib-level`
     #[serde(rename = "multifd-zlib-level")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -4450,7 +4450,7 @@ pub struct MigrateSetParameters {
     /// `block-bitmap-mapping`
     #[serde(rename = "block-bitmap-mapping")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub block_bitmap_mapping: Option<Vec<MigrateSetParametersBlockBitmapMapping>>,
+    pub block_bitmap_mapping: Option<Vec<BitmapMigrationNodeAlias>>,
     /// `x-vcpu-dirty-limit-period`. In: qemu-system-x86_64 10.0.
     #[cfg(feature = "unstable")]
     #[serde(rename = "x-vcpu-dirty-limit-period")]
@@ -4462,11 +4462,11 @@ pub struct MigrateSetParameters {
     pub vcpu_dirty_limit: Option<i128>,
     /// `mode`. In: qemu-system-x86_64 10.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<MigrateSetParametersMode>,
+    pub mode: Option<MigMode>,
     /// `zero-page-detection`. In: qemu-system-x86_64 10.0.
     #[serde(rename = "zero-page-detection")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zero_page_detection: Option<MigrateSetParametersZeroPageDetection>,
+    pub zero_page_detection: Option<ZeroPageDetection>,
     /// `direct-io`. In: qemu-system-x86_64 10.0.
     #[serde(rename = "direct-io")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -4587,19 +4587,19 @@ impl MigrateSetParameters {
     }
 
     /// Sets `tls-creds`.
-    pub fn tls_creds(mut self, tls_creds: MigrateSetParametersTlsCreds) -> Self {
+    pub fn tls_creds(mut self, tls_creds: StrOrNull) -> Self {
         self.tls_creds = Some(tls_creds);
         self
     }
 
     /// Sets `tls-hostname`.
-    pub fn tls_hostname(mut self, tls_hostname: MigrateSetParametersTlsCreds) -> Self {
+    pub fn tls_hostname(mut self, tls_hostname: StrOrNull) -> Self {
         self.tls_hostname = Some(tls_hostname);
         self
     }
 
     /// Sets `tls-authz`.
-    pub fn tls_authz(mut self, tls_authz: MigrateSetParametersTlsCreds) -> Self {
+    pub fn tls_authz(mut self, tls_authz: StrOrNull) -> Self {
         self.tls_authz = Some(tls_authz);
         self
     }
@@ -4654,7 +4654,7 @@ impl MigrateSetParameters {
     }
 
     /// Sets `multifd-compression`.
-    pub fn multifd_compression(mut self, multifd_compression: MigrateSetParametersMultifdCompression) -> Self {
+    pub fn multifd_compression(mut self, multifd_compression: MultiFDCompression) -> Self {
         self.multifd_compression = Some(multifd_compression);
         self
     }
@@ -4678,7 +4678,7 @@ impl MigrateSetParameters {
     }
 
     /// Sets `block-bitmap-mapping`.
-    pub fn block_bitmap_mapping(mut self, block_bitmap_mapping: Vec<MigrateSetParametersBlockBitmapMapping>) -> Self {
+    pub fn block_bitmap_mapping(mut self, block_bitmap_mapping: Vec<BitmapMigrationNodeAlias>) -> Self {
         self.block_bitmap_mapping = Some(block_bitmap_mapping);
         self
     }
@@ -4697,13 +4697,13 @@ impl MigrateSetParameters {
     }
 
     /// Sets `mode`.
-    pub fn mode(mut self, mode: MigrateSetParametersMode) -> Self {
+    pub fn mode(mut self, mode: MigMode) -> Self {
         self.mode = Some(mode);
         self
     }
 
     /// Sets `zero-page-detection`.
-    pub fn zero_page_detection(mut self, zero_page_detection: MigrateSetParametersZeroPageDetection) -> Self {
+    pub fn zero_page_detection(mut self, zero_page_detection: ZeroPageDetection) -> Self {
         self.zero_page_detection = Some(zero_page_detection);
         self
     }
@@ -4866,7 +4866,7 @@ pub struct NbdServerRemove {
     pub name: String,
     /// `mode`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<BlockExportDelMode>,
+    pub mode: Option<BlockExportRemoveMode>,
 }
 
 impl NbdServerRemove {
@@ -4881,7 +4881,7 @@ impl NbdServerRemove {
     }
 
     /// Sets `mode`.
-    pub fn mode(mut self, mode: BlockExportDelMode) -> Self {
+    pub fn mode(mut self, mode: BlockExportRemoveMode) -> Self {
         self.mode = Some(mode);
         self
     }
@@ -4915,14 +4915,14 @@ pub struct NbdServerStart {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<i128>,
     /// `addr`
-    pub addr: NbdServerStartAddr,
+    pub addr: SocketAddressLegacy,
 }
 
 impl NbdServerStart {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(addr: NbdServerStartAddr) -> Self {
+    pub fn new(addr: SocketAddressLegacy) -> Self {
         Self {
             addr,
             handshake_max_seconds: None,
@@ -4981,22 +4981,22 @@ impl Command for NbdServerStop {
     type Returns = Empty;
 }
 
-/// The command `netdev_add`; returns [`Empty`]. Its arguments are a [`NetdevAddArguments`].
+/// The command `netdev_add`; returns [`Empty`]. Its arguments are a [`Netdev`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct NetdevAdd(pub NetdevAddArguments);
+pub struct NetdevAdd(pub Netdev);
 
 impl NetdevAdd {
     /// The command with these arguments.
-    pub fn new(arguments: NetdevAddArguments) -> Self {
+    pub fn new(arguments: Netdev) -> Self {
         Self(arguments)
     }
 }
 
-impl From<NetdevAddArguments> for NetdevAdd {
-    fn from(arguments: NetdevAddArguments) -> Self {
+impl From<Netdev> for NetdevAdd {
+    fn from(arguments: Netdev) -> Self {
         Self(arguments)
     }
 }
@@ -5032,22 +5032,22 @@ impl Command for NetdevDel {
     type Returns = Empty;
 }
 
-/// The command `object-add`; returns [`Empty`]. Its arguments are a [`ObjectAddArguments`].
+/// The command `object-add`; returns [`Empty`]. Its arguments are a [`ObjectOptions`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ObjectAdd(pub ObjectAddArguments);
+pub struct ObjectAdd(pub ObjectOptions);
 
 impl ObjectAdd {
     /// The command with these arguments.
-    pub fn new(arguments: ObjectAddArguments) -> Self {
+    pub fn new(arguments: ObjectOptions) -> Self {
         Self(arguments)
     }
 }
 
-impl From<ObjectAddArguments> for ObjectAdd {
-    fn from(arguments: ObjectAddArguments) -> Self {
+impl From<ObjectOptions> for ObjectAdd {
+    fn from(arguments: ObjectOptions) -> Self {
         Self(arguments)
     }
 }
@@ -5123,7 +5123,7 @@ impl Command for Pmemsave {
 pub struct QmpCapabilities {
     /// `enable`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enable: Option<Vec<QmpCapabilitiesEnable>>,
+    pub enable: Option<Vec<QMPCapability>>,
 }
 
 impl QmpCapabilities {
@@ -5137,7 +5137,7 @@ impl QmpCapabilities {
     }
 
     /// Sets `enable`.
-    pub fn enable(mut self, enable: Vec<QmpCapabilitiesEnable>) -> Self {
+    pub fn enable(mut self, enable: Vec<QMPCapability>) -> Self {
         self.enable = Some(enable);
         self
     }
@@ -5177,7 +5177,7 @@ impl Command for QomGet {
     type Returns = Value;
 }
 
-/// The command `qom-list`; returns [`DeviceListPropertiesReturn`].
+/// The command `qom-list`; returns [`ObjectPropertyInfo`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -5200,10 +5200,10 @@ impl QomList {
 
 impl Command for QomList {
     const NAME: &'static str = "qom-list";
-    type Returns = Vec<DeviceListPropertiesReturn>;
+    type Returns = Vec<ObjectPropertyInfo>;
 }
 
-/// The command `qom-list-properties`; returns [`DeviceListPropertiesReturn`].
+/// The command `qom-list-properties`; returns [`ObjectPropertyInfo`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -5226,10 +5226,10 @@ impl QomListProperties {
 
 impl Command for QomListProperties {
     const NAME: &'static str = "qom-list-properties";
-    type Returns = Vec<DeviceListPropertiesReturn>;
+    type Returns = Vec<ObjectPropertyInfo>;
 }
 
-/// The command `qom-list-types`; returns [`QomListTypesReturn`].
+/// The command `qom-list-types`; returns [`ObjectTypeInfo`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -5270,7 +5270,7 @@ impl QomListTypes {
 
 impl Command for QomListTypes {
     const NAME: &'static str = "qom-list-types";
-    type Returns = Vec<QomListTypesReturn>;
+    type Returns = Vec<ObjectTypeInfo>;
 }
 
 /// The command `qom-set`; returns [`Empty`].
@@ -5305,7 +5305,7 @@ impl Command for QomSet {
     type Returns = Empty;
 }
 
-/// The command `query-acpi-ospm-status`; returns [`QueryAcpiOspmStatusReturn`]. It takes no arguments.
+/// The command `query-acpi-ospm-status`; returns [`ACPIOSTInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5321,7 +5321,7 @@ impl QueryAcpiOspmStatus {
 
 impl Command for QueryAcpiOspmStatus {
     const NAME: &'static str = "query-acpi-ospm-status";
-    type Returns = Vec<QueryAcpiOspmStatusReturn>;
+    type Returns = Vec<ACPIOSTInfo>;
 }
 
 /// The command `query-audiodevs`; returns [`QueryAudiodevsReturn`]. It takes no arguments.
@@ -5343,7 +5343,7 @@ impl Command for QueryAudiodevs {
     type Returns = Vec<QueryAudiodevsReturn>;
 }
 
-/// The command `query-balloon`; returns [`QueryBalloonReturn`]. It takes no arguments.
+/// The command `query-balloon`; returns [`BalloonInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5359,10 +5359,10 @@ impl QueryBalloon {
 
 impl Command for QueryBalloon {
     const NAME: &'static str = "query-balloon";
-    type Returns = QueryBalloonReturn;
+    type Returns = BalloonInfo;
 }
 
-/// The command `query-block`; returns [`QueryBlockReturn`]. It takes no arguments.
+/// The command `query-block`; returns [`BlockInfo`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5378,10 +5378,10 @@ impl QueryBlock {
 
 impl Command for QueryBlock {
     const NAME: &'static str = "query-block";
-    type Returns = Vec<QueryBlockReturn>;
+    type Returns = Vec<BlockInfo>;
 }
 
-/// The command `query-block-exports`; returns [`QueryBlockExportsReturn`]. It takes no arguments.
+/// The command `query-block-exports`; returns [`BlockExportInfo`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5397,10 +5397,10 @@ impl QueryBlockExports {
 
 impl Command for QueryBlockExports {
     const NAME: &'static str = "query-block-exports";
-    type Returns = Vec<QueryBlockExportsReturn>;
+    type Returns = Vec<BlockExportInfo>;
 }
 
-/// The command `query-block-jobs`; returns [`QueryBlockJobsReturn`]. It takes no arguments.
+/// The command `query-block-jobs`; returns [`BlockJobInfo`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5416,10 +5416,10 @@ impl QueryBlockJobs {
 
 impl Command for QueryBlockJobs {
     const NAME: &'static str = "query-block-jobs";
-    type Returns = Vec<QueryBlockJobsReturn>;
+    type Returns = Vec<BlockJobInfo>;
 }
 
-/// The command `query-blockstats`; returns [`QueryBlockstatsReturn`].
+/// The command `query-blockstats`; returns [`BlockStats`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -5450,10 +5450,10 @@ impl QueryBlockstats {
 
 impl Command for QueryBlockstats {
     const NAME: &'static str = "query-blockstats";
-    type Returns = Vec<QueryBlockstatsReturn>;
+    type Returns = Vec<BlockStats>;
 }
 
-/// The command `query-chardev`; returns [`QueryChardevReturn`]. It takes no arguments.
+/// The command `query-chardev`; returns [`ChardevInfo`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5469,10 +5469,10 @@ impl QueryChardev {
 
 impl Command for QueryChardev {
     const NAME: &'static str = "query-chardev";
-    type Returns = Vec<QueryChardevReturn>;
+    type Returns = Vec<ChardevInfo>;
 }
 
-/// The command `query-chardev-backends`; returns [`QueryChardevBackendsReturn`]. It takes no arguments.
+/// The command `query-chardev-backends`; returns [`ChardevBackendInfo`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5488,10 +5488,10 @@ impl QueryChardevBackends {
 
 impl Command for QueryChardevBackends {
     const NAME: &'static str = "query-chardev-backends";
-    type Returns = Vec<QueryChardevBackendsReturn>;
+    type Returns = Vec<ChardevBackendInfo>;
 }
 
-/// The command `query-colo-status`; returns [`QueryColoStatusReturn`]. It takes no arguments.
+/// The command `query-colo-status`; returns [`COLOStatus`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5507,10 +5507,10 @@ impl QueryColoStatus {
 
 impl Command for QueryColoStatus {
     const NAME: &'static str = "query-colo-status";
-    type Returns = QueryColoStatusReturn;
+    type Returns = COLOStatus;
 }
 
-/// The command `query-command-line-options`; returns [`QueryCommandLineOptionsReturn`].
+/// The command `query-command-line-options`; returns [`CommandLineOptionInfo`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -5540,10 +5540,10 @@ impl QueryCommandLineOptions {
 
 impl Command for QueryCommandLineOptions {
     const NAME: &'static str = "query-command-line-options";
-    type Returns = Vec<QueryCommandLineOptionsReturn>;
+    type Returns = Vec<CommandLineOptionInfo>;
 }
 
-/// The command `query-commands`; returns [`QueryCommandsReturn`]. It takes no arguments.
+/// The command `query-commands`; returns [`CommandInfo`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5559,10 +5559,10 @@ impl QueryCommands {
 
 impl Command for QueryCommands {
     const NAME: &'static str = "query-commands";
-    type Returns = Vec<QueryCommandsReturn>;
+    type Returns = Vec<CommandInfo>;
 }
 
-/// The command `query-cpu-definitions`; returns [`QueryCpuDefinitionsReturn`]. It takes no arguments.
+/// The command `query-cpu-definitions`; returns [`CpuDefinitionInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5578,10 +5578,10 @@ impl QueryCpuDefinitions {
 
 impl Command for QueryCpuDefinitions {
     const NAME: &'static str = "query-cpu-definitions";
-    type Returns = Vec<QueryCpuDefinitionsReturn>;
+    type Returns = Vec<CpuDefinitionInfo>;
 }
 
-/// The command `query-cpu-model-expansion`; returns [`QueryCpuModelExpansionReturn`].
+/// The command `query-cpu-model-expansion`; returns [`CpuModelExpansionInfo`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -5589,16 +5589,16 @@ impl Command for QueryCpuDefinitions {
 pub struct QueryCpuModelExpansion {
     /// `type`
     #[serde(rename = "type")]
-    pub type_: QueryCpuModelExpansionType,
+    pub type_: CpuModelExpansionType,
     /// `model`
-    pub model: QueryCpuModelExpansionModel,
+    pub model: CpuModelInfo,
 }
 
 impl QueryCpuModelExpansion {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(type_: QueryCpuModelExpansionType, model: QueryCpuModelExpansionModel) -> Self {
+    pub fn new(type_: CpuModelExpansionType, model: CpuModelInfo) -> Self {
         Self {
             type_,
             model,
@@ -5608,10 +5608,10 @@ impl QueryCpuModelExpansion {
 
 impl Command for QueryCpuModelExpansion {
     const NAME: &'static str = "query-cpu-model-expansion";
-    type Returns = QueryCpuModelExpansionReturn;
+    type Returns = CpuModelExpansionInfo;
 }
 
-/// The command `query-cpus-fast`; returns [`QueryCpusFastReturn`]. It takes no arguments.
+/// The command `query-cpus-fast`; returns [`CpuInfoFast`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5627,7 +5627,7 @@ impl QueryCpusFast {
 
 impl Command for QueryCpusFast {
     const NAME: &'static str = "query-cpus-fast";
-    type Returns = Vec<QueryCpusFastReturn>;
+    type Returns = Vec<CpuInfoFast>;
 }
 
 /// The command `query-cryptodev`; returns [`QueryCryptodevReturn`]. It takes no arguments.
@@ -5649,7 +5649,7 @@ impl Command for QueryCryptodev {
     type Returns = Vec<QueryCryptodevReturn>;
 }
 
-/// The command `query-current-machine`; returns [`QueryCurrentMachineReturn`]. It takes no arguments.
+/// The command `query-current-machine`; returns [`CurrentMachineParams`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5665,10 +5665,10 @@ impl QueryCurrentMachine {
 
 impl Command for QueryCurrentMachine {
     const NAME: &'static str = "query-current-machine";
-    type Returns = QueryCurrentMachineReturn;
+    type Returns = CurrentMachineParams;
 }
 
-/// The command `query-dirty-rate`; returns [`QueryDirtyRateReturn`].
+/// The command `query-dirty-rate`; returns [`DirtyRateInfo`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -5677,7 +5677,7 @@ pub struct QueryDirtyRate {
     /// `calc-time-unit`. In: qemu-system-x86_64 10.0.
     #[serde(rename = "calc-time-unit")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub calc_time_unit: Option<CalcDirtyRateCalcTimeUnit>,
+    pub calc_time_unit: Option<TimeUnit>,
 }
 
 impl QueryDirtyRate {
@@ -5691,7 +5691,7 @@ impl QueryDirtyRate {
     }
 
     /// Sets `calc-time-unit`.
-    pub fn calc_time_unit(mut self, calc_time_unit: CalcDirtyRateCalcTimeUnit) -> Self {
+    pub fn calc_time_unit(mut self, calc_time_unit: TimeUnit) -> Self {
         self.calc_time_unit = Some(calc_time_unit);
         self
     }
@@ -5699,10 +5699,10 @@ impl QueryDirtyRate {
 
 impl Command for QueryDirtyRate {
     const NAME: &'static str = "query-dirty-rate";
-    type Returns = QueryDirtyRateReturn;
+    type Returns = DirtyRateInfo;
 }
 
-/// The command `query-display-options`; returns [`QueryDisplayOptionsReturn`]. It takes no arguments.
+/// The command `query-display-options`; returns [`DisplayOptions`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5718,10 +5718,10 @@ impl QueryDisplayOptions {
 
 impl Command for QueryDisplayOptions {
     const NAME: &'static str = "query-display-options";
-    type Returns = QueryDisplayOptionsReturn;
+    type Returns = DisplayOptions;
 }
 
-/// The command `query-dump`; returns [`QueryDumpReturn`]. It takes no arguments.
+/// The command `query-dump`; returns [`DumpQueryResult`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5737,10 +5737,10 @@ impl QueryDump {
 
 impl Command for QueryDump {
     const NAME: &'static str = "query-dump";
-    type Returns = QueryDumpReturn;
+    type Returns = DumpQueryResult;
 }
 
-/// The command `query-dump-guest-memory-capability`; returns [`QueryDumpGuestMemoryCapabilityReturn`]. It takes no arguments.
+/// The command `query-dump-guest-memory-capability`; returns [`DumpGuestMemoryCapability`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5756,10 +5756,10 @@ impl QueryDumpGuestMemoryCapability {
 
 impl Command for QueryDumpGuestMemoryCapability {
     const NAME: &'static str = "query-dump-guest-memory-capability";
-    type Returns = QueryDumpGuestMemoryCapabilityReturn;
+    type Returns = DumpGuestMemoryCapability;
 }
 
-/// The command `query-fdsets`; returns [`QueryFdsetsReturn`]. It takes no arguments.
+/// The command `query-fdsets`; returns [`FdsetInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5775,10 +5775,10 @@ impl QueryFdsets {
 
 impl Command for QueryFdsets {
     const NAME: &'static str = "query-fdsets";
-    type Returns = Vec<QueryFdsetsReturn>;
+    type Returns = Vec<FdsetInfo>;
 }
 
-/// The command `query-hotpluggable-cpus`; returns [`QueryHotpluggableCpusReturn`]. It takes no arguments.
+/// The command `query-hotpluggable-cpus`; returns [`HotpluggableCPU`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5794,7 +5794,7 @@ impl QueryHotpluggableCpus {
 
 impl Command for QueryHotpluggableCpus {
     const NAME: &'static str = "query-hotpluggable-cpus";
-    type Returns = Vec<QueryHotpluggableCpusReturn>;
+    type Returns = Vec<HotpluggableCPU>;
 }
 
 /// The command `query-hv-balloon-status-report`; returns [`HvBalloonStatusReportEvent`]. It takes no arguments.
@@ -5816,7 +5816,7 @@ impl Command for QueryHvBalloonStatusReport {
     type Returns = HvBalloonStatusReportEvent;
 }
 
-/// The command `query-iothreads`; returns [`QueryIothreadsReturn`]. It takes no arguments.
+/// The command `query-iothreads`; returns [`IOThreadInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5832,10 +5832,10 @@ impl QueryIothreads {
 
 impl Command for QueryIothreads {
     const NAME: &'static str = "query-iothreads";
-    type Returns = Vec<QueryIothreadsReturn>;
+    type Returns = Vec<IOThreadInfo>;
 }
 
-/// The command `query-jobs`; returns [`QueryJobsReturn`]. It takes no arguments.
+/// The command `query-jobs`; returns [`JobInfo`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5851,10 +5851,10 @@ impl QueryJobs {
 
 impl Command for QueryJobs {
     const NAME: &'static str = "query-jobs";
-    type Returns = Vec<QueryJobsReturn>;
+    type Returns = Vec<JobInfo>;
 }
 
-/// The command `query-kvm`; returns [`QueryKvmReturn`]. It takes no arguments.
+/// The command `query-kvm`; returns [`KvmInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5870,10 +5870,10 @@ impl QueryKvm {
 
 impl Command for QueryKvm {
     const NAME: &'static str = "query-kvm";
-    type Returns = QueryKvmReturn;
+    type Returns = KvmInfo;
 }
 
-/// The command `query-machines`; returns [`QueryMachinesReturn`].
+/// The command `query-machines`; returns [`MachineInfo`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -5907,10 +5907,10 @@ impl QueryMachines {
 
 impl Command for QueryMachines {
     const NAME: &'static str = "query-machines";
-    type Returns = Vec<QueryMachinesReturn>;
+    type Returns = Vec<MachineInfo>;
 }
 
-/// The command `query-memdev`; returns [`QueryMemdevReturn`]. It takes no arguments.
+/// The command `query-memdev`; returns [`Memdev`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5926,10 +5926,10 @@ impl QueryMemdev {
 
 impl Command for QueryMemdev {
     const NAME: &'static str = "query-memdev";
-    type Returns = Vec<QueryMemdevReturn>;
+    type Returns = Vec<Memdev>;
 }
 
-/// The command `query-memory-devices`; returns [`QueryMemoryDevicesReturn`]. It takes no arguments.
+/// The command `query-memory-devices`; returns [`MemoryDeviceInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5945,10 +5945,10 @@ impl QueryMemoryDevices {
 
 impl Command for QueryMemoryDevices {
     const NAME: &'static str = "query-memory-devices";
-    type Returns = Vec<QueryMemoryDevicesReturn>;
+    type Returns = Vec<MemoryDeviceInfo>;
 }
 
-/// The command `query-memory-size-summary`; returns [`QueryMemorySizeSummaryReturn`]. It takes no arguments.
+/// The command `query-memory-size-summary`; returns [`MemoryInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5964,10 +5964,10 @@ impl QueryMemorySizeSummary {
 
 impl Command for QueryMemorySizeSummary {
     const NAME: &'static str = "query-memory-size-summary";
-    type Returns = QueryMemorySizeSummaryReturn;
+    type Returns = MemoryInfo;
 }
 
-/// The command `query-mice`; returns [`QueryMiceReturn`]. It takes no arguments.
+/// The command `query-mice`; returns [`MouseInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -5983,10 +5983,10 @@ impl QueryMice {
 
 impl Command for QueryMice {
     const NAME: &'static str = "query-mice";
-    type Returns = Vec<QueryMiceReturn>;
+    type Returns = Vec<MouseInfo>;
 }
 
-/// The command `query-migrate`; returns [`QueryMigrateReturn`]. It takes no arguments.
+/// The command `query-migrate`; returns [`MigrationInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6002,10 +6002,10 @@ impl QueryMigrate {
 
 impl Command for QueryMigrate {
     const NAME: &'static str = "query-migrate";
-    type Returns = QueryMigrateReturn;
+    type Returns = MigrationInfo;
 }
 
-/// The command `query-migrate-capabilities`; returns [`QueryMigrateCapabilitiesReturn`]. It takes no arguments.
+/// The command `query-migrate-capabilities`; returns [`MigrationCapabilityStatus`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6021,10 +6021,10 @@ impl QueryMigrateCapabilities {
 
 impl Command for QueryMigrateCapabilities {
     const NAME: &'static str = "query-migrate-capabilities";
-    type Returns = Vec<QueryMigrateCapabilitiesReturn>;
+    type Returns = Vec<MigrationCapabilityStatus>;
 }
 
-/// The command `query-migrate-parameters`; returns [`QueryMigrateParametersReturn`]. It takes no arguments.
+/// The command `query-migrate-parameters`; returns [`MigrationParameters`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6040,10 +6040,10 @@ impl QueryMigrateParameters {
 
 impl Command for QueryMigrateParameters {
     const NAME: &'static str = "query-migrate-parameters";
-    type Returns = QueryMigrateParametersReturn;
+    type Returns = MigrationParameters;
 }
 
-/// The command `query-migrationthreads`; returns [`QueryMigrationthreadsReturn`]. It takes no arguments.
+/// The command `query-migrationthreads`; returns [`MigrationThreadInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0.
 #[deprecated = "deprecated by QEMU"]
@@ -6060,10 +6060,10 @@ impl QueryMigrationthreads {
 
 impl Command for QueryMigrationthreads {
     const NAME: &'static str = "query-migrationthreads";
-    type Returns = Vec<QueryMigrationthreadsReturn>;
+    type Returns = Vec<MigrationThreadInfo>;
 }
 
-/// The command `query-name`; returns [`QueryNameReturn`]. It takes no arguments.
+/// The command `query-name`; returns [`NameInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6079,10 +6079,10 @@ impl QueryName {
 
 impl Command for QueryName {
     const NAME: &'static str = "query-name";
-    type Returns = QueryNameReturn;
+    type Returns = NameInfo;
 }
 
-/// The command `query-named-block-nodes`; returns [`QueryNamedBlockNodesReturn`].
+/// The command `query-named-block-nodes`; returns [`BlockDeviceInfo`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -6112,10 +6112,10 @@ impl QueryNamedBlockNodes {
 
 impl Command for QueryNamedBlockNodes {
     const NAME: &'static str = "query-named-block-nodes";
-    type Returns = Vec<QueryNamedBlockNodesReturn>;
+    type Returns = Vec<BlockDeviceInfo>;
 }
 
-/// The command `query-pci`; returns [`QueryPciReturn`]. It takes no arguments.
+/// The command `query-pci`; returns [`PciInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6131,7 +6131,7 @@ impl QueryPci {
 
 impl Command for QueryPci {
     const NAME: &'static str = "query-pci";
-    type Returns = Vec<QueryPciReturn>;
+    type Returns = Vec<PciInfo>;
 }
 
 /// The command `query-pr-managers`; returns [`QueryPrManagersReturn`]. It takes no arguments.
@@ -6153,7 +6153,7 @@ impl Command for QueryPrManagers {
     type Returns = Vec<QueryPrManagersReturn>;
 }
 
-/// The command `query-qmp-schema`; returns [`QueryQmpSchemaReturn`]. It takes no arguments.
+/// The command `query-qmp-schema`; returns [`SchemaInfo`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6169,10 +6169,10 @@ impl QueryQmpSchema {
 
 impl Command for QueryQmpSchema {
     const NAME: &'static str = "query-qmp-schema";
-    type Returns = Vec<QueryQmpSchemaReturn>;
+    type Returns = Vec<SchemaInfo>;
 }
 
-/// The command `query-replay`; returns [`QueryReplayReturn`]. It takes no arguments.
+/// The command `query-replay`; returns [`ReplayInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6188,7 +6188,7 @@ impl QueryReplay {
 
 impl Command for QueryReplay {
     const NAME: &'static str = "query-replay";
-    type Returns = QueryReplayReturn;
+    type Returns = ReplayInfo;
 }
 
 /// The command `query-rocker`; returns [`QueryRockerReturn`].
@@ -6317,7 +6317,7 @@ impl Command for QueryRockerPorts {
     type Returns = Vec<QueryRockerPortsReturn>;
 }
 
-/// The command `query-rx-filter`; returns [`QueryRxFilterReturn`].
+/// The command `query-rx-filter`; returns [`RxFilterInfo`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -6347,7 +6347,7 @@ impl QueryRxFilter {
 
 impl Command for QueryRxFilter {
     const NAME: &'static str = "query-rx-filter";
-    type Returns = Vec<QueryRxFilterReturn>;
+    type Returns = Vec<RxFilterInfo>;
 }
 
 /// The command `query-sev`; returns [`QuerySevReturn`]. It takes no arguments.
@@ -6471,7 +6471,7 @@ impl Command for QuerySgxCapabilities {
     type Returns = QuerySgxReturn;
 }
 
-/// The command `query-spice`; returns [`QuerySpiceReturn`]. It takes no arguments.
+/// The command `query-spice`; returns [`SpiceInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6487,35 +6487,35 @@ impl QuerySpice {
 
 impl Command for QuerySpice {
     const NAME: &'static str = "query-spice";
-    type Returns = QuerySpiceReturn;
+    type Returns = SpiceInfo;
 }
 
-/// The command `query-stats`; returns [`QueryStatsReturn`]. Its arguments are a [`QueryStatsArguments`].
+/// The command `query-stats`; returns [`StatsResult`]. Its arguments are a [`StatsFilter`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct QueryStats(pub QueryStatsArguments);
+pub struct QueryStats(pub StatsFilter);
 
 impl QueryStats {
     /// The command with these arguments.
-    pub fn new(arguments: QueryStatsArguments) -> Self {
+    pub fn new(arguments: StatsFilter) -> Self {
         Self(arguments)
     }
 }
 
-impl From<QueryStatsArguments> for QueryStats {
-    fn from(arguments: QueryStatsArguments) -> Self {
+impl From<StatsFilter> for QueryStats {
+    fn from(arguments: StatsFilter) -> Self {
         Self(arguments)
     }
 }
 
 impl Command for QueryStats {
     const NAME: &'static str = "query-stats";
-    type Returns = Vec<QueryStatsReturn>;
+    type Returns = Vec<StatsResult>;
 }
 
-/// The command `query-stats-schemas`; returns [`QueryStatsSchemasReturn`].
+/// The command `query-stats-schemas`; returns [`StatsSchema`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -6523,7 +6523,7 @@ impl Command for QueryStats {
 pub struct QueryStatsSchemas {
     /// `provider`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<QueryStatsSchemasProvider>,
+    pub provider: Option<StatsProvider>,
 }
 
 impl QueryStatsSchemas {
@@ -6537,7 +6537,7 @@ impl QueryStatsSchemas {
     }
 
     /// Sets `provider`.
-    pub fn provider(mut self, provider: QueryStatsSchemasProvider) -> Self {
+    pub fn provider(mut self, provider: StatsProvider) -> Self {
         self.provider = Some(provider);
         self
     }
@@ -6545,10 +6545,10 @@ impl QueryStatsSchemas {
 
 impl Command for QueryStatsSchemas {
     const NAME: &'static str = "query-stats-schemas";
-    type Returns = Vec<QueryStatsSchemasReturn>;
+    type Returns = Vec<StatsSchema>;
 }
 
-/// The command `query-status`; returns [`QueryStatusReturn`]. It takes no arguments.
+/// The command `query-status`; returns [`StatusInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6564,10 +6564,10 @@ impl QueryStatus {
 
 impl Command for QueryStatus {
     const NAME: &'static str = "query-status";
-    type Returns = QueryStatusReturn;
+    type Returns = StatusInfo;
 }
 
-/// The command `query-target`; returns [`QueryTargetReturn`]. It takes no arguments.
+/// The command `query-target`; returns [`TargetInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6583,10 +6583,10 @@ impl QueryTarget {
 
 impl Command for QueryTarget {
     const NAME: &'static str = "query-target";
-    type Returns = QueryTargetReturn;
+    type Returns = TargetInfo;
 }
 
-/// The command `query-tpm`; returns [`QueryTpmReturn`]. It takes no arguments.
+/// The command `query-tpm`; returns [`TPMInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6602,10 +6602,10 @@ impl QueryTpm {
 
 impl Command for QueryTpm {
     const NAME: &'static str = "query-tpm";
-    type Returns = Vec<QueryTpmReturn>;
+    type Returns = Vec<TPMInfo>;
 }
 
-/// The command `query-tpm-models`; returns [`QueryTpmModelsReturn`]. It takes no arguments.
+/// The command `query-tpm-models`; returns [`TpmModel`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6621,10 +6621,10 @@ impl QueryTpmModels {
 
 impl Command for QueryTpmModels {
     const NAME: &'static str = "query-tpm-models";
-    type Returns = Vec<QueryTpmModelsReturn>;
+    type Returns = Vec<TpmModel>;
 }
 
-/// The command `query-tpm-types`; returns [`QueryTpmTypesReturn`]. It takes no arguments.
+/// The command `query-tpm-types`; returns [`TpmType`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6640,10 +6640,10 @@ impl QueryTpmTypes {
 
 impl Command for QueryTpmTypes {
     const NAME: &'static str = "query-tpm-types";
-    type Returns = Vec<QueryTpmTypesReturn>;
+    type Returns = Vec<TpmType>;
 }
 
-/// The command `query-uuid`; returns [`QueryUuidReturn`]. It takes no arguments.
+/// The command `query-uuid`; returns [`UuidInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6659,10 +6659,10 @@ impl QueryUuid {
 
 impl Command for QueryUuid {
     const NAME: &'static str = "query-uuid";
-    type Returns = QueryUuidReturn;
+    type Returns = UuidInfo;
 }
 
-/// The command `query-vcpu-dirty-limit`; returns [`QueryVcpuDirtyLimitReturn`]. It takes no arguments.
+/// The command `query-vcpu-dirty-limit`; returns [`DirtyLimitInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6678,10 +6678,10 @@ impl QueryVcpuDirtyLimit {
 
 impl Command for QueryVcpuDirtyLimit {
     const NAME: &'static str = "query-vcpu-dirty-limit";
-    type Returns = Vec<QueryVcpuDirtyLimitReturn>;
+    type Returns = Vec<DirtyLimitInfo>;
 }
 
-/// The command `query-version`; returns [`QueryVersionReturn`]. It takes no arguments.
+/// The command `query-version`; returns [`VersionInfo`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6697,7 +6697,7 @@ impl QueryVersion {
 
 impl Command for QueryVersion {
     const NAME: &'static str = "query-version";
-    type Returns = QueryVersionReturn;
+    type Returns = VersionInfo;
 }
 
 /// The command `query-vm-generation-id`; returns [`QueryVmGenerationIdReturn`]. It takes no arguments.
@@ -6719,7 +6719,7 @@ impl Command for QueryVmGenerationId {
     type Returns = QueryVmGenerationIdReturn;
 }
 
-/// The command `query-vnc`; returns [`QueryVncReturn`]. It takes no arguments.
+/// The command `query-vnc`; returns [`VncInfo`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6735,10 +6735,10 @@ impl QueryVnc {
 
 impl Command for QueryVnc {
     const NAME: &'static str = "query-vnc";
-    type Returns = QueryVncReturn;
+    type Returns = VncInfo;
 }
 
-/// The command `query-vnc-servers`; returns [`QueryVncServersReturn`]. It takes no arguments.
+/// The command `query-vnc-servers`; returns [`VncInfo2`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6754,7 +6754,7 @@ impl QueryVncServers {
 
 impl Command for QueryVncServers {
     const NAME: &'static str = "query-vnc-servers";
-    type Returns = Vec<QueryVncServersReturn>;
+    type Returns = Vec<VncInfo2>;
 }
 
 /// The command `query-xen-replication-status`; returns [`QueryXenReplicationStatusReturn`]. It takes no arguments.
@@ -6776,7 +6776,7 @@ impl Command for QueryXenReplicationStatus {
     type Returns = QueryXenReplicationStatusReturn;
 }
 
-/// The command `query-yank`; returns [`QueryYankReturn`]. It takes no arguments.
+/// The command `query-yank`; returns [`YankInstance`]. It takes no arguments.
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -6792,7 +6792,7 @@ impl QueryYank {
 
 impl Command for QueryYank {
     const NAME: &'static str = "query-yank";
-    type Returns = Vec<QueryYankReturn>;
+    type Returns = Vec<YankInstance>;
 }
 
 /// The command `quit`; returns [`Empty`]. It takes no arguments.
@@ -7061,7 +7061,7 @@ pub struct Screendump {
     pub head: Option<i128>,
     /// `format`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<ScreendumpFormat>,
+    pub format: Option<ImageFormat>,
 }
 
 impl Screendump {
@@ -7090,7 +7090,7 @@ impl Screendump {
     }
 
     /// Sets `format`.
-    pub fn format(mut self, format: ScreendumpFormat) -> Self {
+    pub fn format(mut self, format: ImageFormat) -> Self {
         self.format = Some(format);
         self
     }
@@ -7108,7 +7108,7 @@ impl Command for Screendump {
 #[non_exhaustive]
 pub struct SendKey {
     /// `keys`
-    pub keys: Vec<SendKeyKeys>,
+    pub keys: Vec<KeyValue>,
     /// `hold-time`
     #[serde(rename = "hold-time")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -7119,7 +7119,7 @@ impl SendKey {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(keys: Vec<SendKeyKeys>) -> Self {
+    pub fn new(keys: Vec<KeyValue>) -> Self {
         Self {
             keys,
             hold_time: None,
@@ -7146,16 +7146,16 @@ impl Command for SendKey {
 pub struct SetAction {
     /// `reboot`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reboot: Option<SetActionReboot>,
+    pub reboot: Option<RebootAction>,
     /// `shutdown`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shutdown: Option<SetActionShutdown>,
+    pub shutdown: Option<ShutdownAction>,
     /// `panic`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub panic: Option<SetActionPanic>,
+    pub panic: Option<PanicAction>,
     /// `watchdog`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watchdog: Option<SetActionWatchdog>,
+    pub watchdog: Option<WatchdogAction>,
 }
 
 impl SetAction {
@@ -7172,25 +7172,25 @@ impl SetAction {
     }
 
     /// Sets `reboot`.
-    pub fn reboot(mut self, reboot: SetActionReboot) -> Self {
+    pub fn reboot(mut self, reboot: RebootAction) -> Self {
         self.reboot = Some(reboot);
         self
     }
 
     /// Sets `shutdown`.
-    pub fn shutdown(mut self, shutdown: SetActionShutdown) -> Self {
+    pub fn shutdown(mut self, shutdown: ShutdownAction) -> Self {
         self.shutdown = Some(shutdown);
         self
     }
 
     /// Sets `panic`.
-    pub fn panic(mut self, panic: SetActionPanic) -> Self {
+    pub fn panic(mut self, panic: PanicAction) -> Self {
         self.panic = Some(panic);
         self
     }
 
     /// Sets `watchdog`.
-    pub fn watchdog(mut self, watchdog: SetActionWatchdog) -> Self {
+    pub fn watchdog(mut self, watchdog: WatchdogAction) -> Self {
         self.watchdog = Some(watchdog);
         self
     }
@@ -7201,22 +7201,22 @@ impl Command for SetAction {
     type Returns = Empty;
 }
 
-/// The command `set-numa-node`; returns [`Empty`]. Its arguments are a [`SetNumaNodeArguments`].
+/// The command `set-numa-node`; returns [`Empty`]. Its arguments are a [`NumaOptions`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct SetNumaNode(pub SetNumaNodeArguments);
+pub struct SetNumaNode(pub NumaOptions);
 
 impl SetNumaNode {
     /// The command with these arguments.
-    pub fn new(arguments: SetNumaNodeArguments) -> Self {
+    pub fn new(arguments: NumaOptions) -> Self {
         Self(arguments)
     }
 }
 
-impl From<SetNumaNodeArguments> for SetNumaNode {
-    fn from(arguments: SetNumaNodeArguments) -> Self {
+impl From<NumaOptions> for SetNumaNode {
+    fn from(arguments: NumaOptions) -> Self {
         Self(arguments)
     }
 }
@@ -7293,22 +7293,22 @@ impl Command for SetLink {
     type Returns = Empty;
 }
 
-/// The command `set_password`; returns [`Empty`]. Its arguments are a [`SetPasswordArguments`].
+/// The command `set_password`; returns [`Empty`]. Its arguments are a [`SetPasswordOptions`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct SetPassword(pub SetPasswordArguments);
+pub struct SetPassword(pub SetPasswordOptions);
 
 impl SetPassword {
     /// The command with these arguments.
-    pub fn new(arguments: SetPasswordArguments) -> Self {
+    pub fn new(arguments: SetPasswordOptions) -> Self {
         Self(arguments)
     }
 }
 
-impl From<SetPasswordArguments> for SetPassword {
-    fn from(arguments: SetPasswordArguments) -> Self {
+impl From<SetPasswordOptions> for SetPassword {
+    fn from(arguments: SetPasswordOptions) -> Self {
         Self(arguments)
     }
 }
@@ -7539,7 +7539,7 @@ impl Command for SystemWakeup {
     type Returns = Empty;
 }
 
-/// The command `trace-event-get-state`; returns [`TraceEventGetStateReturn`].
+/// The command `trace-event-get-state`; returns [`TraceEventInfo`].
 ///
 /// In: qemu-system-x86_64 10.0, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -7572,7 +7572,7 @@ impl TraceEventGetState {
 
 impl Command for TraceEventGetState {
     const NAME: &'static str = "trace-event-get-state";
-    type Returns = Vec<TraceEventGetStateReturn>;
+    type Returns = Vec<TraceEventInfo>;
 }
 
 /// The command `trace-event-set-state`; returns [`Empty`].
@@ -7632,7 +7632,7 @@ impl Command for TraceEventSetState {
 #[non_exhaustive]
 pub struct Transaction {
     /// `actions`
-    pub actions: Vec<TransactionActions>,
+    pub actions: Vec<TransactionAction>,
     /// `properties`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<TransactionProperties>,
@@ -7642,7 +7642,7 @@ impl Transaction {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(actions: Vec<TransactionActions>) -> Self {
+    pub fn new(actions: Vec<TransactionAction>) -> Self {
         Self {
             actions,
             properties: None,
@@ -7668,14 +7668,14 @@ impl Command for Transaction {
 #[non_exhaustive]
 pub struct WatchdogSetAction {
     /// `action`
-    pub action: SetActionWatchdog,
+    pub action: WatchdogAction,
 }
 
 impl WatchdogSetAction {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(action: SetActionWatchdog) -> Self {
+    pub fn new(action: WatchdogAction) -> Self {
         Self {
             action,
         }
@@ -7789,7 +7789,7 @@ pub struct XBlockdevSetIothread {
     #[serde(rename = "node-name")]
     pub node_name: String,
     /// `iothread`
-    pub iothread: MigrateSetParametersTlsCreds,
+    pub iothread: StrOrNull,
     /// `force`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
@@ -7799,7 +7799,7 @@ impl XBlockdevSetIothread {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(node_name: impl Into<String>, iothread: MigrateSetParametersTlsCreds) -> Self {
+    pub fn new(node_name: impl Into<String>, iothread: StrOrNull) -> Self {
         Self {
             node_name: node_name.into(),
             iothread,
@@ -7840,22 +7840,22 @@ impl Command for XColoLostHeartbeat {
     type Returns = Empty;
 }
 
-/// The command `x-debug-block-dirty-bitmap-sha256`; returns [`XDebugBlockDirtyBitmapSha256Return`]. Its arguments are a [`BlockDirtyBitmapClearArguments`].
+/// The command `x-debug-block-dirty-bitmap-sha256`; returns [`XDebugBlockDirtyBitmapSha256Return`]. Its arguments are a [`BlockDirtyBitmap`].
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct XDebugBlockDirtyBitmapSha256(pub BlockDirtyBitmapClearArguments);
+pub struct XDebugBlockDirtyBitmapSha256(pub BlockDirtyBitmap);
 
 impl XDebugBlockDirtyBitmapSha256 {
     /// The command with these arguments.
-    pub fn new(arguments: BlockDirtyBitmapClearArguments) -> Self {
+    pub fn new(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
 
-impl From<BlockDirtyBitmapClearArguments> for XDebugBlockDirtyBitmapSha256 {
-    fn from(arguments: BlockDirtyBitmapClearArguments) -> Self {
+impl From<BlockDirtyBitmap> for XDebugBlockDirtyBitmapSha256 {
+    fn from(arguments: BlockDirtyBitmap) -> Self {
         Self(arguments)
     }
 }
@@ -7866,7 +7866,7 @@ impl Command for XDebugBlockDirtyBitmapSha256 {
     type Returns = XDebugBlockDirtyBitmapSha256Return;
 }
 
-/// The command `x-debug-query-block-graph`; returns [`XDebugQueryBlockGraphReturn`]. It takes no arguments.
+/// The command `x-debug-query-block-graph`; returns [`XDbgBlockGraph`]. It takes no arguments.
 ///
 /// In: qemu-storage-daemon 10.0, qemu-system-x86_64 10.0, qemu-storage-daemon 7.2, qemu-system-x86_64 7.2.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -7883,7 +7883,7 @@ impl XDebugQueryBlockGraph {
 #[cfg(feature = "unstable")]
 impl Command for XDebugQueryBlockGraph {
     const NAME: &'static str = "x-debug-query-block-graph";
-    type Returns = XDebugQueryBlockGraphReturn;
+    type Returns = XDbgBlockGraph;
 }
 
 /// The command `x-exit-preconfig`; returns [`Empty`]. It takes no arguments.
@@ -8451,14 +8451,14 @@ impl Command for XenSetReplication {
 #[non_exhaustive]
 pub struct Yank {
     /// `instances`
-    pub instances: Vec<QueryYankReturn>,
+    pub instances: Vec<YankInstance>,
 }
 
 impl Yank {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(instances: Vec<QueryYankReturn>) -> Self {
+    pub fn new(instances: Vec<YankInstance>) -> Self {
         Self {
             instances,
         }

@@ -24,14 +24,14 @@ use crate::types::*;
 #[non_exhaustive]
 pub struct AcpiDeviceOstEvent {
     /// `info`
-    pub info: QueryAcpiOspmStatusReturn,
+    pub info: ACPIOSTInfo,
 }
 
 impl AcpiDeviceOstEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(info: QueryAcpiOspmStatusReturn) -> Self {
+    pub fn new(info: ACPIOSTInfo) -> Self {
         Self {
             info,
         }
@@ -211,9 +211,9 @@ pub struct BlockIoErrorEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     /// `operation`
-    pub operation: BlockIoErrorEventOperation,
+    pub operation: IoOperationType,
     /// `action`
-    pub action: BlockIoErrorEventAction,
+    pub action: BlockErrorAction,
     /// `nospace`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nospace: Option<bool>,
@@ -225,7 +225,7 @@ impl BlockIoErrorEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(device: impl Into<String>, operation: BlockIoErrorEventOperation, action: BlockIoErrorEventAction, reason: impl Into<String>) -> Self {
+    pub fn new(device: impl Into<String>, operation: IoOperationType, action: BlockErrorAction, reason: impl Into<String>) -> Self {
         Self {
             device: device.into(),
             operation,
@@ -278,7 +278,7 @@ impl FromEvent for BlockIoErrorEvent {
 pub struct BlockJobCancelledEvent {
     /// `type`
     #[serde(rename = "type")]
-    pub type_: BlockJobCancelledEventType,
+    pub type_: JobType,
     /// `device`
     pub device: String,
     /// `len`
@@ -293,7 +293,7 @@ impl BlockJobCancelledEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(type_: BlockJobCancelledEventType, device: impl Into<String>, len: i128, offset: i128, speed: i128) -> Self {
+    pub fn new(type_: JobType, device: impl Into<String>, len: i128, offset: i128, speed: i128) -> Self {
         Self {
             type_,
             device: device.into(),
@@ -326,7 +326,7 @@ impl FromEvent for BlockJobCancelledEvent {
 pub struct BlockJobCompletedEvent {
     /// `type`
     #[serde(rename = "type")]
-    pub type_: BlockJobCancelledEventType,
+    pub type_: JobType,
     /// `device`
     pub device: String,
     /// `len`
@@ -344,7 +344,7 @@ impl BlockJobCompletedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(type_: BlockJobCancelledEventType, device: impl Into<String>, len: i128, offset: i128, speed: i128) -> Self {
+    pub fn new(type_: JobType, device: impl Into<String>, len: i128, offset: i128, speed: i128) -> Self {
         Self {
             type_,
             device: device.into(),
@@ -385,16 +385,16 @@ pub struct BlockJobErrorEvent {
     /// `device`
     pub device: String,
     /// `operation`
-    pub operation: BlockIoErrorEventOperation,
+    pub operation: IoOperationType,
     /// `action`
-    pub action: BlockIoErrorEventAction,
+    pub action: BlockErrorAction,
 }
 
 impl BlockJobErrorEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(device: impl Into<String>, operation: BlockIoErrorEventOperation, action: BlockIoErrorEventAction) -> Self {
+    pub fn new(device: impl Into<String>, operation: IoOperationType, action: BlockErrorAction) -> Self {
         Self {
             device: device.into(),
             operation,
@@ -425,7 +425,7 @@ impl FromEvent for BlockJobErrorEvent {
 pub struct BlockJobPendingEvent {
     /// `type`
     #[serde(rename = "type")]
-    pub type_: BlockJobCancelledEventType,
+    pub type_: JobType,
     /// `id`
     pub id: String,
 }
@@ -434,7 +434,7 @@ impl BlockJobPendingEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(type_: BlockJobCancelledEventType, id: impl Into<String>) -> Self {
+    pub fn new(type_: JobType, id: impl Into<String>) -> Self {
         Self {
             type_,
             id: id.into(),
@@ -464,7 +464,7 @@ impl FromEvent for BlockJobPendingEvent {
 pub struct BlockJobReadyEvent {
     /// `type`
     #[serde(rename = "type")]
-    pub type_: BlockJobCancelledEventType,
+    pub type_: JobType,
     /// `device`
     pub device: String,
     /// `len`
@@ -479,7 +479,7 @@ impl BlockJobReadyEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(type_: BlockJobCancelledEventType, device: impl Into<String>, len: i128, offset: i128, speed: i128) -> Self {
+    pub fn new(type_: JobType, device: impl Into<String>, len: i128, offset: i128, speed: i128) -> Self {
         Self {
             type_,
             device: device.into(),
@@ -555,16 +555,16 @@ impl FromEvent for BlockWriteThresholdEvent {
 #[non_exhaustive]
 pub struct ColoExitEvent {
     /// `mode`
-    pub mode: ColoExitEventMode,
+    pub mode: COLOMode,
     /// `reason`
-    pub reason: ColoExitEventReason,
+    pub reason: COLOExitReason,
 }
 
 impl ColoExitEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(mode: ColoExitEventMode, reason: ColoExitEventReason) -> Self {
+    pub fn new(mode: COLOMode, reason: COLOExitReason) -> Self {
         Self {
             mode,
             reason,
@@ -725,7 +725,7 @@ impl FromEvent for DeviceUnplugGuestErrorEvent {
 #[non_exhaustive]
 pub struct DumpCompletedEvent {
     /// `result`
-    pub result: QueryDumpReturn,
+    pub result: DumpQueryResult,
     /// `error`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -735,7 +735,7 @@ impl DumpCompletedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(result: QueryDumpReturn) -> Self {
+    pub fn new(result: DumpQueryResult) -> Self {
         Self {
             result,
             error: None,
@@ -806,17 +806,17 @@ impl FromEvent for FailoverNegotiatedEvent {
 #[non_exhaustive]
 pub struct GuestCrashloadedEvent {
     /// `action`
-    pub action: GuestCrashloadedEventAction,
+    pub action: GuestPanicAction,
     /// `info`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<GuestCrashloadedEventInfo>,
+    pub info: Option<GuestPanicInformation>,
 }
 
 impl GuestCrashloadedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(action: GuestCrashloadedEventAction) -> Self {
+    pub fn new(action: GuestPanicAction) -> Self {
         Self {
             action,
             info: None,
@@ -824,7 +824,7 @@ impl GuestCrashloadedEvent {
     }
 
     /// Sets `info`.
-    pub fn info(mut self, info: GuestCrashloadedEventInfo) -> Self {
+    pub fn info(mut self, info: GuestPanicInformation) -> Self {
         self.info = Some(info);
         self
     }
@@ -851,17 +851,17 @@ impl FromEvent for GuestCrashloadedEvent {
 #[non_exhaustive]
 pub struct GuestPanickedEvent {
     /// `action`
-    pub action: GuestCrashloadedEventAction,
+    pub action: GuestPanicAction,
     /// `info`
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<GuestCrashloadedEventInfo>,
+    pub info: Option<GuestPanicInformation>,
 }
 
 impl GuestPanickedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(action: GuestCrashloadedEventAction) -> Self {
+    pub fn new(action: GuestPanicAction) -> Self {
         Self {
             action,
             info: None,
@@ -869,7 +869,7 @@ impl GuestPanickedEvent {
     }
 
     /// Sets `info`.
-    pub fn info(mut self, info: GuestCrashloadedEventInfo) -> Self {
+    pub fn info(mut self, info: GuestPanicInformation) -> Self {
         self.info = Some(info);
         self
     }
@@ -957,14 +957,14 @@ pub struct JobStatusChangeEvent {
     /// `id`
     pub id: String,
     /// `status`
-    pub status: JobStatusChangeEventStatus,
+    pub status: JobStatus,
 }
 
 impl JobStatusChangeEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(id: impl Into<String>, status: JobStatusChangeEventStatus) -> Self {
+    pub fn new(id: impl Into<String>, status: JobStatus) -> Self {
         Self {
             id: id.into(),
             status,
@@ -1042,18 +1042,18 @@ impl FromEvent for MemoryDeviceSizeChangeEvent {
 #[non_exhaustive]
 pub struct MemoryFailureEvent {
     /// `recipient`
-    pub recipient: MemoryFailureEventRecipient,
+    pub recipient: MemoryFailureRecipient,
     /// `action`
-    pub action: MemoryFailureEventAction,
+    pub action: MemoryFailureAction,
     /// `flags`
-    pub flags: MemoryFailureEventFlags,
+    pub flags: MemoryFailureFlags,
 }
 
 impl MemoryFailureEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(recipient: MemoryFailureEventRecipient, action: MemoryFailureEventAction, flags: MemoryFailureEventFlags) -> Self {
+    pub fn new(recipient: MemoryFailureRecipient, action: MemoryFailureAction, flags: MemoryFailureFlags) -> Self {
         Self {
             recipient,
             action,
@@ -1122,14 +1122,14 @@ impl FromEvent for MemUnplugErrorEvent {
 #[non_exhaustive]
 pub struct MigrationEvent {
     /// `status`
-    pub status: MigrateContinueState,
+    pub status: MigrationStatus,
 }
 
 impl MigrationEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(status: MigrateContinueState) -> Self {
+    pub fn new(status: MigrationStatus) -> Self {
         Self {
             status,
         }
@@ -1195,14 +1195,14 @@ pub struct NetdevStreamConnectedEvent {
     #[serde(rename = "netdev-id")]
     pub netdev_id: String,
     /// `addr`
-    pub addr: NetdevStreamConnectedEventAddr,
+    pub addr: SocketAddress,
 }
 
 impl NetdevStreamConnectedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(netdev_id: impl Into<String>, addr: NetdevStreamConnectedEventAddr) -> Self {
+    pub fn new(netdev_id: impl Into<String>, addr: SocketAddress) -> Self {
         Self {
             netdev_id: netdev_id.into(),
             addr,
@@ -1491,7 +1491,7 @@ impl FromEvent for QuorumFailureEvent {
 pub struct QuorumReportBadEvent {
     /// `type`
     #[serde(rename = "type")]
-    pub type_: QuorumReportBadEventType,
+    pub type_: QuorumOpType,
     /// `error`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -1510,7 +1510,7 @@ impl QuorumReportBadEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(type_: QuorumReportBadEventType, node_name: impl Into<String>, sector_num: i128, sectors_count: i128) -> Self {
+    pub fn new(type_: QuorumOpType, node_name: impl Into<String>, sector_num: i128, sectors_count: i128) -> Self {
         Self {
             type_,
             node_name: node_name.into(),
@@ -1597,14 +1597,14 @@ pub struct ResetEvent {
     /// `guest`
     pub guest: bool,
     /// `reason`
-    pub reason: ResetEventReason,
+    pub reason: ShutdownCause,
 }
 
 impl ResetEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(guest: bool, reason: ResetEventReason) -> Self {
+    pub fn new(guest: bool, reason: ShutdownCause) -> Self {
         Self {
             guest,
             reason,
@@ -1695,14 +1695,14 @@ pub struct ShutdownEvent {
     /// `guest`
     pub guest: bool,
     /// `reason`
-    pub reason: ResetEventReason,
+    pub reason: ShutdownCause,
 }
 
 impl ShutdownEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(guest: bool, reason: ResetEventReason) -> Self {
+    pub fn new(guest: bool, reason: ShutdownCause) -> Self {
         Self {
             guest,
             reason,
@@ -1731,16 +1731,16 @@ impl FromEvent for ShutdownEvent {
 #[non_exhaustive]
 pub struct SpiceConnectedEvent {
     /// `server`
-    pub server: SpiceConnectedEventServer,
+    pub server: SpiceBasicInfo,
     /// `client`
-    pub client: SpiceConnectedEventServer,
+    pub client: SpiceBasicInfo,
 }
 
 impl SpiceConnectedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(server: SpiceConnectedEventServer, client: SpiceConnectedEventServer) -> Self {
+    pub fn new(server: SpiceBasicInfo, client: SpiceBasicInfo) -> Self {
         Self {
             server,
             client,
@@ -1769,16 +1769,16 @@ impl FromEvent for SpiceConnectedEvent {
 #[non_exhaustive]
 pub struct SpiceDisconnectedEvent {
     /// `server`
-    pub server: SpiceConnectedEventServer,
+    pub server: SpiceBasicInfo,
     /// `client`
-    pub client: SpiceConnectedEventServer,
+    pub client: SpiceBasicInfo,
 }
 
 impl SpiceDisconnectedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(server: SpiceConnectedEventServer, client: SpiceConnectedEventServer) -> Self {
+    pub fn new(server: SpiceBasicInfo, client: SpiceBasicInfo) -> Self {
         Self {
             server,
             client,
@@ -1807,16 +1807,16 @@ impl FromEvent for SpiceDisconnectedEvent {
 #[non_exhaustive]
 pub struct SpiceInitializedEvent {
     /// `server`
-    pub server: SpiceInitializedEventServer,
+    pub server: SpiceServerInfo,
     /// `client`
-    pub client: SpiceInitializedEventClient,
+    pub client: SpiceChannel,
 }
 
 impl SpiceInitializedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(server: SpiceInitializedEventServer, client: SpiceInitializedEventClient) -> Self {
+    pub fn new(server: SpiceServerInfo, client: SpiceChannel) -> Self {
         Self {
             server,
             client,
@@ -1972,14 +1972,14 @@ pub struct VfioMigrationEvent {
     pub qom_path: String,
     /// `device-state`
     #[serde(rename = "device-state")]
-    pub device_state: VfioMigrationEventDeviceState,
+    pub device_state: QapiVfioMigrationState,
 }
 
 impl VfioMigrationEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(device_id: impl Into<String>, qom_path: impl Into<String>, device_state: VfioMigrationEventDeviceState) -> Self {
+    pub fn new(device_id: impl Into<String>, qom_path: impl Into<String>, device_state: QapiVfioMigrationState) -> Self {
         Self {
             device_id: device_id.into(),
             qom_path: qom_path.into(),
@@ -2057,16 +2057,16 @@ impl FromEvent for VfuClientHangupEvent {
 #[non_exhaustive]
 pub struct VncConnectedEvent {
     /// `server`
-    pub server: VncConnectedEventServer,
+    pub server: VncServerInfo,
     /// `client`
-    pub client: VncConnectedEventClient,
+    pub client: VncBasicInfo,
 }
 
 impl VncConnectedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(server: VncConnectedEventServer, client: VncConnectedEventClient) -> Self {
+    pub fn new(server: VncServerInfo, client: VncBasicInfo) -> Self {
         Self {
             server,
             client,
@@ -2095,16 +2095,16 @@ impl FromEvent for VncConnectedEvent {
 #[non_exhaustive]
 pub struct VncDisconnectedEvent {
     /// `server`
-    pub server: VncConnectedEventServer,
+    pub server: VncServerInfo,
     /// `client`
-    pub client: VncDisconnectedEventClient,
+    pub client: VncClientInfo,
 }
 
 impl VncDisconnectedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(server: VncConnectedEventServer, client: VncDisconnectedEventClient) -> Self {
+    pub fn new(server: VncServerInfo, client: VncClientInfo) -> Self {
         Self {
             server,
             client,
@@ -2133,16 +2133,16 @@ impl FromEvent for VncDisconnectedEvent {
 #[non_exhaustive]
 pub struct VncInitializedEvent {
     /// `server`
-    pub server: VncConnectedEventServer,
+    pub server: VncServerInfo,
     /// `client`
-    pub client: VncDisconnectedEventClient,
+    pub client: VncClientInfo,
 }
 
 impl VncInitializedEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(server: VncConnectedEventServer, client: VncDisconnectedEventClient) -> Self {
+    pub fn new(server: VncServerInfo, client: VncClientInfo) -> Self {
         Self {
             server,
             client,
@@ -2230,14 +2230,14 @@ impl FromEvent for WakeupEvent {
 #[non_exhaustive]
 pub struct WatchdogEvent {
     /// `action`
-    pub action: SetActionWatchdog,
+    pub action: WatchdogAction,
 }
 
 impl WatchdogEvent {
     /// A value with the mandatory members; set the others with the
     /// methods named after them.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(action: SetActionWatchdog) -> Self {
+    pub fn new(action: WatchdogAction) -> Self {
         Self {
             action,
         }
