@@ -8,8 +8,7 @@ use std::time::Duration;
 use qemu_machine::{MachineError, QemuMachine};
 use qemu_qapi::typed::CallError;
 use qemu_qapi_types::{
-    Cont, DeviceDel, Event, QueryAudiodevs, QueryStatus, QueryStatusReturnStatus, Quit, Stop,
-    StopEvent,
+    Cont, DeviceDel, Event, QueryAudiodevs, QueryStatus, Quit, RunState, Stop, StopEvent,
 };
 use qemu_testkit::QemuVersion;
 use serde_json::json;
@@ -36,7 +35,7 @@ async fn call_decodes_and_is_checked_against_the_schema() {
     };
     let status = vm.call(QueryStatus::new()).await.unwrap();
     assert!(status.running);
-    assert_eq!(status.status, QueryStatusReturnStatus::Running);
+    assert_eq!(status.status, RunState::Running);
     let schema = vm.schema().await.unwrap();
     let v = schema.version().expect("a fetched schema has a version");
     assert_eq!(

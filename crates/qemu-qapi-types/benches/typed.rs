@@ -35,11 +35,10 @@ use std::time::{Duration, Instant};
 
 use qemu_qapi::Schema;
 use qemu_qapi_types::{
-    BlockdevAdd, BlockdevAddArguments, BlockdevAddArgumentsVariant, BlockdevAddBlkdebugImage,
-    BlockdevAddCache, BlockdevAddDetectZeroes, BlockdevAddDiscard, BlockdevAddFile,
-    BlockdevAddFileAio, BlockdevAddFileLocking, BlockdevAddQcow2, BlockdevAddQcow2OverlapCheck,
-    BlockdevAddQcow2OverlapCheckObject, BlockdevAddQcow2OverlapCheckString, QomGet, QueryStatus,
-    QueryStatusReturn, TypedClient,
+    BlockdevAdd, BlockdevAioOptions, BlockdevCacheOptions, BlockdevDetectZeroesOptions,
+    BlockdevDiscardOptions, BlockdevOptions, BlockdevOptionsFile, BlockdevOptionsQcow2,
+    BlockdevOptionsVariant, BlockdevRef, OnOffAuto, Qcow2OverlapCheckFlags, Qcow2OverlapCheckMode,
+    Qcow2OverlapChecks, QomGet, QueryStatus, StatusInfo, TypedClient,
 };
 use qemu_qmp::{json, Client, Value};
 use qemu_testkit::QemuProcess;
@@ -141,22 +140,22 @@ async fn batch(qmp: &TypedClient, v: Variant, n: usize) -> Duration {
 /// A large `blockdev-add`: qcow2 over file with the options QEMU 10.0 takes
 /// together (not `cache-size` with both cache sizes, not `data-file`).
 fn blockdev_add(image: &str) -> BlockdevAdd {
-    let mut file = BlockdevAddFile::new(image);
-    file.locking = Some(BlockdevAddFileLocking::On);
-    file.aio = Some(BlockdevAddFileAio::Threads);
+    let mut file = BlockdevOptionsFile::new(image);
+    file.locking = Some(OnOffAuto::On);
+    file.aio = Some(BlockdevAioOptions::Threads);
     file.aio_max_batch = Some(16);
     file.drop_cache = Some(true);
-    let proto = BlockdevAddArguments::new(BlockdevAddArgumentsVariant::File(file))
+    let proto = BlockdevOptions::new(BlockdevOptionsVariant::File(file))
         .node_name("bench-file")
-        .cache(BlockdevAddCache::new().direct(false).no_flush(false))
-        .discard(BlockdevAddDiscard::Unmap)
+        .cache(BlockdevCacheOptions::new().direct(false).no_flush(false))
+        .discard(BlockdevDiscardOptions::Unmap)
         .read_only(false)
         .auto_read_only(false)
         .force_share(false)
-        .detect_zeroes(BlockdevAddDetectZeroes::Off);
+        .detect_zeroes(BlockdevDetectZeroesOptions::Off);
 
-    let mut overlap = BlockdevAddQcow2OverlapCheckObject::default();
-    overlap.template = Some(BlockdevAddQcow2OverlapCheckString::Cached);
+    let mut overlap = Qcow2OverlapCheckFlags::default();
+    overlap.template = Some(Qcow2OverlapCheckMode::Cached);
     overlap.main_header = Some(true);
     overlap.active_l1 = Some(true);
     overlap.active_l2 = Some(true);
@@ -167,27 +166,27 @@ fn blockdev_add(image: &str) -> BlockdevAdd {
     overlap.inactive_l2 = Some(false);
     overlap.bitmap_directory = Some(true);
 
-    let mut qcow2 = BlockdevAddQcow2::new(BlockdevAddBlkdebugImage::Object(Box::new(proto)));
+    let mut qcow2 = BlockdevOptionsQcow2::new(BlockdevRef::Object(Box::new(proto)));
     qcow2.lazy_refcounts = Some(false);
     qcow2.pass_discard_request = Some(true);
     qcow2.pass_discard_snapshot = Some(true);
     qcow2.pass_discard_other = Some(false);
     qcow2.discard_no_unref = Some(false);
-    qcow2.overlap_check = Some(BlockdevAddQcow2OverlapCheck::Object(overlap));
+    qcow2.overlap_check = Some(Qcow2OverlapChecks::Object(overlap));
     qcow2.l2_cache_size = Some(1 << 20);
     qcow2.l2_cache_entry_size = Some(65536);
     qcow2.refcount_cache_size = Some(256 << 10);
     qcow2.cache_clean_interval = Some(600);
 
     BlockdevAdd::new(
-        BlockdevAddArguments::new(BlockdevAddArgumentsVariant::Qcow2(Box::new(qcow2)))
+        BlockdevOptions::new(BlockdevOptionsVariant::Qcow2(Box::new(qcow2)))
             .node_name("bench-qcow2")
-            .cache(BlockdevAddCache::new().direct(false).no_flush(false))
-            .discard(BlockdevAddDiscard::Unmap)
+            .cache(BlockdevCacheOptions::new().direct(false).no_flush(false))
+            .discard(BlockdevDiscardOptions::Unmap)
             .read_only(false)
             .auto_read_only(false)
             .force_share(false)
-            .detect_zeroes(BlockdevAddDetectZeroes::Unmap),
+            .detect_zeroes(BlockdevDetectZeroesOptions::Unmap),
     )
 }
 
@@ -355,7 +354,7 @@ async fn round(
         .push(t.elapsed().as_secs_f64() * 1e6 / s.checks as f64);
     let reply = json!({"status": "prelaunch", "singlestep": false, "running": false});
     f.status_decode_us.push(per_call_us(s.checks, || {
-        std::hint::black_box(QueryStatusReturn::deserialize(std::hint::black_box(&reply)).unwrap());
+        std::hint::black_box(StatusInfo::deserialize(std::hint::black_box(&reply)).unwrap());
     }));
 
     if real_adds {
@@ -527,7 +526,7 @@ fn main() {
     );
     for (name, v) in [
         ("  TypedClient::check (encode + check)", &f.status_check_us),
-        ("  decode into QueryStatusReturn", &f.status_decode_us),
+        ("  decode into StatusInfo", &f.status_decode_us),
     ] {
         let us = med(v);
         println!("{name:<44} {us:>10.2} {:>21.4}", us / rtt_us);

@@ -8,8 +8,7 @@ use std::time::Duration;
 use qemu_qapi::typed::blocking::TypedClient;
 use qemu_qapi::typed::CallError;
 use qemu_qapi_types::{
-    Cont, DeviceDel, Event, QueryAudiodevs, QueryStatus, QueryStatusReturnStatus, ResumeEvent,
-    Stop, StopEvent,
+    Cont, DeviceDel, Event, QueryAudiodevs, QueryStatus, ResumeEvent, RunState, Stop, StopEvent,
 };
 use qemu_testkit::QemuProcess;
 
@@ -36,7 +35,7 @@ fn call_decodes_the_return() {
     let (qmp, _qemu, version) = qemu(&["-S"]);
     let status = qmp.call(QueryStatus::new()).unwrap();
     assert!(!status.running);
-    assert_eq!(status.status, QueryStatusReturnStatus::Prelaunch);
+    assert_eq!(status.status, RunState::Prelaunch);
     // The schema the call was checked against is this QEMU's, kept.
     let schema = qmp.schema().unwrap();
     let v = schema.version().expect("a fetched schema has a version");

@@ -167,12 +167,11 @@ fn provoked_events_decode() {
         // A backup job between two null devices: the job events.
         let mut completed = qmp.listen::<BlockJobCompletedEvent>();
         for node in ["src", "dst"] {
-            let null = BlockdevAddNullAio::new().size(1 << 20);
-            let opts = BlockdevAddArguments::new(BlockdevAddArgumentsVariant::NullCo(null))
-                .node_name(node);
+            let null = BlockdevOptionsNull::new().size(1 << 20);
+            let opts = BlockdevOptions::new(BlockdevOptionsVariant::NullCo(null)).node_name(node);
             qmp.call(BlockdevAdd::new(opts)).await.unwrap();
         }
-        let backup = BlockdevBackup::new("src", BlockdevBackupSync::Full, "dst").job_id("j");
+        let backup = BlockdevBackup::new("src", MirrorSyncMode::Full, "dst").job_id("j");
         qmp.call(backup).await.unwrap();
         let done = completed.recv_timeout(T).await.unwrap();
         assert_eq!(
@@ -229,11 +228,9 @@ fn what_the_running_qemu_lacks_fails_locally() {
             );
         }
         // `active` of `blockdev-add` came with 10.0.
-        let opts = BlockdevAddArguments::new(BlockdevAddArgumentsVariant::NullCo(
-            BlockdevAddNullAio::new(),
-        ))
-        .node_name("n")
-        .active(true);
+        let opts = BlockdevOptions::new(BlockdevOptionsVariant::NullCo(BlockdevOptionsNull::new()))
+            .node_name("n")
+            .active(true);
         let r = qmp.call(BlockdevAdd::new(opts)).await;
         if version.at_least(10, 0) {
             r.unwrap();
