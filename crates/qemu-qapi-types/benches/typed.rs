@@ -171,7 +171,6 @@ fn blockdev_add(image: &str) -> BlockdevAdd {
     qcow2.pass_discard_request = Some(true);
     qcow2.pass_discard_snapshot = Some(true);
     qcow2.pass_discard_other = Some(false);
-    qcow2.discard_no_unref = Some(false);
     qcow2.overlap_check = Some(Qcow2OverlapChecks::Object(overlap));
     qcow2.l2_cache_size = Some(1 << 20);
     qcow2.l2_cache_entry_size = Some(65536);
@@ -205,7 +204,6 @@ fn blockdev_add_json(image: &str) -> Value {
         "pass-discard-request": true,
         "pass-discard-snapshot": true,
         "pass-discard-other": false,
-        "discard-no-unref": false,
         "overlap-check": {
             "template": "cached",
             "main-header": true,

@@ -249,3 +249,34 @@ fn what_the_running_qemu_lacks_fails_locally() {
         }
     });
 }
+
+/// Hand-written JSON through `TypedClient::execute` is checked against the
+/// live schema: refused locally with the path of the problem, or sent.
+#[test]
+fn untyped_json_is_checked_when_asked() {
+    qemu_testkit::require_qemu_system!();
+    runtime().block_on(async {
+        let (qmp, _qemu) = connect(&["-S"]).await;
+        let wrong = serde_json::json!({"driver": "null-co", "node-name": 1});
+        match qmp.execute("blockdev-add", Some(wrong)).await.unwrap_err() {
+            CallError::Unsupported { error, .. } => {
+                assert_eq!(error.path, "arguments.node-name");
+                assert_eq!(
+                    error.to_string(),
+                    "blockdev-add: arguments.node-name: expected string, got integer"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        let e = qmp.execute("query-stauts", None).await.unwrap_err();
+        assert!(e.is_unsupported());
+        assert!(e.to_string().contains("did you mean 'query-status'"), "{e}");
+        // Nothing was sent: no node.
+        let nodes = qmp.call(QueryNamedBlockNodes::new()).await.unwrap();
+        assert!(nodes.is_empty());
+        let right = serde_json::json!({"driver": "null-co", "node-name": "n"});
+        qmp.execute("blockdev-add", Some(right)).await.unwrap();
+        let status = qmp.execute("query-status", None).await.unwrap();
+        assert_eq!(status["status"], "prelaunch");
+    });
+}

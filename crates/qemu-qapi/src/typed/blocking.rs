@@ -134,6 +134,14 @@ impl TypedClient {
         decode::<C>(value)
     }
 
+    /// Hand-written JSON, checked against the connected QEMU's schema
+    /// before it is sent, as the async
+    /// [`TypedClient::execute`](super::TypedClient::execute).
+    pub fn execute(&self, name: &str, arguments: Option<Value>) -> Result<Value, CallError> {
+        check(self.schema()?, name, arguments.as_ref())?;
+        Ok(self.client.execute(name, arguments)?)
+    }
+
     /// Checks `command` against the connected QEMU's schema without
     /// sending it.
     pub fn check<C: Command>(&self, command: &C) -> Result<(), CallError> {

@@ -159,6 +159,18 @@ impl TypedClient {
         decode::<C>(value)
     }
 
+    /// Hand-written JSON, checked against the connected QEMU's schema
+    /// before it is sent (the opt-in check of untyped commands): a command
+    /// QEMU lacks or wrong arguments fail locally with
+    /// [`CallError::Unsupported`], with the path of the problem and a
+    /// "did you mean" for unknown names
+    /// (`blockdev-add: arguments.node-name: expected string, got integer`).
+    /// Otherwise the same as [`qemu_qmp::Client::execute`].
+    pub async fn execute(&self, name: &str, arguments: Option<Value>) -> Result<Value, CallError> {
+        check(self.schema().await?, name, arguments.as_ref())?;
+        Ok(self.client.execute(name, arguments).await?)
+    }
+
     /// Checks `command` against the connected QEMU's schema without
     /// sending it.
     pub async fn check<C: Command>(&self, command: &C) -> Result<(), CallError> {
