@@ -1,7 +1,8 @@
 //! QEMU's long-running operations as objects: a [`Job`] is a block job
 //! (backup, mirror, stream, commit, `blockdev-create`, `blockdev-amend`,
 //! snapshots) followed from QEMU's events to its [`Outcome`], with its
-//! [`Progress`] (rate and time left), and nothing left behind in QEMU.
+//! [`Progress`] (rate and time left), and nothing left behind in QEMU. A
+//! [`Migration`] is QEMU's outgoing migration, followed the same way.
 //!
 //! ```no_run
 //! use qemu_jobs::{Job, JobOptions, Outcome};
@@ -37,22 +38,33 @@
 //! none; a missed event (a lagging listener) is made good by the same
 //! reading. The connection ending, QEMU dying, a deadline: each ends a wait
 //! with an error, never a hang.
+//!
+//! [`Migration::start`] turns on the `events` migration capability (without
+//! it neither 7.2 nor 10.0 sends `MIGRATION` or `MIGRATION_PASS`), listens
+//! to the events, then sends `migrate`. The status follows `MIGRATION`
+//! (setup, active, device, postcopy-*, cancelling, completed, failed,
+//! cancelled); bytes sent and remaining, passes and downtime are read with
+//! `query-migrate` every [`MigrationOptions::poll_interval`], and once more
+//! at the end for the final numbers and, on failure, QEMU's `error-desc`.
+//! The same errors end its waits.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod job;
+mod migration;
 mod progress;
 
 pub use job::{Job, JobOptions, JobState};
+pub use migration::{IntoMigrate, Migration, MigrationOptions, MigrationState};
 pub use progress::Progress;
-pub use qemu_qapi_types::JobStatus;
+pub use qemu_qapi_types::{JobStatus, MigrationStatus};
 
 use std::time::Duration;
 
 use qemu_qapi::typed::CallError;
 
-/// How a job ended.
+/// How a job (or a migration) ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// It did its work.
@@ -61,12 +73,13 @@ pub enum Outcome {
     Cancelled,
     /// It failed; QEMU's error text.
     Failed {
-        /// QEMU's words (`query-jobs`' `error`, or the block job event's).
+        /// QEMU's words (`query-jobs`' `error`, or the block job event's;
+        /// `query-migrate`'s `error-desc` for a migration).
         error: String,
     },
 }
 
-/// Why a job could not be started or followed.
+/// Why a job (or a migration) could not be started or followed.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The command has no `job-id`, which following it needs.
@@ -75,16 +88,19 @@ pub enum JobError {
     /// There is no job of that id.
     #[error("no job {0:?}")]
     NoSuchJob(String),
+    /// There is no migration to attach to (`query-migrate` says none).
+    #[error("no migration")]
+    NoMigration,
     /// A command failed (QEMU's error, the connection, the version gate).
     #[error(transparent)]
     Call(#[from] CallError),
     /// The job can no longer be followed: the connection ended.
     #[error("the job can no longer be followed: {0}")]
     Lost(String),
-    /// The wait ran out; the job goes on.
+    /// The wait ran out; the job (or migration) goes on.
     #[error("job {id}: not done within {timeout:?}")]
     Timeout {
-        /// The job.
+        /// The job (`"migration"` for a [`Migration`]).
         id: String,
         /// How long it was waited for.
         timeout: Duration,
@@ -98,6 +114,14 @@ pub enum JobError {
         outcome: Outcome,
         /// The status waited for.
         wanted: JobStatus,
+    },
+    /// The migration ended before it reached the status waited for.
+    #[error("the migration ended ({outcome:?}) before it was {wanted}")]
+    MigrationEnded {
+        /// How it ended.
+        outcome: Outcome,
+        /// The status waited for.
+        wanted: MigrationStatus,
     },
 }
 
