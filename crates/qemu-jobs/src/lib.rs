@@ -43,10 +43,12 @@
 
 mod job;
 mod progress;
+mod transaction;
 
 pub use job::{Job, JobOptions, JobState};
 pub use progress::Progress;
 pub use qemu_qapi_types::JobStatus;
+pub use transaction::start_transaction;
 
 use std::time::Duration;
 
