@@ -182,7 +182,9 @@ impl Job {
         ))
     }
 
-    fn follow(
+    /// Follows `id` from `listener`, made before the command that started
+    /// it was sent ([`Job::start`], [`crate::start_transaction`]).
+    pub(crate) fn follow(
         qmp: TypedClient,
         id: String,
         options: JobOptions,
@@ -348,6 +350,9 @@ pub(crate) fn clamp(v: i128) -> u64 {
     v.clamp(0, u64::MAX as i128) as u64
 }
 
+/// `query-jobs`' `error` of a cancelled job: `strerror(ECANCELED)`.
+const CANCELLED: &str = "Operation canceled";
+
 /// The task that follows one job.
 struct Follower {
     qmp: TypedClient,
@@ -465,6 +470,11 @@ impl Follower {
     fn outcome(&self, error: Option<String>) -> Outcome {
         match error {
             _ if self.saw_cancelled => Outcome::Cancelled,
+            // QEMU's own word for a cancelled job (`job_update_rc`: no error
+            // of its own, `strerror(ECANCELED)`): what `query-jobs` says when
+            // `BLOCK_JOB_CANCELLED` was not seen (a job attached to after
+            // it was cancelled, or a job that is no block job).
+            Some(error) if error == CANCELLED => Outcome::Cancelled,
             Some(error) => Outcome::Failed { error },
             None => Outcome::Completed,
         }

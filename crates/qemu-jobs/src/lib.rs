@@ -54,11 +54,13 @@
 mod job;
 mod migration;
 mod progress;
+mod transaction;
 
 pub use job::{Job, JobOptions, JobState};
 pub use migration::{IntoMigrate, Migration, MigrationOptions, MigrationState};
 pub use progress::Progress;
 pub use qemu_qapi_types::{JobStatus, MigrationStatus};
+pub use transaction::start_transaction;
 
 use std::time::Duration;
 
