@@ -454,7 +454,7 @@ impl Display {
 
     fn bar_style() -> ProgressStyle {
         ProgressStyle::with_template(
-            "{prefix:.bold} {bar:30.cyan/blue} {percent:>3}% {bytes:>10}/{total_bytes:<10} {msg}",
+            "{prefix:<10.bold} {bar:30.cyan/blue} {percent:>3}% {bytes:>10}/{total_bytes:<10} {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
@@ -506,7 +506,12 @@ impl Display {
                 let due = shown
                     .at
                     .is_none_or(|t| now.duration_since(t) >= LINE_INTERVAL);
-                if state.outcome.is_some() || status_changed || (due && text != shown.text) {
+                // `concluded` (or `null`) is followed at once by how it ended.
+                let ending = state.outcome.is_none()
+                    && matches!(state.status, JobStatus::Concluded | JobStatus::Null);
+                if !ending
+                    && (state.outcome.is_some() || status_changed || (due && text != shown.text))
+                {
                     let mut out = io::stdout().lock();
                     writeln!(out, "{text}")?;
                     out.flush()?;
@@ -594,7 +599,11 @@ fn format_line(id: &str, status: &JobStatus, p: &Progress, outcome: Option<&Outc
         p.total,
         p.fraction() * 100.0,
         format_rate(p.rate),
-        format_eta(p.eta)
+        match outcome {
+            // No time left to a job that will not finish.
+            Some(Outcome::Cancelled | Outcome::Failed { .. }) => "-".to_owned(),
+            _ => format_eta(p.eta),
+        }
     );
     if let Some(Outcome::Failed { error }) = outcome {
         line.push_str(&format!(" ({error})"));
@@ -875,7 +884,7 @@ mod tests {
         };
         assert_eq!(
             format_line("b", &JobStatus::Concluded, &p, Some(&failed)),
-            "b failed 1048576/4194304 25.0% 1.0MiB/s eta 3s (Input/output error)"
+            "b failed 1048576/4194304 25.0% 1.0MiB/s eta - (Input/output error)"
         );
         assert_eq!(
             format_json("b", None, &running, &p, None).to_string(),
