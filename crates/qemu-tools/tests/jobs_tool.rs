@@ -483,7 +483,7 @@ fn watch_on_a_terminal_shows_a_bar() {
         .set_window_size(120, 30)
         .expect("set the window size");
     let mut shown = Vec::new();
-    let mut read = |session: &mut OsSession, shown: &mut Vec<u8>| {
+    let read = |session: &mut OsSession, shown: &mut Vec<u8>| {
         let mut buf = [0u8; 4096];
         for _ in 0..16 {
             match session.try_read(&mut buf) {
