@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use qemu_qapi::typed::{CallError, Command, TypedClient};
+use qemu_qapi::typed::{CallError, Command, FromEvent, TypedClient};
 use qemu_qapi_types::{
     Event, JobCancel, JobComplete, JobDismiss, JobFinalize, JobInfo, JobPause, JobResume,
     JobStatus, JobType, QueryJobs,
@@ -394,13 +394,13 @@ impl Follower {
                     // job's state instead of trusting what was missed.
                     Err(e) => {
                         tracing::debug!(job = %self.id, "resynchronising after: {e}");
-                        if self.poll().await {
+                        if self.poll_and_settle(&mut listener).await {
                             return;
                         }
                     }
                 },
                 _ = tick.tick(), if polling => {
-                    if self.poll().await {
+                    if self.poll_and_settle(&mut listener).await {
                         return;
                     }
                 }
@@ -490,9 +490,36 @@ impl Follower {
         }
     }
 
-    /// Reads progress (and the status, in case an event was missed); true
-    /// when following is over.
-    async fn poll(&mut self) -> bool {
+    /// [`Follower::poll`]; a job found gone is taken as ended only after the
+    /// events queued before the reading are handled: they say how it ended
+    /// (`BLOCK_JOB_CANCELLED` before a reading that no longer shows the job
+    /// would otherwise be lost, and a cancelled job taken as completed).
+    /// True when following is over.
+    async fn poll_and_settle(
+        &mut self,
+        listener: &mut qemu_qapi::typed::TypedListener<Event>,
+    ) -> bool {
+        match self.poll().await {
+            Polled::Going => false,
+            Polled::Over => true,
+            Polled::Gone => {
+                while let Ok(raw) = listener.inner().try_recv() {
+                    match Event::from_event(&raw) {
+                        Ok(event) => {
+                            if self.on_event(event).await {
+                                return true;
+                            }
+                        }
+                        Err(e) => tracing::debug!(job = %self.id, "undecodable event: {e}"),
+                    }
+                }
+                Box::pin(self.on_status(JobStatus::Null)).await
+            }
+        }
+    }
+
+    /// Reads progress (and the status, in case an event was missed).
+    async fn poll(&mut self) -> Polled {
         match self.qmp.call(QueryJobs::new()).await {
             Ok(jobs) => match jobs.into_iter().find(|j| j.id == self.id) {
                 Some(i) => {
@@ -505,23 +532,36 @@ impl Follower {
                         s.progress = p;
                         s.job_type = Some(i.type_.clone());
                     });
-                    if i.status != self.tx.borrow().status {
-                        return Box::pin(self.on_status(i.status)).await;
+                    if i.status != self.tx.borrow().status
+                        && Box::pin(self.on_status(i.status)).await
+                    {
+                        return Polled::Over;
                     }
-                    false
+                    Polled::Going
                 }
-                // Gone between two readings, its events missed.
-                None => Box::pin(self.on_status(JobStatus::Null)).await,
+                // Gone since the last reading (its events not handled yet,
+                // or missed).
+                None => Polled::Gone,
             },
             Err(e) if e.is_disconnected() => {
                 self.tx
                     .send_modify(|s| s.lost = Some(format!("the connection ended: {e}")));
-                true
+                Polled::Over
             }
             Err(e) => {
                 tracing::debug!(job = %self.id, "query-jobs: {e}");
-                false
+                Polled::Going
             }
         }
     }
+}
+
+/// What a reading of the job found.
+enum Polled {
+    /// It goes on.
+    Going,
+    /// Following is over (it ended, or the connection did).
+    Over,
+    /// QEMU no longer has it.
+    Gone,
 }

@@ -22,7 +22,8 @@ const QOM: &str = env!("CARGO_BIN_EXE_qom");
 const GA: &str = env!("CARGO_BIN_EXE_qemu-ga-client");
 const SERVER: &str = env!("CARGO_BIN_EXE_qmp-test-server");
 const QAPI: &str = env!("CARGO_BIN_EXE_qapi-schema");
-const TOOLS: [&str; 6] = [SHELL, WRAP, QOM, GA, SERVER, QAPI];
+const JOBS: &str = env!("CARGO_BIN_EXE_qemu-jobs");
+const TOOLS: [&str; 7] = [SHELL, WRAP, QOM, GA, SERVER, QAPI, JOBS];
 
 /// Deadline for one run.
 const T: Duration = Duration::from_secs(60);
@@ -114,6 +115,14 @@ fn every_tool_states_the_convention_in_its_help() {
         "{}",
         shell.stdout
     );
+    let jobs = run(JOBS, &["--help"], "");
+    assert!(
+        jobs.stdout.contains(
+            "`watch` and `run` exit 0 when every job followed completed, 1 when one failed"
+        ),
+        "{}",
+        jobs.stdout
+    );
     let ga = run(GA, &["--help"], "");
     assert!(
         ga.stdout
@@ -149,6 +158,13 @@ fn usage_errors_exit_2_on_stderr() {
     expect_usage_error(QAPI, &["dump"]);
     expect_usage_error(QAPI, &["dump", "--socket", "localhost:port"]);
     expect_usage_error(QAPI, &["diff", "old.json"]);
+    expect_usage_error(JOBS, &[]);
+    expect_usage_error(JOBS, &["list"]);
+    expect_usage_error(JOBS, &["-s", "localhost:port", "list"]);
+    expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "run"]);
+    expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "run", "query-status"]);
+    expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "run", "blockdev-create"]);
+    expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "cancel"]);
 }
 
 #[test]
@@ -169,6 +185,8 @@ fn connection_failures_exit_1_with_one_line() {
     expect_one_line_failure(&r, "qemu-ga-client: ");
     let r = run(QAPI, &["dump", "--socket", missing], "");
     expect_one_line_failure(&r, "qapi-schema: failed to connect to ");
+    let r = run(JOBS, &["-s", missing, "watch"], "");
+    expect_one_line_failure(&r, "qemu-jobs: failed to connect to ");
     // The server's equivalent: it cannot listen where a file is.
     let taken = dir.path().join("taken");
     std::fs::write(&taken, "").unwrap();
