@@ -32,6 +32,10 @@ impl Progress {
     }
 }
 
+/// The shortest interval between two readings that updates the rate, in
+/// seconds.
+const MIN_INTERVAL: f64 = 0.04;
+
 /// Turns readings into a [`Progress`]: an exponentially weighted rate, so
 /// one slow or fast interval does not swing the estimate.
 #[derive(Debug)]
@@ -55,7 +59,10 @@ impl Estimator {
     pub(crate) fn update(&mut self, at: Instant, current: u64, total: u64) -> Progress {
         if let Some((then, before)) = self.last {
             let dt = at.saturating_duration_since(then).as_secs_f64();
-            if dt >= 0.001 {
+            // Two readings close together (an event's numbers just after a
+            // poll) would give a wild rate: keep the last rate until the
+            // interval is long enough to mean something.
+            if dt >= MIN_INTERVAL {
                 // Progress never goes back for one job; if it does (another
                 // job under the same id), start over.
                 if current >= before {
@@ -117,5 +124,20 @@ mod tests {
         assert!(p.eta.unwrap() > Duration::from_secs(2));
         // Going back (a new job under the same id) forgets the rate.
         assert_eq!(e.update(t0 + Duration::from_secs(3), 10, 300).rate, None);
+    }
+
+    #[test]
+    fn readings_close_together_do_not_make_a_wild_rate() {
+        let mut e = Estimator::new();
+        let t0 = Instant::now();
+        e.update(t0, 0, 1 << 30);
+        let p = e.update(t0 + Duration::from_secs(1), 100 << 20, 1 << 30);
+        assert_eq!(p.rate, Some(104857600.0));
+        // 64 MiB more reported a millisecond later: not 64 GB/s.
+        let p = e.update(t0 + Duration::from_millis(1001), 164 << 20, 1 << 30);
+        assert_eq!(p.rate, Some(104857600.0));
+        assert_eq!(p.current, 164 << 20);
+        let p = e.update(t0 + Duration::from_secs(2), 200 << 20, 1 << 30);
+        assert!(p.rate.unwrap() < 2e8, "{:?}", p.rate);
     }
 }
