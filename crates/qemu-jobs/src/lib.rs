@@ -159,3 +159,9 @@ impl JobError {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The workspace README's examples, compiled as doctests (this crate
+/// depends on every crate they use).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct WorkspaceReadmeDoctests;

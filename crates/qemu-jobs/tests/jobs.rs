@@ -223,3 +223,41 @@ fn a_deadline_ends_the_wait_not_the_job() {
         no_jobs_left(&qmp).await;
     });
 }
+
+/// A cancel sent while the job completes: whichever wins, the wait ends
+/// with that outcome, the cancel's refusal (the job already gone) is only
+/// an error of the cancel, and nothing is left.
+#[test]
+fn a_cancel_racing_completion_ends_either_way() {
+    qemu_testkit::require_qemu_system!();
+    runtime().block_on(async {
+        let (qmp, _qemu) = connect().await;
+        let (mut completed, mut cancelled) = (0, 0);
+        for i in 0..20 {
+            // Sizes from 1 MiB to 512 MiB at 256 MiB/s: the small ones may
+            // finish before the cancel arrives, the large ones cannot.
+            let size = MIB << (i % 10);
+            null_node(&qmp, &format!("src{i}"), size).await;
+            null_node(&qmp, &format!("dst{i}"), size).await;
+            let id = format!("race{i}");
+            let backup =
+                BlockdevBackup::new(format!("src{i}"), MirrorSyncMode::Full, format!("dst{i}"))
+                    .job_id(id.as_str())
+                    .speed(256 * MIB);
+            let job = Job::start(&qmp, backup, JobOptions::new()).await.unwrap();
+            if let Err(e) = job.cancel().await {
+                // Too late: QEMU no longer has a running job of that id.
+                assert_eq!(e.error_class(), Some("GenericError"), "{e}");
+            }
+            match job.wait(Some(T)).await.unwrap() {
+                Outcome::Completed => completed += 1,
+                Outcome::Cancelled => cancelled += 1,
+                other => panic!("{other:?}"),
+            }
+            no_jobs_left(&qmp).await;
+        }
+        eprintln!("cancel raced completion: {completed} completed, {cancelled} cancelled");
+        assert_eq!(completed + cancelled, 20);
+        assert!(cancelled > 0, "the largest backups are cancelled");
+    });
+}
