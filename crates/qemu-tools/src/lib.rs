@@ -3,6 +3,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 pub mod exit;
 pub mod ga;
+pub mod jobs;
 pub mod qom;
 mod reply;
 pub mod shell;
