@@ -251,11 +251,7 @@ impl Job {
         let state = self
             .wait_until(deadline, |s| s.outcome.is_some() || s.lost.is_some())
             .await?;
-        match (state.outcome, state.lost) {
-            (Some(o), _) => Ok(o),
-            (None, Some(why)) => Err(JobError::Lost(why)),
-            (None, None) => unreachable!("waited for one of them"),
-        }
+        crate::waiting::ended(state.outcome, state.lost)
     }
 
     /// Waits until the job reaches `status` (or has ended, or is lost).
@@ -287,22 +283,7 @@ impl Job {
         deadline: Option<Duration>,
         done: impl Fn(&JobState) -> bool,
     ) -> Result<JobState, JobError> {
-        let mut rx = self.state.clone();
-        let wait = async {
-            match rx.wait_for(|s| done(s)).await {
-                Ok(s) => Ok(s.clone()),
-                Err(_) => Err(JobError::Lost("the job's follower stopped".into())),
-            }
-        };
-        match deadline {
-            None => wait.await,
-            Some(d) => tokio::time::timeout(d, wait)
-                .await
-                .map_err(|_| JobError::Timeout {
-                    id: self.id.clone(),
-                    timeout: d,
-                })?,
-        }
+        crate::waiting::wait_until(&self.state, &self.id, "job", deadline, done).await
     }
 
     /// `job-pause`.

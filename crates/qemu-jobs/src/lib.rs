@@ -55,6 +55,7 @@ mod job;
 mod migration;
 mod progress;
 mod transaction;
+mod waiting;
 
 pub use job::{Job, JobOptions, JobState};
 pub use migration::{IntoMigrate, Migration, MigrationOptions, MigrationState};

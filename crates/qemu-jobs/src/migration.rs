@@ -309,11 +309,7 @@ impl Migration {
         let state = self
             .wait_until(deadline, |s| s.outcome.is_some() || s.lost.is_some())
             .await?;
-        match (state.outcome, state.lost) {
-            (Some(o), _) => Ok(o),
-            (None, Some(why)) => Err(JobError::Lost(why)),
-            (None, None) => unreachable!("waited for one of them"),
-        }
+        crate::waiting::ended(state.outcome, state.lost)
     }
 
     /// Waits until the migration reaches `status` (`Active`,
@@ -346,22 +342,7 @@ impl Migration {
         deadline: Option<Duration>,
         done: impl Fn(&MigrationState) -> bool,
     ) -> Result<MigrationState, JobError> {
-        let mut rx = self.state.clone();
-        let wait = async {
-            match rx.wait_for(|s| done(s)).await {
-                Ok(s) => Ok(s.clone()),
-                Err(_) => Err(JobError::Lost("the migration's follower stopped".into())),
-            }
-        };
-        match deadline {
-            None => wait.await,
-            Some(d) => tokio::time::timeout(d, wait)
-                .await
-                .map_err(|_| JobError::Timeout {
-                    id: ID.into(),
-                    timeout: d,
-                })?,
-        }
+        crate::waiting::wait_until(&self.state, ID, "migration", deadline, done).await
     }
 
     /// `migrate_cancel`; [`Migration::wait`] then says

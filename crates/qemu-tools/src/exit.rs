@@ -75,6 +75,29 @@ pub fn parse_address<C: CommandFactory>(text: &str) -> qemu_qmp::Address {
     }
 }
 
+/// Parse a timeout given in seconds on the command line (`--timeout 2.5`): a
+/// positive, finite number; for clap's `value_parser`.
+pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err(format!("'{s}': the timeout must be more than 0"));
+    }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}': too long"))
+}
+
+/// Log the library's diagnostics to stderr when `RUST_LOG` is set (filtered by
+/// it); otherwise log nothing, so that errors stay one line.
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// An error and its causes on one line, `error: cause: cause`, leaving out a cause
 /// whose text is already there; line breaks inside a message become `; `.
 pub fn one_line(err: &(dyn Error + 'static)) -> String {

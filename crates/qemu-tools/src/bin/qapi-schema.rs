@@ -42,7 +42,7 @@ stderr), 0 if all pass (printing nothing).";
 struct Cli {
     /// Seconds to wait for QEMU: to start or connect, and for each reply.
     #[arg(long, short = 't', global = true, default_value = "30", value_name = "SECONDS",
-          value_parser = parse_seconds)]
+          value_parser = exit::parse_seconds)]
     timeout: Duration,
 
     #[command(subcommand)]
@@ -138,16 +138,6 @@ struct Source {
     /// A QEMU program to start, ask and stop.
     #[arg(long, short = 'b', value_name = "QEMU_BINARY")]
     binary: Option<PathBuf>,
-}
-
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if secs.is_nan() || secs <= 0.0 {
-        return Err(format!("'{s}': the timeout must be more than 0"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}': too long"))
 }
 
 type BoxError = Box<dyn std::error::Error>;

@@ -139,15 +139,6 @@ fn check_seconds(s: &str) -> Result<String, String> {
     parse_seconds(s).map(|_| s.to_owned())
 }
 
-fn init_logging() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(io::stderr)
-            .try_init();
-    }
-}
-
 /// What went wrong, for the one line printed before exiting with status 1.
 enum Failure {
     Agent(GaError),
@@ -168,7 +159,7 @@ impl From<io::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    exit::init_logging();
     let Some(text) = cli.address.as_deref().filter(|a| !a.is_empty()) else {
         exit::usage_error::<Cli>("address is not specified (use --address or QGA_CLIENT_ADDRESS)")
     };

@@ -45,7 +45,7 @@ struct Cli {
 
     /// Seconds to wait for QEMU: to connect, and for each reply.
     #[arg(long, short = 't', global = true, default_value = "30", value_name = "SECONDS",
-          value_parser = parse_seconds)]
+          value_parser = exit::parse_seconds)]
     timeout: Duration,
 
     #[command(subcommand)]
@@ -93,28 +93,9 @@ fn parse_path_property(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if secs.is_nan() || secs <= 0.0 {
-        return Err(format!("'{s}': the timeout must be more than 0"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}': too long"))
-}
-
-fn init_logging() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(io::stderr)
-            .try_init();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    exit::init_logging();
     let Some(socket) = cli.socket.as_deref().filter(|s| !s.is_empty()) else {
         exit::usage_error::<Cli>("No QMP socket path or address given (use --socket or QMP_SOCKET)")
     };
