@@ -63,7 +63,12 @@ impl ListenOptions {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.names.extend(names.into_iter().map(Into::into));
+        for name in names {
+            let name = name.into();
+            if !self.names.contains(&name) {
+                self.names.push(name);
+            }
+        }
         self
     }
 
@@ -79,6 +84,11 @@ impl ListenOptions {
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
+    }
+
+    /// The names wanted (empty: every event).
+    pub(super) fn name_list(&self) -> &[String] {
+        &self.names
     }
 
     pub(super) fn capacity_value(&self) -> usize {
@@ -347,6 +357,63 @@ mod tests {
         assert!(matches!(stops.try_recv(), Err(TryRecvError::Empty)));
         assert_eq!(odd.recv().await.unwrap().name(), "RESUME");
         assert!(odd.is_empty());
+    }
+
+    #[tokio::test]
+    async fn several_names_a_repeated_name_and_dropping_among_many() {
+        let reg = Arc::new(Registry::default());
+        let mut both = reg.register(ListenOptions::new().names(["A", "B", "A"]));
+        let others: Vec<_> = (0..100)
+            .map(|i| reg.register(ListenOptions::new().names([format!("X{i}")])))
+            .collect();
+        let mut all = reg.register(ListenOptions::new());
+        assert_eq!(reg.len(), 102);
+        for name in ["A", "B", "C", "X7"] {
+            reg.dispatch(&ev(name, 0));
+        }
+        // Once each, though "A" was asked for twice.
+        let got: Vec<_> = both.clear().iter().map(|e| e.name().to_owned()).collect();
+        assert_eq!(got, ["A", "B"]);
+        assert_eq!(all.clear().len(), 4);
+        let counts: Vec<_> = others.iter().map(EventListener::pending).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 1);
+        assert_eq!(counts[7], 1);
+        drop(others);
+        assert_eq!(reg.len(), 2);
+        drop(both);
+        reg.dispatch(&ev("A", 1));
+        assert_eq!(all.clear().len(), 1);
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_a_waiting_consumer_is_woken_and_once_per_batch() {
+        let reg = Arc::new(Registry::default());
+        let mut l = reg.register(ListenOptions::new().names(["E"]));
+        let r2 = reg.clone();
+        let h = tokio::spawn(async move {
+            let mut n = 0;
+            while n < 3 {
+                let mut buf = Vec::new();
+                n += l.recv_many(&mut buf, 10).await.unwrap();
+            }
+            n
+        });
+        // Let the consumer wait, then deliver a batch of three and wake once.
+        while !h.is_finished() && reg.lock_for_test_waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        for i in 0..3 {
+            r2.dispatch(&ev("E", i));
+        }
+        r2.wake();
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), h)
+                .await
+                .unwrap()
+                .unwrap(),
+            3
+        );
     }
 
     #[tokio::test]

@@ -186,6 +186,8 @@ impl State {
 pub(crate) struct Core {
     pub(super) options: ListenOptions,
     state: Mutex<State>,
+    /// In the registry's list of consumers to wake at the end of the batch.
+    pub(super) wake_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -193,6 +195,7 @@ impl Core {
         let capacity = options.capacity_value();
         Core {
             options,
+            wake_pending: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 events: VecDeque::new(),
                 capacity,
@@ -215,20 +218,23 @@ impl Core {
 
     /// Offer an event; called by the reader (or [`EventQueue::push`]). Waiters it is
     /// handed to are woken at once; a listener's consumer only by
-    /// [`wake_if_ready`](Self::wake_if_ready).
-    pub(super) fn offer(&self, event: &Event) {
+    /// [`wake_if_ready`](Self::wake_if_ready), which is worth calling only when this
+    /// returns true: the event was queued and the consumer waits.
+    pub(super) fn offer(&self, event: &Event) -> bool {
         if !self.options.accepts(event) {
-            return;
+            return false;
         }
         let mut wake = Vec::new();
-        {
+        let consumer_waits = {
             let mut st = self.lock();
             if !matches!(st.closed, Closed::Open) {
-                return;
+                return false;
             }
             st.push(event.clone(), &mut wake);
-        }
+            st.consumer.is_some()
+        };
         wake.into_iter().for_each(Waker::wake);
+        consumer_waits
     }
 
     /// Wake the consumer if it waits and something is queued for it.
