@@ -40,11 +40,15 @@
 //! requoted, their contents unchanged) and parsed again. The scanner knows
 //! both kinds of string.
 
+mod probe;
+
 use std::fmt;
 
 use memchr::{memchr, memchr2, memchr3};
 use serde_json::error::Category;
 use serde_json::Value;
+
+use crate::message::Event;
 
 /// Default limit on the size of a single message, in bytes (10 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
@@ -65,6 +69,14 @@ const EXCERPT_LEN: usize = 200;
 /// How many trailing whitespace bytes the idle heuristic looks through
 /// before giving up and simply running the scanner.
 const TAIL_LOOKBACK: usize = 64;
+
+/// A message as a client's reader gets it ([`Decoder::decode_message`]).
+pub(crate) enum Decoded {
+    /// An event, parsed when first asked.
+    Event(Event),
+    /// Any other message.
+    Object(JsonObject),
+}
 
 /// Errors produced while decoding a QMP stream.
 #[derive(Debug, thiserror::Error)]
@@ -312,10 +324,25 @@ impl Decoder {
     /// [`resync`](Self::resync) is called. [`FrameError::TooLarge`] should be
     /// treated as fatal.
     pub fn decode(&mut self, idle: bool) -> Result<Option<JsonObject>, FrameError> {
+        Ok(self.decode_next(idle, false)?.map(|m| match m {
+            Decoded::Object(obj) => obj,
+            // Not produced without probing.
+            Decoded::Event(e) => e.as_object().clone(),
+        }))
+    }
+
+    /// [`decode`](Self::decode) for a client's reader: an event comes as an
+    /// [`Event`] that keeps its text and is parsed only when asked (see the
+    /// `probe` module), anything else as an object.
+    pub(crate) fn decode_message(&mut self, idle: bool) -> Result<Option<Decoded>, FrameError> {
+        self.decode_next(idle, true)
+    }
+
+    fn decode_next(&mut self, idle: bool, probe: bool) -> Result<Option<Decoded>, FrameError> {
         if let Some(failure) = self.failure {
             return Err(self.make_error(failure, None));
         }
-        match self.decode_inner(idle) {
+        match self.decode_inner(idle, probe) {
             Ok(msg) => Ok(msg),
             Err((failure, source)) => {
                 self.failure = Some(failure);
@@ -332,7 +359,8 @@ impl Decoder {
     fn decode_inner(
         &mut self,
         idle: bool,
-    ) -> Result<Option<JsonObject>, (Failure, Option<serde_json::Error>)> {
+        probe: bool,
+    ) -> Result<Option<Decoded>, (Failure, Option<serde_json::Error>)> {
         let len = self.buf.len();
         if self.start > len || self.nl_pos > len || self.scan.pos > len {
             // The caller shrank the buffer it got from `buffer_mut`, which it
@@ -378,6 +406,11 @@ impl Decoder {
                     // hold further messages that end at the same newline.
                     let nl = self.nl_pos + off;
                     self.nl_pos = nl;
+                    if probe {
+                        if let Some(event) = probe::probe_event(&self.buf[start..=nl]) {
+                            return self.finish_event(event);
+                        }
+                    }
                     match parse_message(&self.buf[start..=nl]) {
                         Ok((value, used)) => return self.finish(value, used),
                         Err(e) if e.classify() == Category::Eof => self.scan.multiline = true,
@@ -407,6 +440,11 @@ impl Decoder {
                 if size > self.max {
                     return Err((Failure::TooLarge { size }, None));
                 }
+                if probe {
+                    if let Some(event) = probe::probe_event(&self.buf[start..end]) {
+                        return self.finish_event(event);
+                    }
+                }
                 match parse_message(&self.buf[start..end]) {
                     Ok((value, used)) => self.finish(value, used),
                     Err(e) => Err((Failure::Malformed { len: size }, Some(e))),
@@ -423,7 +461,7 @@ impl Decoder {
         &mut self,
         value: Value,
         used: usize,
-    ) -> Result<Option<JsonObject>, (Failure, Option<serde_json::Error>)> {
+    ) -> Result<Option<Decoded>, (Failure, Option<serde_json::Error>)> {
         if used > self.max {
             return Err((Failure::TooLarge { size: used }, None));
         }
@@ -432,7 +470,7 @@ impl Decoder {
                 self.last = self.start..self.start + used;
                 self.start += used;
                 self.scan = Scanner::default();
-                Ok(Some(map))
+                Ok(Some(Decoded::Object(map)))
             }
             other => Err((
                 Failure::NotAnObject {
@@ -442,6 +480,23 @@ impl Decoder {
                 None,
             )),
         }
+    }
+
+    /// Accepts an event the probe found at `start`.
+    fn finish_event(
+        &mut self,
+        event: probe::ProbedEvent,
+    ) -> Result<Option<Decoded>, (Failure, Option<serde_json::Error>)> {
+        let used = event.len;
+        if used > self.max {
+            return Err((Failure::TooLarge { size: used }, None));
+        }
+        let text = &self.buf[self.start..self.start + used];
+        let e = Event::from_wire(event.name, event.timestamp, text);
+        self.last = self.start..self.start + used;
+        self.start += used;
+        self.scan = Scanner::default();
+        Ok(Some(Decoded::Event(e)))
     }
 
     /// Whether the buffered bytes, ignoring trailing whitespace, end with a

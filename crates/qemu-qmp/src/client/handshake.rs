@@ -10,7 +10,7 @@ use tracing::debug;
 use super::session::Session;
 use super::Client;
 use crate::error::{Error, Result};
-use crate::framing::{Decoder, JsonObject};
+use crate::framing::{Decoder, FrameError, JsonObject};
 use crate::message::{self, Greeting, Message};
 use crate::transport::Stream;
 
@@ -191,17 +191,31 @@ impl MessageReader {
         &mut self,
         stream: &Stream,
         decoder: &mut Decoder,
-        mut drained: impl FnMut(),
+        drained: impl FnMut(),
     ) -> Result<Option<JsonObject>> {
+        self.read_with(stream, decoder, drained, Decoder::decode)
+            .await
+    }
+
+    /// [`next_with`](Self::next_with), decoding with `decode`: the session's reader
+    /// takes events as [`Event`](crate::Event)s parsed when asked
+    /// ([`Decoder::decode_message`]).
+    pub(crate) async fn read_with<T>(
+        &mut self,
+        stream: &Stream,
+        decoder: &mut Decoder,
+        mut drained: impl FnMut(),
+        decode: impl Fn(&mut Decoder, bool) -> std::result::Result<Option<T>, FrameError>,
+    ) -> Result<Option<T>> {
         loop {
-            if let Some(obj) = decoder.decode(self.idle)? {
+            if let Some(obj) = decode(decoder, self.idle)? {
                 return Ok(Some(obj));
             }
             drained();
             match stream.try_read_buf(decoder.buffer_mut()) {
                 Ok(0) => {
                     // Let the decoder finish a final message that had no newline.
-                    if let Some(obj) = decoder.decode(true)? {
+                    if let Some(obj) = decode(decoder, true)? {
                         return Ok(Some(obj));
                     }
                     if decoder.has_partial() {

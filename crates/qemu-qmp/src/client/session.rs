@@ -17,7 +17,7 @@ use super::handshake::MessageReader;
 use super::request::swap_id;
 use crate::error::{Error, ProtocolError, Result};
 use crate::events::Registry;
-use crate::framing::{Decoder, JsonObject};
+use crate::framing::{Decoded, Decoder, JsonObject};
 use crate::message::{self, request_command, Greeting, Message, Response};
 use crate::runstate::Runstate;
 use crate::transport::{Rejected, SendError, Stream, Writer, SCM_MAX_FD};
@@ -184,9 +184,19 @@ impl Session {
     /// Read and route messages until the connection ends; returns why it ended.
     async fn read_loop(&self, mut decoder: Decoder, mut reader: MessageReader) -> Error {
         loop {
-            let next = reader.next_with(&self.stream, &mut decoder, || self.registry.wake());
+            let next = reader.read_with(
+                &self.stream,
+                &mut decoder,
+                || self.registry.wake(),
+                Decoder::decode_message,
+            );
             match next.await {
-                Ok(Some(obj)) => {
+                Ok(Some(Decoded::Event(e))) => {
+                    trace!("<-- event {}", e.name());
+                    self.registry.dispatch(&e);
+                    tokio::task::consume_budget().await;
+                }
+                Ok(Some(Decoded::Object(obj))) => {
                     let text = self.keep_text.then(|| decoder.last_message());
                     if let Err(e) = self.route(obj, text) {
                         error!("{e}");
@@ -361,7 +371,7 @@ impl Session {
             _ => None,
         };
         let (tx, rx) = oneshot::channel();
-        let (key, seq) = {
+        let (key, seq, in_flight) = {
             let mut p = self.pending();
             if p.ended {
                 let cause = p.cause.clone();
@@ -370,6 +380,7 @@ impl Session {
                     cause: cause.map(Box::new),
                 });
             }
+            let in_flight = p.map.len();
             let key = p.assign_id(caller_id.is_some());
             let seq = p.next_seq;
             p.next_seq += 1;
@@ -382,7 +393,7 @@ impl Session {
                     _permit: permit,
                 },
             );
-            (key, seq)
+            (key, seq, in_flight)
         };
         if let Some(n) = key {
             msg.insert("id".into(), Value::from(n));
@@ -392,7 +403,16 @@ impl Session {
             Some(n) => trace!(name = %self.label, "--> {command} (id {n})"),
             None => trace!(name = %self.label, "--> {command}"),
         }
-        if let Err(e) = self.writer.send(bytes, fds, Some(seq)) {
+        // Alone in flight (a caller waiting for each reply before the next command),
+        // the command is written at once: no hop through the flusher. With others in
+        // flight, their replies wake callers that send more, and the flusher writes
+        // all of those at once.
+        let sent = if in_flight > 0 && fds.is_empty() && !oob {
+            self.writer.send_deferred(bytes, Some(seq))
+        } else {
+            self.writer.send(bytes, fds, Some(seq))
+        };
+        if let Err(e) = sent {
             self.pending().take(&key);
             return Err(self.send_error(Some(&command), e));
         }

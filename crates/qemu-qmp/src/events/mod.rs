@@ -40,16 +40,28 @@ pub(crate) use registry::Registry;
 /// the one default of every [`EventListener`], [`EventQueue`], the blocking client's
 /// event queue and `QemuMachine`'s kept events.
 ///
-/// Why 16,384: a kept QMP event costs about 1.5 KiB (measured with QEMU's `STOP` and
-/// `RESUME` events: 400,000 kept events took 595 MiB), so a full queue holds about
-/// 24 MiB at worst, and listeners that lag on the same events share them (events are
-/// reference-counted). That is small beside any QEMU, and far more than QEMU emits
-/// between two reads in practice: a block job's whole life is about ten events, QEMU
-/// rate-limits the events a guest can trigger at will (`RTC_CHANGE`,
-/// `BALLOON_CHANGE`, ... at most one a second each), and a command's events arrive
-/// before its reply. A program that really ignores events for long (a script that
-/// never calls `pull_event`) loses the oldest ones, counted and logged, instead of
-/// growing without bound.
+/// Why 16,384: a queued event costs about 240 bytes (an event keeps the text it
+/// arrived as and is parsed only when asked, see [`Event`](crate::Event); measured
+/// with `benches/limits.rs`, 236 bytes for a 95-byte event, where a parsed one cost
+/// 2 KiB), so a full queue holds about 4 MiB, and listeners that lag on the same
+/// events share them (events are reference-counted). That is small beside any QEMU,
+/// and far more than QEMU emits between two reads in practice: a block job's whole
+/// life is about ten events, QEMU rate-limits the events a guest can trigger at will
+/// (`RTC_CHANGE`, `BALLOON_CHANGE`, ... at most one a second each), and a command's
+/// events arrive before its reply. A program that really ignores events for long (a
+/// script that never calls `pull_event`) loses the oldest ones, counted and logged,
+/// instead of growing without bound.
+///
+/// Sizing rule, for a consumer that keeps up on average: the queue must hold what
+/// arrives while the consumer is not running, that is the peer's event rate times
+/// the consumer's longest pause (a scheduling delay, a slow step between two
+/// `recv`s). The reader decodes about a million small events a second on one core
+/// of the machine the benchmarks ran on, so the default covers a pause of about
+/// 16 ms at that rate; a consumer on the multi-thread runtime reading a flood of
+/// 100,000 events lost none in 5 of 5 runs (`benches/limits.rs`, `consumer_loss`),
+/// where a queue of 4,096 lost 24-39 % in 2 runs of 8. A consumer that does real
+/// work per event during floods should size its queue
+/// ([`ListenOptions::capacity`]) for its own pauses.
 pub const DEFAULT_EVENT_CAPACITY: usize = 16 * 1024;
 
 /// The default capacity of an [`EventListener`]: [`DEFAULT_EVENT_CAPACITY`] (kept
