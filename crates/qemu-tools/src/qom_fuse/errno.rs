@@ -45,3 +45,73 @@ pub(crate) fn errno_for(op: Op, e: &QomError) -> Errno {
         _ => Errno::EIO,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use qemu_qmp::error::ExecuteError;
+    use qemu_qmp::{ErrorInfo, JsonObject};
+
+    use super::*;
+
+    /// QEMU's error reply `class`/`desc`, as the `qom` library reports it.
+    fn refused(class: &str, desc: &str) -> QomError {
+        let source = qemu_qmp::Error::Execute(Box::new(ExecuteError {
+            error: ErrorInfo {
+                class: class.to_owned(),
+                desc: desc.to_owned(),
+            },
+            sent: JsonObject::new(),
+            received: JsonObject::new(),
+        }));
+        QomError::Refused {
+            what: "/machine.x".to_owned(),
+            desc: desc.to_owned(),
+            source,
+        }
+    }
+
+    #[test]
+    fn qemus_errors_become_errno_values() {
+        // The words of QEMU 7.2 and 10.0.
+        let gone = refused("DeviceNotFound", "Device '/machine/nonexist' not found");
+        let no_prop = refused(
+            "GenericError",
+            "Property 'pc-i440fx-10.0-machine.nonexist' not found",
+        );
+        let ro = refused(
+            "GenericError",
+            "Property 'pc-i440fx-10.0-machine.type' is not writable",
+        );
+        let wo = refused(
+            "GenericError",
+            "Property 'vmmouse.legacy-i8042' is not readable",
+        );
+        let bad = refused(
+            "GenericError",
+            "Invalid parameter type for 'realized', expected: boolean",
+        );
+        let crash = refused("GenericError", "No crash occurred");
+        for op in [Op::List, Op::Get, Op::Set] {
+            assert_eq!(errno_for(op, &gone), Errno::ENOENT);
+            assert_eq!(errno_for(op, &no_prop), Errno::ENOENT);
+            assert_eq!(errno_for(op, &ro), Errno::EACCES);
+            assert_eq!(errno_for(op, &wo), Errno::EACCES);
+        }
+        assert_eq!(errno_for(Op::Set, &bad), Errno::EINVAL);
+        assert_eq!(errno_for(Op::Get, &crash), Errno::EIO);
+        let ours = QomError::BadValue {
+            what: "/machine.x".into(),
+            reason: "'maybe' is not a boolean".into(),
+        };
+        assert_eq!(errno_for(Op::Set, &ours), Errno::EINVAL);
+        let slow = QomError::Qmp(qemu_qmp::Error::Timeout {
+            what: "a reply".into(),
+            timeout: Duration::from_secs(1),
+        });
+        assert_eq!(errno_for(Op::Get, &slow), Errno::ETIMEDOUT);
+        let lost = QomError::Qmp(qemu_qmp::Error::ConnectionClosed { mid_message: false });
+        assert_eq!(errno_for(Op::List, &lost), Errno::EIO);
+    }
+}

@@ -20,7 +20,11 @@
 //!     Options::default(),
 //!     tokio::runtime::Handle::current(),
 //! )?;
-//! let machine_type = std::fs::read_to_string("/mnt/qom/machine/type")?;
+//! // File operations block: not on a runtime thread, which may be the one
+//! // that has to answer them.
+//! let machine_type =
+//!     tokio::task::spawn_blocking(|| std::fs::read_to_string("/mnt/qom/machine/type"))
+//!         .await??;
 //! mounted.unmount().await?;
 //! # Ok(()) }
 //! ```
@@ -164,8 +168,10 @@ pub struct Mounted {
 }
 
 /// Mount the QOM tree of the QEMU `qom` talks to on `mountpoint` (an existing
-/// directory). Requests are answered on `rt`. The client's command timeout bounds
-/// every request (see the [module documentation](self)).
+/// directory). Requests are answered by tasks on `rt`, so the mount must not be
+/// used from a thread that `rt` needs to run them (a current-thread runtime's own
+/// thread would wait for itself). The client's command timeout bounds every request
+/// (see the [module documentation](self)).
 pub fn mount(
     qom: Qom,
     mountpoint: &Path,
