@@ -413,7 +413,7 @@ fn qemu_dying_unmounts_and_ends_the_tool() {
 }
 
 #[test]
-fn a_busy_mount_is_detached_and_a_killed_tool_leaves_no_mount() {
+fn busy_killed_and_unmounted_from_outside_leave_no_mount() {
     let Some(mut fx) = Fixture::new() else { return };
     fx.mount(&[]);
     // An open file keeps the mount busy: SIGTERM detaches it all the same.
@@ -435,6 +435,13 @@ fn a_busy_mount_is_detached_and_a_killed_tool_leaves_no_mount() {
     fx.tool_exits(T);
     wait_until(T, "the watchdog to unmount", || !is_mounted(&fx.mnt));
     assert_eq!(fs::read_dir(&fx.mnt).unwrap().count(), 0);
+
+    // Unmounted from outside: the tool ends, status 0.
+    fx.tool = None;
+    fx.mount(&[]);
+    rustix::mount::unmount(&fx.mnt, rustix::mount::UnmountFlags::empty()).unwrap();
+    let status = fx.tool_exits(T);
+    assert!(status.success(), "{status}\n{}", fx.tool().log());
 }
 
 #[test]

@@ -56,7 +56,7 @@ struct Cli {
     writable: bool,
 
     /// Mount point: an existing directory.
-    #[arg(value_name = "<mount>")]
+    #[arg(value_name = "MOUNT")]
     mount: PathBuf,
 }
 
