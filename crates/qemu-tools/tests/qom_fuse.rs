@@ -4,8 +4,9 @@
 //! values, and every way the mount ends (SIGTERM, a busy mount, SIGKILL of the
 //! tool, QEMU killed), each leaving no mount and no temporary directory.
 //!
-//! Needs `/dev/fuse` and root (the tool mounts with `mount(2)`). Tests that need
-//! `qemu-system-x86_64` print `SKIPPED: ...` without it, and fail under `CI=true`.
+//! Needs `/dev/fuse` and root (the tool mounts with `mount(2)`) and
+//! `qemu-system-x86_64`: without them the tests print `SKIPPED: ...`, and fail
+//! under `CI=true`.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -25,6 +26,23 @@ const QOM_FUSE: &str = env!("CARGO_BIN_EXE_qom-fuse");
 const QOM: &str = env!("CARGO_BIN_EXE_qom");
 /// Generous bound for anything to happen (2 shared cores).
 const T: Duration = Duration::from_secs(30);
+
+/// Whether this process can mount a FUSE file system the way `qom-fuse` does
+/// (`/dev/fuse` and root); says so loudly when not, and fails under `CI=true`.
+fn can_mount() -> bool {
+    let why = if !Path::new("/dev/fuse").exists() {
+        "/dev/fuse does not exist"
+    } else if !rustix::process::geteuid().is_root() {
+        "it mounts with mount(2), which needs root"
+    } else {
+        return true;
+    };
+    if qemu_testkit::is_ci() {
+        panic!("cannot test qom-fuse and CI=true: {why}");
+    }
+    qemu_testkit::loud(&format!("SKIPPED: {}: {why}", qemu_testkit::test_name()));
+    false
+}
 
 /// Is `path` (canonical) a mount point in this mount namespace?
 fn is_mounted(path: &Path) -> bool {
@@ -50,6 +68,9 @@ struct Fixture {
 impl Fixture {
     fn new() -> Option<Fixture> {
         qemu_testkit::init_tracing();
+        if !can_mount() {
+            return None;
+        }
         qemu_testkit::qemu_system()?;
         let dir = qemu_testkit::tempdir("qom-fuse-");
         let qmp2 = dir.path().join("qmp2.sock");
