@@ -14,6 +14,7 @@ use qemu_qmp::{Client, ListenOptions};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::accel::{self, AccelChoice, KvmUnavailable, NoAccel};
 use crate::console::Console;
 use crate::error::{LaunchCause, MachineError, Result, VmLaunchFailure};
 use crate::events::{EventQueue, EVENT_CAPACITY};
@@ -119,6 +120,7 @@ pub struct MachineBuilder {
     conv_keys: bool,
     event_capacity: usize,
     preserve_order: bool,
+    best_accel: bool,
 }
 
 impl MachineBuilder {
@@ -149,6 +151,7 @@ impl MachineBuilder {
             conv_keys: false,
             event_capacity: EVENT_CAPACITY,
             preserve_order: false,
+            best_accel: false,
         }
     }
 
@@ -402,6 +405,33 @@ impl MachineBuilder {
         self
     }
 
+    /// Run QEMU with the best accelerator it can use here: `-accel kvm` when KVM is
+    /// usable ([`accel::kvm_status`] for the target architecture in the binary's
+    /// name and the binary itself), else `-accel tcg` (default: no `-accel`
+    /// argument, QEMU's own default). The binary is asked for its accelerators
+    /// before the launch (once per binary and process, see [`accel::list_accel`]);
+    /// the choice, and why KVM was not chosen, is [`QemuMachine::accel`]. A binary
+    /// with neither fails the launch with [`MachineError::NoAccel`], one that cannot
+    /// be asked with [`MachineError::Accel`].
+    ///
+    /// ```no_run
+    /// # async fn f() -> qemu_machine::Result<()> {
+    /// let vm = qemu_machine::QemuMachine::builder("qemu-system-x86_64")
+    ///     .machine_type("pc")
+    ///     .best_accel()
+    ///     .launch()
+    ///     .await?;
+    /// let choice = vm.accel().expect("best_accel was asked for");
+    /// if let Some(why) = &choice.kvm_unavailable {
+    ///     println!("using {} because {why}", choice.name);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn best_accel(mut self) -> Self {
+        self.best_accel = true;
+        self
+    }
+
     /// Convert `_` to `-` in the top-level argument names of
     /// [`QemuMachine::command`] and [`QemuMachine::qmp_raw`] (Python: `conv_keys`;
     /// default false).
@@ -505,7 +535,19 @@ impl MachineBuilder {
     /// directory and socket files are removed.
     pub async fn launch(self) -> Result<QemuMachine> {
         self.validate()?;
-        Launch::new(self).run().await
+        let accel = if self.best_accel {
+            Some(match accel::best_accel(&self.binary).await {
+                Ok(choice) => choice,
+                Err(NoAccel {
+                    kvm: KvmUnavailable::Probe(e),
+                    ..
+                }) => return Err(MachineError::Accel(e)),
+                Err(e) => return Err(MachineError::NoAccel(e)),
+            })
+        } else {
+            None
+        };
+        Launch::new(self, accel).run().await
     }
 }
 
@@ -619,15 +661,18 @@ struct Launch {
     b: MachineBuilder,
     name: String,
     command_line: Vec<String>,
+    /// What [`MachineBuilder::best_accel`] chose.
+    accel: Option<AccelChoice>,
 }
 
 impl Launch {
-    fn new(b: MachineBuilder) -> Launch {
+    fn new(b: MachineBuilder, accel: Option<AccelChoice>) -> Launch {
         let name = b.name.clone().unwrap_or_else(unique_name);
         Launch {
             b,
             name,
             command_line: Vec::new(),
+            accel,
         }
     }
 
@@ -736,9 +781,12 @@ impl Launch {
             inherit.push(fd);
         }
 
-        let args = self
-            .b
-            .base_args(qmp_chardev.as_deref(), console_chardev.as_deref(), &add_fds);
+        let mut args =
+            self.b
+                .base_args(qmp_chardev.as_deref(), console_chardev.as_deref(), &add_fds);
+        if let Some(a) = &self.accel {
+            args.extend(["-accel".to_owned(), a.name.to_owned()]);
+        }
         let binary = self.b.binary.to_string_lossy().into_owned();
         self.command_line = self
             .b
@@ -812,6 +860,7 @@ impl Launch {
             events: EventQueue::new(listener),
             console,
             process,
+            accel: self.accel,
         }))
     }
 

@@ -106,6 +106,16 @@ pub enum MachineError {
         timeout: Duration,
     },
 
+    /// A binary could not be asked for its accelerators
+    /// ([`accel::list_accel`](crate::accel::list_accel)).
+    #[error(transparent)]
+    Accel(#[from] crate::accel::AccelError),
+
+    /// [`MachineBuilder::best_accel`](crate::MachineBuilder::best_accel) found
+    /// neither KVM nor TCG usable; nothing was started.
+    #[error(transparent)]
+    NoAccel(#[from] crate::accel::NoAccel),
+
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

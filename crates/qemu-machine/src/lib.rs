@@ -25,6 +25,10 @@
 //! [`qtest::QtestClient`] on it (Python: `QEMUQtestMachine`), for driving devices
 //! without guest code.
 //!
+//! [`accel`] asks a binary for its accelerators and says whether KVM is usable here
+//! (Python: `qemu.utils.accel`), and why not; [`MachineBuilder::best_accel`] uses it
+//! to run with KVM when it can, else TCG.
+//!
 //! # Nothing leaks
 //!
 //! - QEMU is forked with `PR_SET_PDEATHSIG = SIGKILL` from a thread that lives as
@@ -49,6 +53,7 @@
 // `qemu_process`'s.
 #![forbid(unsafe_code)]
 
+pub mod accel;
 mod builder;
 mod console;
 pub mod error;

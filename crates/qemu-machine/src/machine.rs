@@ -16,6 +16,7 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::accel::AccelChoice;
 use crate::builder::MachineBuilder;
 use crate::console::Console;
 use crate::error::{MachineError, Result, ShutdownCause};
@@ -40,6 +41,7 @@ pub(crate) struct MachineParts {
     pub(crate) events: EventQueue,
     pub(crate) console: Option<Console>,
     pub(crate) process: Process,
+    pub(crate) accel: Option<AccelChoice>,
 }
 
 /// What is removed or read at cleanup.
@@ -112,6 +114,7 @@ pub struct QemuMachine {
     files: Mutex<Files>,
     /// Dropped (QEMU killed and reaped) before the temporary directory is removed.
     process: Process,
+    accel: Option<AccelChoice>,
 }
 
 impl std::fmt::Debug for QemuMachine {
@@ -153,6 +156,7 @@ impl QemuMachine {
                 log: None,
             }),
             process: p.process,
+            accel: p.accel,
         }
     }
 
@@ -165,6 +169,12 @@ impl QemuMachine {
     /// The machine's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The accelerator [`MachineBuilder::best_accel`] chose (`kvm` or `tcg`), and
+    /// why not KVM when it is TCG; `None` without `best_accel`.
+    pub fn accel(&self) -> Option<&AccelChoice> {
+        self.accel.as_ref()
     }
 
     /// The whole command line, wrapper included.

@@ -1,34 +1,23 @@
 //! [`QtestMachine`]: a QEMU launched with a qtest channel and a [`QtestClient`] on it
 //! (Python: `qemu.machine.qtest.QEMUQtestMachine`).
 
-use std::collections::HashMap;
 use std::io;
 use std::ops::Deref;
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
-use crate::builder::{shell_quote, MachineBuilder};
+use crate::accel;
+use crate::builder::MachineBuilder;
 use crate::error::{LaunchCause, MachineError, Result, VmLaunchFailure};
 use crate::machine::QemuMachine;
-use crate::process;
 use crate::qtest::{QtestClient, DEFAULT_TIMEOUT};
 
 /// The id of the qtest chardev (`-chardev socket,id=qtest,fd=N`); it cannot be used
 /// for another [`MachineBuilder::chardev_fd`].
 pub const QTEST_CHARDEV: &str = "qtest";
-
-/// How long `binary -accel help` may take before it is killed and the probe fails.
-const ACCEL_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The most output of `-accel help` that is read (it is a few dozen bytes).
-const ACCEL_PROBE_MAX_OUTPUT: usize = 64 * 1024;
 
 /// The accelerator a [`QtestMachine`] runs with
 /// ([`QtestMachineBuilder::accel`], [`QtestMachine::accel`]).
@@ -282,16 +271,8 @@ impl QtestMachine {
     /// process and remembers the answer. Failures are not remembered. Concurrent
     /// calls for one binary run it once.
     pub async fn has_qtest_accel(binary: impl AsRef<Path>) -> Result<bool> {
-        static CACHE: LazyLock<Mutex<HashMap<PathBuf, Arc<OnceCell<bool>>>>> =
-            LazyLock::new(Mutex::default);
-        let binary = binary.as_ref();
-        let cell = CACHE
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(binary.to_owned())
-            .or_default()
-            .clone();
-        cell.get_or_try_init(|| probe_accels(binary)).await.copied()
+        let list = accel::list_accel(binary).await?;
+        Ok(list.iter().any(|a| a == "qtest"))
     }
 }
 
@@ -324,90 +305,12 @@ fn setup_failure(what: &str, source: io::Error) -> MachineError {
 }
 
 fn is_not_found(e: &MachineError) -> bool {
-    matches!(e, MachineError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
-}
-
-/// Run `binary -accel help` and look for `qtest` in its list.
-async fn probe_accels(binary: &Path) -> Result<bool> {
-    let shown = format!("{} -accel help", shell_quote(&binary.to_string_lossy()));
-    let io_err = |e: io::Error| MachineError::io(format!("running {shown}"), e);
-    // Close-on-exec in the parent; the child gets the write end as its stdout.
-    let (read, write) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io_err(e.into()))?;
-    rustix::io::ioctl_fionbio(&read, true).map_err(|e| io_err(e.into()))?;
-    let mut command = Command::new(binary);
-    command
-        .args(["-accel", "help"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(write))
-        .stderr(Stdio::null());
-    let child = process::spawn(
-        command,
-        Vec::new(),
-        "qtest-accel-probe".to_owned(),
-        shown.clone(),
-        false,
-    )
-    .await
-    .map_err(io_err)?;
-    // On timeout, dropping `child` kills and reaps it.
-    let Some(status) = child.wait_timeout(ACCEL_PROBE_TIMEOUT).await else {
-        return Err(MachineError::Timeout {
-            what: format!("{shown} to exit"),
-            timeout: ACCEL_PROBE_TIMEOUT,
-        });
-    };
-    let output = read_available(&read);
-    if !status.success() {
-        return Err(io_err(io::Error::other(format!(
-            "it failed ({status}); it printed: {:?}",
-            output.trim()
-        ))));
-    }
-    let found = lists_qtest(&output);
-    debug!(
-        "{shown}: qtest accelerator {}",
-        if found { "available" } else { "missing" }
-    );
-    Ok(found)
-}
-
-/// Whatever is in the (non-blocking) pipe now, up to [`ACCEL_PROBE_MAX_OUTPUT`]. The
-/// child has exited, so everything it wrote is there.
-fn read_available(fd: impl AsFd) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while out.len() < ACCEL_PROBE_MAX_OUTPUT {
-        match rustix::io::read(fd.as_fd(), &mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(rustix::io::Errno::INTR) => continue,
-            // EAGAIN: all read (a copy of the write end may still be open for an
-            // instant in the spawner thread).
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Does `-accel help` output list the qtest accelerator?
-fn lists_qtest(output: &str) -> bool {
-    output.lines().any(|l| l.trim() == "qtest")
+    matches!(e, MachineError::Accel(a) if a.is_not_found())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accel_help_parsing() {
-        let debian = "Accelerators supported in QEMU binary:\ntcg\nkvm\n";
-        let upstream = "Accelerators supported in QEMU binary:\ntcg\nkvm\nqtest\nxen\n";
-        assert!(!lists_qtest(debian));
-        assert!(lists_qtest(upstream));
-        assert!(!lists_qtest(""));
-        assert!(!lists_qtest("qtest-foo\nnot qtest\n"));
-    }
 
     #[test]
     fn qtest_arguments() {

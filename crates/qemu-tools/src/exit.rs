@@ -9,9 +9,10 @@
 //! | [`INTERRUPTED`] (130) | a piped `qmp-shell` stopped by Ctrl-C (`SIGINT`) | |
 //! | [`TERMINATED`] (143) | `qmp-shell`/`qmp-shell-wrap` ended by `SIGTERM` or `SIGHUP` | |
 //!
-//! `--help` and `--version` print to stdout and exit 0, as clap does. Two tools add
-//! their own: `qemu-ga-client exec` exits with the guest program's status, and
-//! `qmp-test-server` exits 0 when stopped by `SIGINT` or `SIGTERM`.
+//! `--help` and `--version` print to stdout and exit 0, as clap does. Three tools
+//! add their own: `qemu-ga-client exec` exits with the guest program's status,
+//! `qmp-test-server` exits 0 when stopped by `SIGINT` or `SIGTERM`, and `qom-fuse`
+//! exits 0 when stopped by `SIGINT`, `SIGTERM` or `SIGHUP` (it unmounts first).
 //!
 //! [`HELP`] is the text each tool's `--help` shows ([`after_help`]); [`usage_error`]
 //! and [`fail`] report the two kinds of error.

@@ -5,6 +5,7 @@ pub mod exit;
 pub mod ga;
 pub mod jobs;
 pub mod qom;
+pub mod qom_fuse;
 mod reply;
 pub mod shell;
 pub mod test_server;

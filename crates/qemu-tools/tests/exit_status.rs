@@ -23,7 +23,8 @@ const GA: &str = env!("CARGO_BIN_EXE_qemu-ga-client");
 const SERVER: &str = env!("CARGO_BIN_EXE_qmp-test-server");
 const QAPI: &str = env!("CARGO_BIN_EXE_qapi-schema");
 const JOBS: &str = env!("CARGO_BIN_EXE_qemu-jobs");
-const TOOLS: [&str; 7] = [SHELL, WRAP, QOM, GA, SERVER, QAPI, JOBS];
+const FUSE: &str = env!("CARGO_BIN_EXE_qom-fuse");
+const TOOLS: [&str; 8] = [SHELL, WRAP, QOM, GA, SERVER, QAPI, JOBS, FUSE];
 
 /// Deadline for one run.
 const T: Duration = Duration::from_secs(60);
@@ -165,6 +166,10 @@ fn usage_errors_exit_2_on_stderr() {
     expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "run", "query-status"]);
     expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "run", "blockdev-create"]);
     expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "cancel"]);
+    expect_usage_error(FUSE, &[]);
+    expect_usage_error(FUSE, &["/mnt"]);
+    expect_usage_error(FUSE, &["-s", "localhost:port", "/mnt"]);
+    expect_usage_error(FUSE, &["-s", "/nonexistent.sock", "--cache", "-1", "/mnt"]);
 }
 
 #[test]
@@ -187,6 +192,8 @@ fn connection_failures_exit_1_with_one_line() {
     expect_one_line_failure(&r, "qapi-schema: failed to connect to ");
     let r = run(JOBS, &["-s", missing, "watch"], "");
     expect_one_line_failure(&r, "qemu-jobs: failed to connect to ");
+    let r = run(FUSE, &["-s", missing, dir.path().to_str().unwrap()], "");
+    expect_one_line_failure(&r, "qom-fuse: failed to connect to ");
     // The server's equivalent: it cannot listen where a file is.
     let taken = dir.path().join("taken");
     std::fs::write(&taken, "").unwrap();
