@@ -8,3 +8,4 @@ pub mod qom;
 mod reply;
 pub mod shell;
 pub mod test_server;
+pub mod tui;
