@@ -23,7 +23,8 @@ const GA: &str = env!("CARGO_BIN_EXE_qemu-ga-client");
 const SERVER: &str = env!("CARGO_BIN_EXE_qmp-test-server");
 const QAPI: &str = env!("CARGO_BIN_EXE_qapi-schema");
 const JOBS: &str = env!("CARGO_BIN_EXE_qemu-jobs");
-const TOOLS: [&str; 7] = [SHELL, WRAP, QOM, GA, SERVER, QAPI, JOBS];
+const TUI: &str = env!("CARGO_BIN_EXE_qmp-tui");
+const TOOLS: [&str; 8] = [SHELL, WRAP, QOM, GA, SERVER, QAPI, JOBS, TUI];
 
 /// Deadline for one run.
 const T: Duration = Duration::from_secs(60);
@@ -165,6 +166,9 @@ fn usage_errors_exit_2_on_stderr() {
     expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "run", "query-status"]);
     expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "run", "blockdev-create"]);
     expect_usage_error(JOBS, &["-s", "/nonexistent.sock", "cancel"]);
+    expect_usage_error(TUI, &[]);
+    expect_usage_error(TUI, &["--bogus", "/nonexistent.sock"]);
+    expect_usage_error(TUI, &["localhost:port"]);
 }
 
 #[test]
@@ -187,6 +191,10 @@ fn connection_failures_exit_1_with_one_line() {
     expect_one_line_failure(&r, "qapi-schema: failed to connect to ");
     let r = run(JOBS, &["-s", missing, "watch"], "");
     expect_one_line_failure(&r, "qemu-jobs: failed to connect to ");
+    // qmp-tui keeps trying to connect (tests/tui.rs); without a terminal it does
+    // not start at all.
+    let r = run(TUI, &[missing], "");
+    expect_one_line_failure(&r, "ERROR: qmp-tui needs a terminal");
     // The server's equivalent: it cannot listen where a file is.
     let taken = dir.path().join("taken");
     std::fs::write(&taken, "").unwrap();

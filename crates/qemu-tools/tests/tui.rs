@@ -201,9 +201,10 @@ impl Tui {
 
     /// The input line: the screen's last row.
     fn input_line(&self) -> String {
+        let (_, cols) = self.screen.screen().size();
         self.screen
             .screen()
-            .rows(0, COLS)
+            .rows(0, cols.get())
             .last()
             .unwrap_or_default()
             .trim_end()
@@ -215,6 +216,19 @@ impl Tui {
         self.wait(&format!("the input line {expected:?}"), |t| {
             t.input_line() == expected
         });
+    }
+
+    /// Change the terminal's size (qmp-tui gets SIGWINCH).
+    fn resize(&mut self, cols: u16, rows: u16) {
+        self.pump();
+        self.screen.set_size(
+            rows.try_into().expect("rows"),
+            cols.try_into().expect("columns"),
+        );
+        self.session
+            .get_process_mut()
+            .set_window_size(cols, rows)
+            .expect("set the window size");
     }
 
     fn send(&mut self, keys: &str) {
@@ -332,6 +346,14 @@ fn a_command_and_its_reply_completion_and_history_in_a_second_run() {
     tui.wait_text("CommandNotFound");
     tui.wait_text("(did you mean 'qom-get'?)");
     tui.wait_text(" (not sent)\"");
+    // F1 shows the keys; any key closes the overlay (and is not typed).
+    tui.send("\x1bOP");
+    tui.wait_text("search the history");
+    tui.send("x");
+    tui.wait("the help closed", |t| {
+        !t.contents().contains("search the history")
+    });
+    assert_eq!(tui.input_line(), "(QEMU)");
     // Ctrl-D on an empty line leaves.
     tui.send("\x04");
     assert_eq!(tui.wait_exit(), 0);
@@ -364,7 +386,15 @@ fn an_event_lands_in_its_pane_and_the_half_typed_line_stays() {
         return;
     };
     let home = home();
-    let mut tui = Tui::spawn(home.path(), &[qemu.qmp.to_str().expect("UTF-8 path")]);
+    let log = home.path().join("log");
+    let mut tui = Tui::spawn(
+        home.path(),
+        &[
+            "-l",
+            log.to_str().expect("UTF-8 path"),
+            qemu.qmp.to_str().expect("UTF-8 path"),
+        ],
+    );
     tui.wait_connected();
     tui.wait_text("│ running │");
     tui.send("query-na");
@@ -406,6 +436,21 @@ fn an_event_lands_in_its_pane_and_the_half_typed_line_stays() {
     tui.wait_text("[paused +1]");
     tui.send("\x04");
     assert_eq!(tui.wait_exit(), 0);
+    // -l logged each request with its reply, and each event, as qmp-shell -l does.
+    let log = std::fs::read_to_string(&log).expect("the log file");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines.contains(&r#"{"execute": "query-name", "arguments": {}, "return": {}}"#),
+        "{log}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(r#""event": "STOP""#))
+            .count(),
+        2,
+        "{log}"
+    );
     drop(qemu);
 }
 
@@ -452,6 +497,15 @@ fn sigterm_restores_the_terminal() {
     tui.wait_connected();
     tui.send("query-");
     tui.wait_input("(QEMU) query-");
+    // Narrower: the event pane goes below the transcript.
+    tui.resize(90, 30);
+    tui.wait("the event pane below the transcript", |t| {
+        t.screen
+            .screen()
+            .rows(0, 90)
+            .any(|r| r.starts_with("┌ events 0 "))
+    });
+    tui.wait_input("(QEMU) query-");
     let pid = rustix::process::Pid::from_raw(tui.tui_pid() as i32).expect("a pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
     assert_eq!(tui.wait_exit(), 143);
@@ -480,4 +534,22 @@ fn server_mode_waits_for_qemu_to_connect() {
     assert_eq!(tui.wait_exit(), 0);
     drop(qemu);
     assert!(!path.exists(), "the socket file is left behind");
+}
+
+#[test]
+fn without_reconnect_a_failed_connection_ends_it_with_status_1() {
+    let _serial = serial();
+    let home = home();
+    let missing = home.path().join("missing.sock");
+    let mut tui = Tui::spawn(
+        home.path(),
+        &["--no-reconnect", missing.to_str().expect("UTF-8 path")],
+    );
+    assert_eq!(tui.wait_exit(), 1);
+    // Said once the terminal is back.
+    assert!(
+        tui.contents().contains("ERROR: failed to connect to "),
+        "{}",
+        tui.contents()
+    );
 }

@@ -122,7 +122,7 @@ impl EventPane {
 
     /// The events to show, oldest first: those that pass the filter and, when
     /// paused, came before the pause.
-    pub fn visible(&self) -> impl Iterator<Item = &EventEntry> {
+    pub fn visible(&self) -> impl DoubleEndedIterator<Item = &EventEntry> {
         let until = self.paused_at.unwrap_or(u64::MAX);
         self.entries
             .iter()

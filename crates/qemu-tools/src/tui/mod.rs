@@ -50,6 +50,7 @@ pub mod editor;
 pub mod events;
 pub mod render;
 pub mod terminal;
+pub mod transcript;
 pub mod view;
 
 pub use connection::Target;
@@ -63,6 +64,8 @@ use connection::{Connection, State, Update};
 const INPUT_POLL: Duration = Duration::from_millis(100);
 /// How often the status line's countdown is redrawn.
 const TICK: Duration = Duration::from_millis(200);
+/// At most this many updates from the connection are taken in between two frames.
+const BATCH: usize = 1024;
 /// How long the connection may take to close at exit.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -225,6 +228,24 @@ pub async fn run(options: TuiOptions) -> io::Result<Outcome> {
             _ = hup.recv() => break Ok(exit::TERMINATED),
             _ = int.recv() => break Ok(exit::INTERRUPTED),
         };
+        // Take in what else has come before drawing again: an event storm then
+        // costs one frame per batch, not one per event.
+        let mut gone = None;
+        for _ in 0..BATCH {
+            match conn.updates.try_recv() {
+                Ok(u) => {
+                    if let Update::State(State::Down { retry: None, cause }) = &u {
+                        gone = Some(cause.clone());
+                    }
+                    app.update(u);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(cause) = gone {
+            messages.push(format!("ERROR: {cause}"));
+            break Ok(exit::FAILURE);
+        }
         match action {
             Action::None => {}
             Action::Quit => break Ok(exit::SUCCESS),

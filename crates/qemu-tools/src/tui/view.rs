@@ -170,8 +170,14 @@ fn draw_events(frame: &mut Frame<'_>, app: &mut App, area: Rect) {
         .title_bottom(format!(" {} ", pane.counts_line()));
     let inner = block.inner(area);
     let width = usize::from(inner.width);
+    let height = usize::from(inner.height);
+    // Newest first, only as many as are shown (the pane may hold thousands).
+    let wanted = height.saturating_add(pane.scroll);
     let mut rows: Vec<Line<'static>> = Vec::new();
-    for e in pane.visible() {
+    for e in pane.visible().rev() {
+        if rows.len() >= wanted {
+            break;
+        }
         let mut spans = vec![
             Span::styled(e.clock(), Style::new().add_modifier(Modifier::DIM)),
             Span::raw(" "),
@@ -184,9 +190,11 @@ fn draw_events(frame: &mut Frame<'_>, app: &mut App, area: Rect) {
             spans.push(Span::raw(" "));
             spans.extend(json_line(d).spans);
         }
-        rows.extend(wrap(&Line::from(spans), width));
+        let mut event_rows = wrap(&Line::from(spans), width);
+        event_rows.reverse();
+        rows.extend(event_rows);
     }
-    let height = usize::from(inner.height);
+    rows.reverse();
     let scroll = pane.scroll.min(rows.len().saturating_sub(height));
     app.events.scroll = scroll;
     let end = rows.len() - scroll;
