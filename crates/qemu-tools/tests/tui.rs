@@ -88,7 +88,13 @@ struct Tui {
 impl Tui {
     /// Start qmp-tui with `args` and `$HOME` in `home` (its history file is there).
     fn spawn(home: &Path, args: &[&str]) -> Tui {
+        Self::spawn_with(home, args, &[])
+    }
+
+    /// [`Tui::spawn`] with more environment variables.
+    fn spawn_with(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Tui {
         let mut cmd = Command::new("sh");
+        cmd.envs(env.iter().copied());
         cmd.arg("-c")
             .arg(concat!(
                 r#"before=$(stty -g); "$0" "$@"; code=$?; "#,
@@ -100,7 +106,8 @@ impl Tui {
             .env("HOME", home)
             .env_remove("QMP_SHELL_HISTORY")
             .env_remove("QMP_SOCKET")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE");
         let mut session = Session::spawn(cmd).expect("spawn on a pty");
         session
             .get_process_mut()
@@ -509,6 +516,27 @@ fn sigterm_restores_the_terminal() {
     let pid = rustix::process::Pid::from_raw(tui.tui_pid() as i32).expect("a pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
     assert_eq!(tui.wait_exit(), 143);
+    drop(qemu);
+}
+
+#[test]
+fn a_panic_gives_the_terminal_back() {
+    let _serial = serial();
+    let dir = socket_dir();
+    let Some(qemu) = start_qemu(dir.path()) else {
+        return;
+    };
+    let home = home();
+    // Debug builds panic on the connection's task once connected.
+    let mut tui = Tui::spawn_with(
+        home.path(),
+        &[qemu.qmp.to_str().expect("UTF-8 path")],
+        &[("QMP_TUI_TEST_PANIC", "1")],
+    );
+    assert_eq!(tui.wait_exit(), 1);
+    let c = tui.contents();
+    assert!(c.contains("QMP_TUI_TEST_PANIC is set"), "{c}");
+    assert!(c.contains("ERROR: qmp-tui hit an internal error"), "{c}");
     drop(qemu);
 }
 

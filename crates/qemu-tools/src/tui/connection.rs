@@ -347,6 +347,12 @@ impl Worker {
             .greeting()
             .map(|g| g.version.qemu.to_string())
             .unwrap_or_default();
+        // Debug builds only: a panic on this task, for the test that the terminal
+        // is given back and the session ends (tests/tui.rs).
+        #[cfg(debug_assertions)]
+        if std::env::var_os("QMP_TUI_TEST_PANIC").is_some() {
+            panic!("QMP_TUI_TEST_PANIC is set");
+        }
         self.send(Update::State(State::Connected));
         self.send(Update::Connected {
             version,

@@ -62,7 +62,7 @@ use connection::{Connection, State, Update};
 
 /// How often the terminal-reading thread looks whether it should stop.
 const INPUT_POLL: Duration = Duration::from_millis(100);
-/// How often the status line's countdown is redrawn.
+/// How often the status line's countdown is redrawn (and a panic looked for).
 const TICK: Duration = Duration::from_millis(200);
 /// At most this many updates from the connection are taken in between two frames.
 const BATCH: usize = 1024;
@@ -163,6 +163,21 @@ impl Drop for InputThread {
     }
 }
 
+fn internal_error() -> io::Error {
+    io::Error::other("qmp-tui hit an internal error (the panic is reported above)")
+}
+
+/// Apply an update; returns why the session is over when the connection ended for
+/// good (`--no-reconnect`).
+fn take_update(app: &mut App, u: Update) -> Option<String> {
+    let gone = match &u {
+        Update::State(State::Down { retry: None, cause }) => Some(cause.clone()),
+        _ => None,
+    };
+    app.update(u);
+    gone
+}
+
 /// Run `qmp-tui` on this terminal until the user leaves (or a signal, or the
 /// connection ends without `reconnect`). Errors: the log file cannot be created,
 /// the terminal cannot be set up or written to.
@@ -198,10 +213,19 @@ pub async fn run(options: TuiOptions) -> io::Result<Outcome> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    // Drawn when something changed; the tick also looks for a panic on another
+    // task (the hook has given the terminal back: the session must end).
+    let mut dirty = true;
     let ended: io::Result<u8> = loop {
-        if let Err(e) = screen.terminal.draw(|f| view::draw(f, &mut app)) {
-            break Err(e);
+        if terminal::panicked() {
+            break Err(internal_error());
         }
+        if dirty {
+            if let Err(e) = screen.terminal.draw(|f| view::draw(f, &mut app)) {
+                break Err(e);
+            }
+        }
+        dirty = true;
         let action = tokio::select! {
             k = keys.recv() => match k {
                 Some(Ok(ev)) => app.input(ev),
@@ -209,21 +233,20 @@ pub async fn run(options: TuiOptions) -> io::Result<Outcome> {
                 None => break Err(io::Error::other("the terminal input ended")),
             },
             u = conn.updates.recv() => match u {
-                Some(u) => {
-                    let gone = match &u {
-                        Update::State(State::Down { retry: None, cause }) => Some(cause.clone()),
-                        _ => None,
-                    };
-                    app.update(u);
-                    if let Some(cause) = gone {
+                Some(u) => match take_update(&mut app, u) {
+                    Some(cause) => {
                         messages.push(format!("ERROR: {cause}"));
                         break Ok(exit::FAILURE);
                     }
-                    Action::None
-                }
-                None => break Ok(exit::FAILURE),
+                    None => Action::None,
+                },
+                // Its task can only end early by panicking.
+                None => break Err(internal_error()),
             },
-            _ = tick.tick(), if app.ticking() => Action::None,
+            _ = tick.tick() => {
+                dirty = app.ticking();
+                Action::None
+            }
             _ = term.recv() => break Ok(exit::TERMINATED),
             _ = hup.recv() => break Ok(exit::TERMINATED),
             _ = int.recv() => break Ok(exit::INTERRUPTED),
@@ -234,10 +257,8 @@ pub async fn run(options: TuiOptions) -> io::Result<Outcome> {
         for _ in 0..BATCH {
             match conn.updates.try_recv() {
                 Ok(u) => {
-                    if let Update::State(State::Down { retry: None, cause }) = &u {
-                        gone = Some(cause.clone());
-                    }
-                    app.update(u);
+                    dirty = true;
+                    gone = gone.or(take_update(&mut app, u));
                 }
                 Err(_) => break,
             }

@@ -5,7 +5,9 @@
 //! [`Screen`] is dropped (a normal exit, an error, `SIGTERM`/`SIGHUP`/`SIGINT`, which
 //! the main loop turns into a normal exit), and from a panic hook installed by
 //! [`Screen::enter`], before the panic message is printed, so the message is readable
-//! on a sane terminal. Restoring twice is harmless.
+//! on a sane terminal. Restoring twice is harmless. A panic on another task (the
+//! connection's) leaves the main loop running on a terminal given back: it looks at
+//! [`panicked`] and ends the session.
 
 use std::io::{self, Stdout, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +25,14 @@ use ratatui::Terminal;
 
 /// Whether the terminal is currently taken over.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Whether a thread or task has panicked since the terminal was taken over.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a panic has happened (on any thread or task): the terminal has been
+/// given back, so the session must end.
+pub fn panicked() -> bool {
+    PANICKED.load(Ordering::SeqCst)
+}
 
 /// Give the terminal back: leave the alternate screen, stop mouse reporting and
 /// bracketed paste, show the cursor, leave raw mode. Does nothing when the terminal
@@ -48,6 +58,9 @@ fn install_panic_hook() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            if ACTIVE.load(Ordering::SeqCst) {
+                PANICKED.store(true, Ordering::SeqCst);
+            }
             restore();
             previous(info);
         }));
