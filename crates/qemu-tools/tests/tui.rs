@@ -361,17 +361,36 @@ fn a_command_and_its_reply_completion_and_history_in_a_second_run() {
         !t.contents().contains("search the history")
     });
     assert_eq!(tui.input_line(), "(QEMU)");
+    // The mouse wheel scrolls the transcript back (a long reply), Esc goes back to
+    // the end.
+    assert_ne!(
+        tui.screen.screen().mouse_protocol_mode(),
+        vt100::MouseProtocolMode::None
+    );
+    tui.send("query-commands\r");
+    tui.wait_text(r#""name": "#);
+    tui.wait("the reply's end", |t| t.transcript().ends_with("  ]\n}"));
+    tui.send("\x1b[<64;10;5M");
+    tui.wait_text(" 3 rows back (Esc: end) ");
+    tui.send("\x1b[<64;10;5M\x1b[<65;10;5M\x1b[<64;10;5M");
+    tui.wait_text(" 6 rows back (Esc: end) ");
+    tui.send("\x1b");
+    tui.wait("the end of the transcript", |t| {
+        !t.contents().contains("rows back")
+    });
     // Ctrl-D on an empty line leaves.
     tui.send("\x04");
     assert_eq!(tui.wait_exit(), 0);
     let history =
         std::fs::read_to_string(home.path().join(".qmp-shell_history")).expect("the history file");
     // The space completion added is not kept.
-    assert_eq!(history, "query-status\nqom-gte path=/\n");
+    assert_eq!(history, "query-status\nqom-gte path=/\nquery-commands\n");
 
     // A second run recalls the history, and finds entries by search.
     let mut tui = Tui::spawn(home.path(), &[qmp]);
     tui.wait_connected();
+    tui.send("\x1b[A");
+    tui.wait_input("(QEMU) query-commands");
     tui.send("\x1b[A");
     tui.wait_input("(QEMU) qom-gte path=/");
     tui.send("\x1b[A");
@@ -551,9 +570,13 @@ fn server_mode_waits_for_qemu_to_connect() {
     let path = dir.path().join("tui.sock");
     let mut tui = Tui::spawn(
         home.path(),
-        &["--listen", path.to_str().expect("UTF-8 path")],
+        &["--listen", "--no-mouse", path.to_str().expect("UTF-8 path")],
     );
     tui.wait_text("waiting for QEMU to connect");
+    assert_eq!(
+        tui.screen.screen().mouse_protocol_mode(),
+        vt100::MouseProtocolMode::None
+    );
     let qemu = QemuProcess::system_connecting_to(&path, &[]);
     tui.wait_connected();
     tui.send("query-name\r");

@@ -1,7 +1,7 @@
 //! `qmp-tui`: a full-screen console on a QEMU QMP monitor (QEMU's Python `qmp-tui`).
 //!
 //! ```text
-//! qmp-tui [--listen] [--no-reconnect] [-l LOGFILE] [--no-check] [ADDRESS]
+//! qmp-tui [--listen] [--no-reconnect] [--no-mouse] [-l LOGFILE] [--no-check] [ADDRESS]
 //! ```
 //!
 //! See the crate README and [`qemu_tools::tui`].
@@ -45,6 +45,10 @@ struct Cli {
     /// (as qmp-shell -l)
     #[arg(short, long = "logfile", value_name = "FILE")]
     logfile: Option<std::path::PathBuf>,
+    /// Leave the mouse to the terminal (select text without Shift; no wheel
+    /// scrolling)
+    #[arg(long = "no-mouse")]
+    no_mouse: bool,
     /// Send commands unchecked (by default a command QEMU's schema refuses is not
     /// sent; its error is shown in QEMU's place)
     #[arg(long = "no-check")]
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
     options.reconnect = !args.no_reconnect;
     options.check = !args.no_check;
     options.logfile = args.logfile;
+    options.mouse = !args.no_mouse;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

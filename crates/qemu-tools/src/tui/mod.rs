@@ -82,10 +82,12 @@ pub struct TuiOptions {
     pub logfile: Option<PathBuf>,
     /// The history file (`None`: no history).
     pub history_file: Option<PathBuf>,
+    /// Ask the terminal for mouse reporting (wheel scrolling).
+    pub mouse: bool,
 }
 
 impl TuiOptions {
-    /// The defaults: reconnect, check, no log, `qmp-shell`'s history file.
+    /// The defaults: reconnect, check, no log, `qmp-shell`'s history file, the mouse.
     pub fn new(target: Target) -> TuiOptions {
         TuiOptions {
             target,
@@ -93,6 +95,7 @@ impl TuiOptions {
             check: true,
             logfile: None,
             history_file: default_history_file(),
+            mouse: true,
         }
     }
 }
@@ -207,7 +210,7 @@ pub async fn run(options: TuiOptions) -> io::Result<Outcome> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
 
-    let mut screen = terminal::Screen::enter()?;
+    let mut screen = terminal::Screen::enter(options.mouse)?;
     let (input, mut keys) = InputThread::start()?;
     let mut conn = Connection::start(options.target, options.reconnect);
     let mut tick = tokio::time::interval(TICK);

@@ -74,18 +74,18 @@ pub struct Screen {
 }
 
 impl Screen {
-    /// Take the terminal over.
-    pub fn enter() -> io::Result<Screen> {
+    /// Take the terminal over; `mouse`: ask for mouse reporting (the wheel scrolls,
+    /// but selecting text then needs Shift in most terminals).
+    pub fn enter(mouse: bool) -> io::Result<Screen> {
         install_panic_hook();
         enable_raw_mode()?;
         ACTIVE.store(true, Ordering::SeqCst);
         let mut out = io::stdout();
-        if let Err(e) = execute!(
-            out,
-            EnterAlternateScreen,
-            EnableMouseCapture,
-            EnableBracketedPaste
-        ) {
+        let mut set_up = execute!(out, EnterAlternateScreen, EnableBracketedPaste);
+        if mouse && set_up.is_ok() {
+            set_up = execute!(out, EnableMouseCapture);
+        }
+        if let Err(e) = set_up {
             restore();
             return Err(e);
         }

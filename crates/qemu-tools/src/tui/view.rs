@@ -48,7 +48,7 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "Ctrl-R",
-        "search the history (again: older match; Esc: cancel)",
+        "search the history (again: older; Enter: take it; Esc: cancel)",
     ),
     (
         "Ctrl-A/E/U/K/W",

@@ -108,6 +108,8 @@ pub struct App {
     next_id: u64,
     sent: HashMap<u64, Sent>,
     log: Option<File>,
+    /// The last reason for being disconnected shown in the transcript.
+    last_failure: Option<String>,
 }
 
 fn dim() -> Style {
@@ -143,6 +145,7 @@ impl App {
             next_id: 1,
             sent: HashMap::new(),
             log,
+            last_failure: None,
         }
     }
 
@@ -180,12 +183,15 @@ impl App {
     pub fn update(&mut self, u: Update) {
         match u {
             Update::State(s) => {
-                match &s {
-                    State::Down { cause, .. } if self.status.connection == State::Connected => {
+                if let State::Down { cause, .. } = &s {
+                    // Each new reason once, not once an attempt.
+                    if self.status.connection == State::Connected {
                         self.note(format!("-- disconnected: {cause}"), error());
+                        self.last_failure = Some(cause.clone());
+                    } else if self.last_failure.as_ref() != Some(cause) {
+                        self.note(format!("-- cannot connect: {cause}"), error());
+                        self.last_failure = Some(cause.clone());
                     }
-                    State::Connected => {}
-                    _ => {}
                 }
                 if s != State::Connected {
                     self.status.runstate = None;
@@ -198,6 +204,7 @@ impl App {
                 schema,
             } => {
                 self.note(format!("-- connected to QEMU {version}"), dim());
+                self.last_failure = None;
                 self.status.version = Some(version);
                 self.completions = completions;
                 self.schema = schema;
@@ -291,12 +298,10 @@ impl App {
             State::Connecting(n) => format!("connecting (attempt {n})"),
             State::Listening => "waiting for QEMU to connect".into(),
             State::Connected => "connected".into(),
-            State::Down {
-                cause,
-                retry: Some(t),
-            } => {
+            // Why is in the transcript: a long reason would push the countdown out.
+            State::Down { retry: Some(t), .. } => {
                 let left = t.saturating_duration_since(now).as_secs_f64();
-                format!("disconnected: {cause}; reconnecting in {left:.1} s (F5: now)")
+                format!("disconnected, reconnecting in {left:.1} s (F5: now)")
             }
             State::Down { cause, retry: None } => format!("disconnected: {cause}"),
         }
@@ -395,6 +400,33 @@ mod tests {
             transcript(&mut a),
             [r#"(QEMU) {"execute":"#, r#"        "stop"}"#]
         );
+    }
+
+    #[test]
+    fn connection_failures_are_noted_once_per_reason() {
+        let mut a = app();
+        let down = |cause: &str| {
+            Update::State(State::Down {
+                cause: cause.into(),
+                retry: None,
+            })
+        };
+        for cause in ["refused", "refused", "timed out", "timed out"] {
+            a.update(down(cause));
+        }
+        a.update(Update::State(State::Connected));
+        a.update(down("QEMU closed the connection"));
+        a.update(down("refused"));
+        assert_eq!(
+            transcript(&mut a),
+            [
+                "-- cannot connect: refused",
+                "-- cannot connect: timed out",
+                "-- disconnected: QEMU closed the connection",
+                "-- cannot connect: refused",
+            ]
+        );
+        assert_eq!(a.status.runstate, None);
     }
 
     #[test]
