@@ -134,7 +134,9 @@ pub fn draw(frame: &mut Frame<'_>, app: &mut App) {
 fn draw_transcript(frame: &mut Frame<'_>, app: &mut App, area: Rect) {
     let mut title = " transcript ".to_owned();
     if app.waiting() > 0 {
-        title.push_str(&format!("(waiting for {} replies) ", app.waiting()));
+        let n = app.waiting();
+        let replies = if n == 1 { "reply" } else { "replies" };
+        title.push_str(&format!("(waiting for {n} {replies}) "));
     }
     let scrolled = app.transcript.scroll;
     let block = Block::default().borders(Borders::ALL).title(title);
