@@ -560,6 +560,33 @@ fn a_panic_gives_the_terminal_back() {
 }
 
 #[test]
+fn hmp_mode() {
+    let _serial = serial();
+    let dir = socket_dir();
+    let Some(qemu) = start_qemu(dir.path()) else {
+        return;
+    };
+    let home = home();
+    let mut tui = Tui::spawn(home.path(), &["-H", qemu.qmp.to_str().expect("UTF-8 path")]);
+    tui.wait_connected();
+    // HMP's own commands complete (from `help` and `info`).
+    tui.send("info versi");
+    tui.wait_input("(QEMU) info versi");
+    tui.send("\t");
+    tui.wait_input("(QEMU) info version");
+    tui.send("\r");
+    let version = qemu_version().trim_start_matches("QEMU ").to_owned();
+    tui.wait("the version as HMP's text", |t| {
+        t.transcript()
+            .lines()
+            .any(|l| l.trim_end().starts_with(&version))
+    });
+    tui.send("\x04");
+    assert_eq!(tui.wait_exit(), 0);
+    drop(qemu);
+}
+
+#[test]
 fn server_mode_waits_for_qemu_to_connect() {
     let _serial = serial();
     if qemu_testkit::qemu_system().is_none() {

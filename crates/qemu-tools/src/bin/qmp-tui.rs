@@ -1,7 +1,7 @@
 //! `qmp-tui`: a full-screen console on a QEMU QMP monitor (QEMU's Python `qmp-tui`).
 //!
 //! ```text
-//! qmp-tui [--listen] [--no-reconnect] [--no-mouse] [-l LOGFILE] [--no-check] [ADDRESS]
+//! qmp-tui [-H] [--listen] [--no-reconnect] [--no-mouse] [-l LOGFILE] [--no-check] [ADDRESS]
 //! ```
 //!
 //! See the crate README and [`qemu_tools::tui`].
@@ -33,6 +33,10 @@ after SIGTERM or SIGHUP (the terminal is restored in every case).";
 #[derive(Debug, Parser)]
 #[command(name = "qmp-tui", version, after_help = exit::after_help(AFTER_HELP, EXIT_HELP))]
 struct Cli {
+    /// Use the HMP interface: lines are HMP commands, sent through
+    /// human-monitor-command
+    #[arg(short = 'H', long)]
+    hmp: bool,
     /// Listen on ADDRESS and wait for QEMU to connect (server mode), again after
     /// each connection ends
     #[arg(long)]
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
     options.check = !args.no_check;
     options.logfile = args.logfile;
     options.mouse = !args.no_mouse;
+    options.hmp = args.hmp;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

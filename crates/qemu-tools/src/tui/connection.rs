@@ -7,7 +7,8 @@
 //! comes back with the job's number.
 //!
 //! After each connection the task asks QEMU for `query-qmp-schema` and
-//! `query-commands` (completion and the schema check, as `qmp-shell` does at start)
+//! `query-commands` (completion and the schema check, as `qmp-shell` does at start;
+//! in HMP mode, HMP's `help` and `info` for completion)
 //! and for `query-status` (the run state in the status line; asked again after
 //! every event that changes it).
 //!
@@ -168,8 +169,9 @@ pub struct Connection {
 
 impl Connection {
     /// Start the task (on the current tokio runtime). `reconnect: false` stops
-    /// after the first connection ends or the first attempt fails.
-    pub fn start(target: Target, reconnect: bool) -> Connection {
+    /// after the first connection ends or the first attempt fails; `hmp`: completion
+    /// data is HMP's (`help`, `info`) and no schema is fetched.
+    pub fn start(target: Target, reconnect: bool, hmp: bool) -> Connection {
         let (jobs, job_rx) = mpsc::unbounded_channel();
         let (control, control_rx) = mpsc::unbounded_channel();
         let (tx, updates) = mpsc::unbounded_channel();
@@ -177,6 +179,7 @@ impl Connection {
             Worker {
                 target,
                 reconnect,
+                hmp,
                 jobs: job_rx,
                 control: control_rx,
                 tx,
@@ -216,6 +219,7 @@ enum Ended {
 struct Worker {
     target: Target,
     reconnect: bool,
+    hmp: bool,
     jobs: mpsc::UnboundedReceiver<Job>,
     control: mpsc::UnboundedReceiver<Control>,
     tx: mpsc::UnboundedSender<Update>,
@@ -332,17 +336,23 @@ impl Worker {
     async fn session(&mut self, client: &Client) -> Ended {
         // Listen first, so no event is missed while the schema is fetched.
         let mut events = client.listen_all();
-        let introspection = client
-            .request("query-qmp-schema")
-            .timeout(QUERY_TIMEOUT)
-            .send()
-            .await
-            .ok();
-        let completions = complete::fetch_qmp(client, QUERY_TIMEOUT, introspection.as_ref()).await;
-        let schema = introspection
-            .as_ref()
-            .and_then(|v| Schema::from_introspection(v).ok())
-            .map(Arc::new);
+        let (completions, schema) = if self.hmp {
+            (complete::fetch_hmp(client, QUERY_TIMEOUT).await, None)
+        } else {
+            let introspection = client
+                .request("query-qmp-schema")
+                .timeout(QUERY_TIMEOUT)
+                .send()
+                .await
+                .ok();
+            let completions =
+                complete::fetch_qmp(client, QUERY_TIMEOUT, introspection.as_ref()).await;
+            let schema = introspection
+                .as_ref()
+                .and_then(|v| Schema::from_introspection(v).ok())
+                .map(Arc::new);
+            (completions, schema)
+        };
         let version = client
             .greeting()
             .map(|g| g.version.qemu.to_string())

@@ -84,6 +84,8 @@ pub struct TuiOptions {
     pub history_file: Option<PathBuf>,
     /// Ask the terminal for mouse reporting (wheel scrolling).
     pub mouse: bool,
+    /// HMP mode: lines are HMP commands ([`App::hmp`]).
+    pub hmp: bool,
 }
 
 impl TuiOptions {
@@ -96,6 +98,7 @@ impl TuiOptions {
             logfile: None,
             history_file: default_history_file(),
             mouse: true,
+            hmp: false,
         }
     }
 }
@@ -205,14 +208,15 @@ pub async fn run(options: TuiOptions) -> io::Result<Outcome> {
         }),
         None => Vec::new(),
     };
-    let mut app = App::new(options.target.to_string(), history, options.check, log);
+    let mut app =
+        App::new(options.target.to_string(), history, options.check, log).hmp(options.hmp);
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
 
     let mut screen = terminal::Screen::enter(options.mouse)?;
     let (input, mut keys) = InputThread::start()?;
-    let mut conn = Connection::start(options.target, options.reconnect);
+    let mut conn = Connection::start(options.target, options.reconnect, options.hmp);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 

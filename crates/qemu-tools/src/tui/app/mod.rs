@@ -104,6 +104,7 @@ pub struct App {
     completions: Arc<Completions>,
     schema: Option<Arc<Schema>>,
     check: bool,
+    hmp: bool,
     parser: CommandParser,
     next_id: u64,
     sent: HashMap<u64, Sent>,
@@ -122,7 +123,8 @@ fn error() -> Style {
 
 impl App {
     /// A new state: `target` for the status line, the history, whether commands are
-    /// checked against the schema, and the log file (`-l`) if any.
+    /// checked against the schema, and the log file (`-l`) if any. See
+    /// [`App::hmp`] for HMP mode.
     pub fn new(target: String, history: Vec<String>, check: bool, log: Option<File>) -> App {
         App {
             editor: Editor::new(history),
@@ -141,12 +143,20 @@ impl App {
             completions: Arc::new(Completions::default()),
             schema: None,
             check,
+            hmp: false,
             parser: CommandParser::new(),
             next_id: 1,
             sent: HashMap::new(),
             log,
             last_failure: None,
         }
+    }
+
+    /// HMP mode: each line is an HMP command line, sent through
+    /// `human-monitor-command`, and its text reply shown as it is (as `qmp-shell -H`).
+    pub fn hmp(mut self, hmp: bool) -> App {
+        self.hmp = hmp;
+        self
     }
 
     /// The prompt of the input line.
@@ -237,7 +247,22 @@ impl App {
         match result {
             Ok(reply) => {
                 self.log_line(|| format_log_entry(&sent.request, &reply));
-                self.transcript.push(json_lines(&reply));
+                match (self.hmp, reply.get("return"), reply.get("error")) {
+                    (true, Some(Ordered::String(text)), _) => {
+                        let lines: Vec<Line<'static>> =
+                            text.lines().map(|l| Line::from(l.to_owned())).collect();
+                        self.transcript.push(lines);
+                    }
+                    (true, _, Some(e)) => {
+                        let text = |k| match e.get(k) {
+                            Some(Ordered::String(s)) => s.as_str(),
+                            _ => "?",
+                        };
+                        let line = format!("{}: {}", text("class"), text("desc"));
+                        self.note(line, error());
+                    }
+                    _ => self.transcript.push(json_lines(&reply)),
+                }
             }
             Err(e) => self.note(format!("Error: {e}"), error()),
         }
@@ -255,6 +280,19 @@ impl App {
             ])]);
         }
         let line = one_line(&text);
+        if self.hmp {
+            if line.is_empty() {
+                return Action::None;
+            }
+            let parsed = Parsed::Command {
+                name: "human-monitor-command".into(),
+                arguments: Ordered::Object(vec![(
+                    "command-line".into(),
+                    Ordered::String(line.clone()),
+                )]),
+            };
+            return self.send(parsed, line);
+        }
         let parsed = match self.parser.parse(&line) {
             Ok(Parsed::Nothing) => return Action::None,
             Ok(p) => p,
@@ -277,6 +315,14 @@ impl App {
             self.transcript.push(json_lines(&reply));
             return Action::None;
         }
+        self.send(parsed, line)
+    }
+
+    /// Hand a command over to be sent, remembering it for its reply.
+    fn send(&mut self, parsed: Parsed, text: String) -> Action {
+        let Some(request) = parsed.request() else {
+            return Action::None;
+        };
         let id = self.next_id;
         self.next_id += 1;
         self.transcript.scroll = 0;
@@ -284,7 +330,7 @@ impl App {
             id,
             Sent {
                 request,
-                text: line,
+                text,
                 shown_at: self.transcript.len(),
             },
         );
@@ -427,6 +473,44 @@ mod tests {
             ]
         );
         assert_eq!(a.status.runstate, None);
+    }
+
+    #[test]
+    fn hmp_lines_go_through_human_monitor_command_and_replies_are_text() {
+        let mut a = app().hmp(true);
+        type_text(&mut a, "info  version");
+        let Action::Send(job) = a.key(key(KeyCode::Enter)) else {
+            panic!("not sent")
+        };
+        assert_eq!(
+            job.parsed.request().map(|r| r.to_string()),
+            Some(r#"{"execute":"human-monitor-command","arguments":{"command-line":"info  version"}}"#.into())
+        );
+        a.update(Update::Reply {
+            id: job.id,
+            result: Ok(Ordered::parse(br#"{"return": "10.0.2\r\nmore\r\n"}"#).unwrap()),
+        });
+        type_text(&mut a, "bogus");
+        let Action::Send(job) = a.key(key(KeyCode::Enter)) else {
+            panic!("not sent")
+        };
+        a.update(Update::Reply {
+            id: job.id,
+            result: Ok(Ordered::parse(
+                br#"{"error": {"class": "GenericError", "desc": "unknown command: 'bogus'"}}"#,
+            )
+            .unwrap()),
+        });
+        assert_eq!(
+            transcript(&mut a),
+            [
+                "(QEMU) info  version",
+                "10.0.2",
+                "more",
+                "(QEMU) bogus",
+                "GenericError: unknown command: 'bogus'"
+            ]
+        );
     }
 
     #[test]
