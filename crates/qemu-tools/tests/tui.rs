@@ -6,7 +6,8 @@
 //! descriptors, so qmp-tui can connect at once; a second monitor lets the test act on
 //! QEMU behind qmp-tui's back (`stop`, for an event). Every wait polls the emulated
 //! screen until a condition holds, with a deadline. The binary runs under `sh -c`,
-//! which prints `stty -a` and the exit status once it has ended: so each test also
+//! which, once it has ended, compares the terminal's settings with those before
+//! (`stty -g`) and prints them (`stty -a`) and the exit status: so each test also
 //! sees the terminal as qmp-tui left it. Each test skips with a `SKIPPED:` line when
 //! QEMU is missing (and fails under `CI=true`). One test at a time: two CPUs are
 //! shared with QEMU and the TUI.
