@@ -9,3 +9,4 @@ pub mod qom_fuse;
 mod reply;
 pub mod shell;
 pub mod test_server;
+pub mod tui;

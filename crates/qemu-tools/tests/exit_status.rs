@@ -24,7 +24,8 @@ const SERVER: &str = env!("CARGO_BIN_EXE_qmp-test-server");
 const QAPI: &str = env!("CARGO_BIN_EXE_qapi-schema");
 const JOBS: &str = env!("CARGO_BIN_EXE_qemu-jobs");
 const FUSE: &str = env!("CARGO_BIN_EXE_qom-fuse");
-const TOOLS: [&str; 8] = [SHELL, WRAP, QOM, GA, SERVER, QAPI, JOBS, FUSE];
+const TUI: &str = env!("CARGO_BIN_EXE_qmp-tui");
+const TOOLS: [&str; 9] = [SHELL, WRAP, QOM, GA, SERVER, QAPI, JOBS, FUSE, TUI];
 
 /// Deadline for one run.
 const T: Duration = Duration::from_secs(60);
@@ -170,6 +171,9 @@ fn usage_errors_exit_2_on_stderr() {
     expect_usage_error(FUSE, &["/mnt"]);
     expect_usage_error(FUSE, &["-s", "localhost:port", "/mnt"]);
     expect_usage_error(FUSE, &["-s", "/nonexistent.sock", "--cache", "-1", "/mnt"]);
+    expect_usage_error(TUI, &[]);
+    expect_usage_error(TUI, &["--bogus", "/nonexistent.sock"]);
+    expect_usage_error(TUI, &["localhost:port"]);
 }
 
 #[test]
@@ -194,6 +198,10 @@ fn connection_failures_exit_1_with_one_line() {
     expect_one_line_failure(&r, "qemu-jobs: failed to connect to ");
     let r = run(FUSE, &["-s", missing, dir.path().to_str().unwrap()], "");
     expect_one_line_failure(&r, "qom-fuse: failed to connect to ");
+    // qmp-tui keeps trying to connect (tests/tui.rs); without a terminal it does
+    // not start at all.
+    let r = run(TUI, &[missing], "");
+    expect_one_line_failure(&r, "ERROR: qmp-tui needs a terminal");
     // The server's equivalent: it cannot listen where a file is.
     let taken = dir.path().join("taken");
     std::fs::write(&taken, "").unwrap();
