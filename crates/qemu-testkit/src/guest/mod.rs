@@ -68,9 +68,10 @@ pub struct GuestImage {
 impl GuestImage {
     /// The QEMU arguments that boot this guest with its console on the first
     /// serial port, which the caller connects (for `QemuMachine`:
-    /// `.console(true)`, or `-serial stdio`). A `pc` machine with 256 MiB, KVM
-    /// when [`kvm_usable`], TCG otherwise, and `-no-reboot` (a guest panic or
-    /// reboot ends QEMU). `extra_append` is added to the kernel command line.
+    /// `.console(true)`, or `-serial stdio`), for a `pc` machine the caller
+    /// chooses (`.machine_type("pc")`): 256 MiB, KVM when [`kvm_usable`], TCG
+    /// otherwise, and `-no-reboot` (a guest panic or reboot ends QEMU).
+    /// `extra_append` is added to the kernel command line.
     pub fn qemu_args(&self, extra_append: &str) -> Vec<String> {
         let accel = if kvm_usable() { "kvm" } else { "tcg" };
         let mut append = String::from("console=ttyS0 panic=-1");
