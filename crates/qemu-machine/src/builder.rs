@@ -115,6 +115,7 @@ pub struct MachineBuilder {
     fds: Vec<AddFd>,
     chardev_fds: Vec<ChardevFd>,
     shutdown_timeout: Duration,
+    powerdown_timeout: Option<Duration>,
     display_none: bool,
     nodefaults: bool,
     conv_keys: bool,
@@ -146,6 +147,7 @@ impl MachineBuilder {
             fds: Vec::new(),
             chardev_fds: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            powerdown_timeout: None,
             display_none: true,
             nodefaults: false,
             conv_keys: false,
@@ -381,6 +383,17 @@ impl MachineBuilder {
     /// How long a graceful shutdown may take before QEMU is killed (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Make a graceful [`shutdown`](QemuMachine::shutdown) ask the guest first: send
+    /// `system_powerdown` (ACPI power button) and give the guest up to `timeout` to
+    /// power off, and only then `quit` (default: no powerdown; Python has none).
+    /// A guest that powered off ends with a `SHUTDOWN` event whose `guest` is true;
+    /// one that ignored the button costs `timeout`, then QEMU quits as without this.
+    /// The whole shutdown stays within [`shutdown_timeout`](Self::shutdown_timeout).
+    pub fn powerdown_timeout(mut self, timeout: Duration) -> Self {
+        self.powerdown_timeout = Some(timeout);
         self
     }
 
@@ -856,6 +869,7 @@ impl Launch {
             qmp_enabled: self.b.qmp,
             conv_keys: self.b.conv_keys,
             shutdown_timeout: self.b.shutdown_timeout,
+            powerdown_timeout: self.b.powerdown_timeout,
             qmp: client,
             events: EventQueue::new(listener),
             console,

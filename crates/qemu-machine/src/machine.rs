@@ -37,6 +37,7 @@ pub(crate) struct MachineParts {
     pub(crate) qmp_enabled: bool,
     pub(crate) conv_keys: bool,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) powerdown_timeout: Option<Duration>,
     pub(crate) qmp: Client,
     pub(crate) events: EventQueue,
     pub(crate) console: Option<Console>,
@@ -100,6 +101,8 @@ pub struct QemuMachine {
     qmp_enabled: bool,
     conv_keys: bool,
     shutdown_timeout: Duration,
+    /// Set: a graceful shutdown asks the guest first (`system_powerdown`).
+    powerdown_timeout: Option<Duration>,
     qmp: Client,
     /// Events received and not yet handed out; shared by concurrent waits, no lock
     /// held across a wait.
@@ -145,6 +148,7 @@ impl QemuMachine {
             qmp_enabled: p.qmp_enabled,
             conv_keys: p.conv_keys,
             shutdown_timeout: p.shutdown_timeout,
+            powerdown_timeout: p.powerdown_timeout,
             qmp: p.qmp,
             events: p.events,
             console: p.console,
@@ -236,7 +240,12 @@ impl QemuMachine {
     /// Stop QEMU and clean up (Python: `shutdown(hard, timeout)`).
     ///
     /// Graceful (`hard == false`): send `quit` over QMP (SIGTERM when QMP is
-    /// disabled) and wait for QEMU to exit. If that fails or takes longer than
+    /// disabled) and wait for QEMU to exit. With
+    /// [`MachineBuilder::powerdown_timeout`] set, the guest is asked first:
+    /// `system_powerdown` (the ACPI power button), then up to that long for QEMU to
+    /// exit because the guest powered off (`SHUTDOWN` with `guest: true`); a guest
+    /// that ignores it gets `quit` (`SHUTDOWN` with `guest: false`), within what
+    /// is left of `timeout`. If that fails or takes longer than
     /// `timeout` (default: [`MachineBuilder::shutdown_timeout`]; one deadline for the
     /// whole shutdown), QEMU is killed with SIGKILL and the result is
     /// [`MachineError::AbnormalShutdown`], whose cause says what went wrong. It is also
@@ -314,6 +323,9 @@ impl QemuMachine {
 
     async fn soft_shutdown(&self, timeout: Duration) -> std::result::Result<(), ShutdownCause> {
         let deadline = Instant::now() + timeout;
+        if let Some(status) = self.guest_powerdown(deadline).await {
+            return self.check_exit(status);
+        }
         if self.qmp_enabled {
             if self.qmp.runstate() == Runstate::Running
                 && !self.quit_issued.swap(true, Ordering::SeqCst)
@@ -338,6 +350,38 @@ impl QemuMachine {
             Some(status) => self.check_exit(status),
             None => Err(ShutdownCause::Timeout(timeout)),
         }
+    }
+
+    /// The guest's part of a graceful shutdown (see [`shutdown_with`]): QEMU's exit
+    /// status if the guest powered off before the powerdown timeout (and `deadline`).
+    ///
+    /// [`shutdown_with`]: Self::shutdown_with
+    async fn guest_powerdown(&self, deadline: Instant) -> Option<ExitStatus> {
+        let grace = self.powerdown_timeout?;
+        if !self.qmp_enabled
+            || self.qmp.runstate() != Runstate::Running
+            || self.quit_issued.load(Ordering::SeqCst)
+        {
+            return None;
+        }
+        let guest_deadline = deadline.min(Instant::now() + grace);
+        match tokio::time::timeout_at(guest_deadline, self.qmp.execute("system_powerdown", None))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            // The guest was quicker than the reply: QEMU is exiting.
+            Ok(Err(e)) if e.is_disconnected() => {}
+            Ok(Err(e)) => {
+                debug!(name = %self.name, "'system_powerdown' failed: {e}");
+                return None;
+            }
+            Err(_) => return None,
+        }
+        let status = self.process.wait_until(guest_deadline).await;
+        if status.is_none() {
+            debug!(name = %self.name, "the guest ignored 'system_powerdown' for {grace:?}: sending 'quit'");
+        }
+        status
     }
 
     async fn hard_kill(&self) -> Result<()> {

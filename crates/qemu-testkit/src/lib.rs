@@ -49,6 +49,8 @@
 //!   [`require_storage_daemon!`]; saying so: [`loud`], [`test_name`];
 //! - [`QemuProcess`]: a child with inherited descriptors, a log, and kill and
 //!   reap on drop; [`above_stdio`];
+//! - [`guest`]: a Linux guest image (Debian's kernel, busybox, `qemu-ga`)
+//!   built from packages and cached, for tests that need a running guest;
 //! - [`start_agent`]: a `qemu-ga` by socket activation, with every command that
 //!   would change the test machine blocked;
 //! - `/proc`: [`children`], [`qemu_children`], [`assert_no_qemu_children`],
@@ -67,6 +69,7 @@
 mod agent;
 mod binaries;
 mod command;
+pub mod guest;
 mod process;
 mod procfs;
 mod raw;
