@@ -247,7 +247,13 @@ fn raw_pipelined(path: &Path, n: usize, depth: usize) -> f64 {
 }
 
 async fn ours_pipelined(path: &Path, n: usize, depth: usize) -> f64 {
-    let qmp = std::sync::Arc::new(Client::connect(path).await.expect("connect"));
+    // `OURS_NO_OOB=1`: without OOB, hence without the in-band window.
+    let qmp = Client::builder()
+        .enable_oob(std::env::var_os("OURS_NO_OOB").is_none())
+        .connect(path)
+        .await
+        .expect("connect");
+    let qmp = std::sync::Arc::new(qmp);
     qmp.execute("query-status", None).await.expect("warm up");
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -588,10 +594,25 @@ fn main() {
     if run("pipelined") {
         for depth in [8usize, 64] {
             let (mut raw, mut ours_ct, mut ours_mt) = (vec![], vec![], vec![]);
+            // `BENCH_CLIENTS=ct` (or `raw`, `mt`, comma-separated) runs only those
+            // clients, for profiling one of them.
+            let clients = std::env::var("BENCH_CLIENTS").ok();
+            let with = |c: &str| clients.as_deref().is_none_or(|o| o.split(',').any(|x| x == c));
             for _ in 0..s.rounds {
-                raw.push(raw_pipelined(&server.path, s.pipelined, depth));
-                ours_ct.push(ct.block_on(ours_pipelined(&server.path, s.pipelined, depth)));
-                ours_mt.push(mt.block_on(ours_pipelined(&server.path, s.pipelined, depth)));
+                if with("raw") {
+                    raw.push(raw_pipelined(&server.path, s.pipelined, depth));
+                }
+                if with("ct") {
+                    ours_ct.push(ct.block_on(ours_pipelined(&server.path, s.pipelined, depth)));
+                }
+                if with("mt") {
+                    ours_mt.push(mt.block_on(ours_pipelined(&server.path, s.pipelined, depth)));
+                }
+            }
+            for v in [&mut raw, &mut ours_ct, &mut ours_mt] {
+                if v.is_empty() {
+                    v.push(f64::NAN);
+                }
             }
             out.insert(
                 format!("pipelined_{depth}"),
