@@ -597,7 +597,11 @@ fn main() {
             // `BENCH_CLIENTS=ct` (or `raw`, `mt`, comma-separated) runs only those
             // clients, for profiling one of them.
             let clients = std::env::var("BENCH_CLIENTS").ok();
-            let with = |c: &str| clients.as_deref().is_none_or(|o| o.split(',').any(|x| x == c));
+            let with = |c: &str| {
+                clients
+                    .as_deref()
+                    .is_none_or(|o| o.split(',').any(|x| x == c))
+            };
             for _ in 0..s.rounds {
                 if with("raw") {
                     raw.push(raw_pipelined(&server.path, s.pipelined, depth));

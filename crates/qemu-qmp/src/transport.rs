@@ -451,34 +451,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Queue a message for the flusher, which writes it with whatever else is queued
-    /// by then in one system call: for a caller that knows other commands are in
-    /// flight, whose replies will wake more callers with more messages. (Writing each
-    /// at once costs a system call, and a wake-up of the peer, per message: with 8
-    /// commands in flight against a server that answers at once, that was the larger
-    /// part of the client's time.)
-    pub(crate) fn send_deferred(&self, data: Vec<u8>, tag: Option<u64>) -> Result<(), SendError> {
-        let mut q = self.lock();
-        if let Some(kind) = q.closed {
-            return Err(SendError::Closed(io::Error::new(
-                kind,
-                "the connection is closed",
-            )));
-        }
-        let was_empty = q.chunks.is_empty();
-        q.chunks.push_back(Chunk {
-            data,
-            pos: 0,
-            fds: Vec::new(),
-            tag,
-        });
-        drop(q);
-        if was_empty {
-            self.wake.notify_one();
-        }
-        Ok(())
-    }
-
     /// Write the front chunks that carry no descriptors, several at once; returns the
     /// bytes written.
     fn write_batch(&self, q: &WriteQueue) -> io::Result<usize> {
@@ -514,7 +486,8 @@ impl Writer {
     /// Write queued chunks until done (`Ok(true)`) or the socket is full (`Ok(false)`).
     /// Messages the kernel refuses before any of their bytes is written are dropped
     /// and added to `rejected`; any other error is the connection's. Consecutive
-    /// messages without descriptors go in one vectored write.
+    /// messages without descriptors (queued while the socket was full) go in one
+    /// vectored write.
     fn flush_locked(&self, q: &mut WriteQueue, rejected: &mut Vec<Rejected>) -> io::Result<bool> {
         while q.chunks.len() > 1 && q.chunks.front().is_some_and(|c| c.fds.is_empty()) {
             match self.write_batch(q) {
@@ -770,37 +743,6 @@ mod tests {
         for e in [Errno::PIPE, Errno::CONNRESET, Errno::NOTCONN, Errno::NOBUFS] {
             assert!(!refuses_message(&e.into()), "{e:?}");
         }
-    }
-
-    #[tokio::test]
-    async fn deferred_messages_wait_for_the_flusher_and_go_together_in_order() {
-        let (writer, peer) = writer_and_peer();
-        let writer = Arc::new(writer);
-        for (i, m) in [&b"a"[..], b"bb", b"ccc"].iter().enumerate() {
-            writer.send_deferred(m.to_vec(), Some(i as u64)).unwrap();
-        }
-        // A message with descriptors queued behind them keeps its place.
-        writer.send(b"d".to_vec(), copies(2), Some(9)).unwrap();
-        writer.send_deferred(b"e".to_vec(), None).unwrap();
-        assert!(
-            !writer.is_flushed(),
-            "deferred messages were written at once"
-        );
-        assert_eq!(read_available(&peer), (Vec::new(), 0));
-        let flusher = tokio::spawn({
-            let writer = writer.clone();
-            async move { writer.run_flusher(|r| panic!("refused: {r:?}")).await }
-        });
-        tokio::time::timeout(T, async {
-            while !writer.is_flushed() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("flushed in time");
-        assert_eq!(read_available(&peer), (b"abbcccde".to_vec(), 2));
-        writer.close();
-        flusher.await.unwrap().unwrap();
     }
 
     #[test]

@@ -371,7 +371,7 @@ impl Session {
             _ => None,
         };
         let (tx, rx) = oneshot::channel();
-        let (key, seq, in_flight) = {
+        let (key, seq) = {
             let mut p = self.pending();
             if p.ended {
                 let cause = p.cause.clone();
@@ -380,7 +380,6 @@ impl Session {
                     cause: cause.map(Box::new),
                 });
             }
-            let in_flight = p.map.len();
             let key = p.assign_id(caller_id.is_some());
             let seq = p.next_seq;
             p.next_seq += 1;
@@ -393,7 +392,7 @@ impl Session {
                     _permit: permit,
                 },
             );
-            (key, seq, in_flight)
+            (key, seq)
         };
         if let Some(n) = key {
             msg.insert("id".into(), Value::from(n));
@@ -403,16 +402,7 @@ impl Session {
             Some(n) => trace!(name = %self.label, "--> {command} (id {n})"),
             None => trace!(name = %self.label, "--> {command}"),
         }
-        // Alone in flight (a caller waiting for each reply before the next command),
-        // the command is written at once: no hop through the flusher. With others in
-        // flight, their replies wake callers that send more, and the flusher writes
-        // all of those at once.
-        let sent = if in_flight > 0 && fds.is_empty() && !oob {
-            self.writer.send_deferred(bytes, Some(seq))
-        } else {
-            self.writer.send(bytes, fds, Some(seq))
-        };
-        if let Err(e) = sent {
+        if let Err(e) = self.writer.send(bytes, fds, Some(seq)) {
             self.pending().take(&key);
             return Err(self.send_error(Some(&command), e));
         }
