@@ -387,7 +387,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_a_waiting_consumer_is_woken_and_once_per_batch() {
+    async fn a_waiting_consumer_is_woken_at_the_end_of_the_batch() {
         let reg = Arc::new(Registry::default());
         let mut l = reg.register(ListenOptions::new().names(["E"]));
         let r2 = reg.clone();

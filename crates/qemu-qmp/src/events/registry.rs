@@ -4,14 +4,14 @@
 //!
 //! Listeners are kept by the names they want (a listener for every event, or with
 //! only a filter, in a list of its own), so an event is offered only to the
-//! listeners that could want it: 10,000 listeners for other events cost an event
-//! nothing. Each list is a vector of slots walked in order, with a map from a
-//! listener's address to its slot, so that dropping a listener costs the same
-//! whatever the number of others (a `Vec` and `retain` made dropping 10,000 listeners
-//! quadratic: 44 ms, now 0.8 ms), while offering an event still walks memory in order
-//! (a hash map walked in its own order tripled the cost of 10,000 listeners). Consumers are woken once per batch
-//! of messages, and only those that wait and got something: the reader notes them
-//! while it offers (a flag on each keeps the note single).
+//! listeners that could want it: listeners for other events cost an event nothing
+//! (with 10,000 of them, a `stop` + `cont` took 1,180 µs before, 432 µs after,
+//! against 331 µs with one listener). Each list is a vector of slots walked in
+//! order, with a map from a listener's address to its slot, so that dropping a
+//! listener costs the same whatever the number of others (a `Vec` and `retain` made
+//! dropping 10,000 listeners quadratic: 60 ms, now 1.5 ms). Consumers are woken once
+//! per batch of messages, and only those that wait and got something: the reader
+//! notes them while it offers (a flag on each keeps the note single).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
