@@ -113,6 +113,32 @@ fn a_small_blocking_queue_loses_exactly_the_excess() {
     qmp.close().unwrap();
 }
 
+/// Events pulled one by one, the rest cleared, and events queued in between come out
+/// of `pull_event`, `get_events` and `clear_events` in the order they arrived.
+#[test]
+fn events_taken_together_keep_their_order_with_later_ones() {
+    let (server, sock) = server_thread();
+    let mut qmp = blocking::Client::connect(sock).expect("connect");
+    let server = server.server.as_ref().expect("server");
+    server.inject(Fault::FloodEvents(5));
+    qmp.execute("echo", Some(json!({}))).unwrap();
+    assert_eq!(
+        seq(&qmp.pull_event(Wait::No).unwrap().expect("an event")),
+        0
+    );
+    server.inject(Fault::FloodEvents(3));
+    qmp.execute("echo", Some(json!({}))).unwrap();
+    assert_eq!(
+        seq(&qmp.pull_event(Wait::Timeout(T)).unwrap().expect("an event")),
+        1
+    );
+    let rest: Vec<_> = qmp.clear_events().iter().map(seq).collect();
+    assert_eq!(rest, [2, 3, 4, 0, 1, 2]);
+    assert_eq!(qmp.pull_event(Wait::No).unwrap(), None);
+    assert!(qmp.get_events(Wait::No).unwrap().is_empty());
+    qmp.close().unwrap();
+}
+
 /// An async `EventQueue` on a flood: a wait for one event in the middle passes over
 /// the others, which stay queued in order, within the bound; a wait that started
 /// before the flood sees every event of it.
