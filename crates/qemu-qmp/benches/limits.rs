@@ -278,29 +278,12 @@ async fn ours_pipelined(path: &Path, n: usize, depth: usize) -> f64 {
 
 // --- a real QEMU's event backlog -----------------------------------------------------
 
-/// A QEMU with a second QMP monitor, `gen.sock` in its directory.
-fn qemu_with_two_monitors() -> QemuProcess {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gen = dir.path().join("gen.sock");
-    let qemu = QemuProcess::system_with_listener(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", gen.display()),
-    ]);
-    // Once QEMU greets on its first monitor, it has made every chardev.
-    drop(Raw::connect(
-        UnixStream::connect(qemu.qmp_path()).expect("connect"),
-    ));
-    let target = qemu.dir().join("gen.sock");
-    // The socket lives in QEMU's own directory (removed with it).
-    std::fs::rename(&gen, &target).expect("move the socket");
-    qemu
-}
-
-/// A negotiated connection to `qemu` on which `n` events wait, generated through its
-/// second monitor while nobody read this one.
+/// A negotiated connection to `qemu` (from [`QemuProcess::system_with_monitors`]) on
+/// which `n` events wait, generated through its second monitor while nobody read
+/// this one.
 fn backlog(qemu: &QemuProcess, n: usize) -> UnixStream {
     let reader = Raw::connect(UnixStream::connect(qemu.qmp_path()).expect("connect"));
-    let mut gen = Raw::connect(UnixStream::connect(qemu.dir().join("gen.sock")).expect("connect"));
+    let mut gen = Raw::connect(UnixStream::connect(qemu.monitor_path(2)).expect("connect"));
     // Pipelined, 32 at a time: each pair makes a STOP and a RESUME.
     let mut outstanding = 0;
     let mut sent = 0;
@@ -658,7 +641,7 @@ fn main() {
     drop(server);
 
     if run("backlog") || run("listeners") {
-        let qemu = qemu_with_two_monitors();
+        let qemu = QemuProcess::system_with_monitors(2, &[]);
         if run("backlog") {
             let (mut raw, mut ours_ct, mut ours_mt, mut ours_blocking) =
                 (vec![], vec![], vec![], vec![]);

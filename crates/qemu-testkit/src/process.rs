@@ -61,6 +61,15 @@ fn system_base_args(extra_args: &[&str]) -> Vec<String> {
     args
 }
 
+/// The socket file of QMP monitor `n` (1-based).
+fn monitor_file(n: usize) -> String {
+    if n <= 1 {
+        "qmp.sock".to_owned()
+    } else {
+        format!("qmp{n}.sock")
+    }
+}
+
 fn new_tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("qemu-test-")
@@ -185,18 +194,49 @@ impl QemuProcess {
     /// The harness keeps no copy of the listener, so once QEMU is dead,
     /// connecting fails with `ECONNREFUSED` instead of hanging.
     pub fn system_with_listener(extra_args: &[&str]) -> QemuProcess {
+        Self::system_with_monitors(1, extra_args)
+    }
+
+    /// [`Self::system_with_listener`] with `count` QMP monitors, each listening on
+    /// a socket of its own in QEMU's directory ([`Self::monitor_path`]): the first
+    /// for the client under test, the others for a test to act on QEMU behind its
+    /// back (a QMP monitor serves one client at a time).
+    pub fn system_with_monitors(count: usize, extra_args: &[&str]) -> QemuProcess {
         let binary = require_binary("qemu-system-x86_64", QEMU_SYSTEM_ENV);
-        let (dir, path, listener) = Self::listener_in_tempdir();
-        let fd = listener.as_raw_fd();
+        let (dir, path, first) = Self::listener_in_tempdir();
+        let mut listeners = vec![first];
+        for n in 2..=count {
+            let path = dir.path().join(monitor_file(n));
+            let l = UnixListener::bind(&path)
+                .unwrap_or_else(|e| panic!("cannot bind {}: {e}", path.display()));
+            listeners.push(above_stdio(OwnedFd::from(l)));
+        }
         let mut args = system_base_args(extra_args);
-        args.push("-chardev".into());
-        args.push(format!("socket,id=qmp,fd={fd},server=on,wait=off"));
-        args.extend(["-mon", "chardev=qmp,mode=control"].map(String::from));
+        for (i, l) in listeners.iter().enumerate() {
+            let id = if i == 0 {
+                "qmp".to_owned()
+            } else {
+                format!("qmp{}", i + 1)
+            };
+            args.push("-chardev".into());
+            args.push(format!(
+                "socket,id={id},fd={},server=on,wait=off",
+                l.as_raw_fd()
+            ));
+            args.extend(["-mon".to_owned(), format!("chardev={id},mode=control")]);
+        }
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        let mut qemu = Self::spawn_in(dir, &binary, &args, &[listener.as_fd()]);
+        let fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
+        let mut qemu = Self::spawn_in(dir, &binary, &args, &fds);
         qemu.qmp_path = Some(path);
         qemu
-        // `listener` is closed here: QEMU holds the only copy.
+        // The listeners are closed here: QEMU holds the only copies.
+    }
+
+    /// The socket of QMP monitor `n` (1-based) of [`Self::system_with_monitors`]:
+    /// `qmp.sock`, `qmp2.sock`, ... in QEMU's directory.
+    pub fn monitor_path(&self, n: usize) -> PathBuf {
+        self.dir().join(monitor_file(n))
     }
 
     /// `qemu-storage-daemon` whose QMP monitor listens on [`Self::qmp_path`]

@@ -8,8 +8,6 @@
 //! QEMU and the shell.
 
 use std::io::{self, Read as _, Write as _};
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -74,42 +72,10 @@ fn start_qemu() -> Option<Qemu> {
 
 /// [`start_qemu`] with more arguments (`-S`).
 fn start_qemu_with(extra: &[&str]) -> Option<Qemu> {
-    let binary = qemu_testkit::qemu_system()?;
-    let dir = tempfile::Builder::new()
-        .prefix("qmp-shell-")
-        .tempdir()
-        .expect("temporary directory");
-    let qmp = dir.path().join("qmp.sock");
-    let qmp2 = dir.path().join("qmp2.sock");
-    let l1 = UnixListener::bind(&qmp).expect("bind qmp.sock");
-    let l2 = UnixListener::bind(&qmp2).expect("bind qmp2.sock");
-    let args = [
-        "-machine".to_owned(),
-        "none".to_owned(),
-        "-nodefaults".to_owned(),
-        "-display".to_owned(),
-        "none".to_owned(),
-        "-chardev".to_owned(),
-        format!("socket,id=qmp,fd={},server=on,wait=off", raw(&l1)),
-        "-mon".to_owned(),
-        "chardev=qmp,mode=control".to_owned(),
-        "-chardev".to_owned(),
-        format!("socket,id=qmp2,fd={},server=on,wait=off", raw(&l2)),
-        "-mon".to_owned(),
-        "chardev=qmp2,mode=control".to_owned(),
-    ];
-    let args: Vec<String> = args
-        .into_iter()
-        .chain(extra.iter().map(|a| (*a).to_owned()))
-        .collect();
-    let process = QemuProcess::spawn_in(dir, &binary, &args, &[l1.as_fd(), l2.as_fd()]);
-    // Our listeners close here: QEMU holds the only copies.
+    qemu_testkit::qemu_system()?;
+    let process = QemuProcess::system_with_monitors(2, extra);
+    let (qmp, qmp2) = (process.monitor_path(1), process.monitor_path(2));
     Some(Qemu { process, qmp, qmp2 })
-}
-
-fn raw(l: &UnixListener) -> i32 {
-    use std::os::fd::AsRawFd;
-    l.as_raw_fd()
 }
 
 /// A program on a pseudo-terminal, with a transcript for failure messages.
