@@ -69,7 +69,19 @@ async fn a_running_guest_migrates_and_answers_on_the_destination() {
         .unwrap();
     let outcome = migration.wait(Some(BOOT)).await.unwrap();
     assert_eq!(outcome, Outcome::Completed, "{}", source.log());
-    let status = source.command("query-status", None).await.unwrap();
+    // QEMU reports the migration completed a moment before the source's run state
+    // moves from finish-migrate to postmigrate (no event marks that step).
+    let status = tokio::time::timeout(GUEST, async {
+        loop {
+            let status = source.command("query-status", None).await.unwrap();
+            if status["status"] != "finish-migrate" {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the source left finish-migrate in time");
     assert_eq!(status["status"], "postmigrate", "{status}");
 
     // The destination runs the same guest: its shell, its variable.
