@@ -573,18 +573,19 @@ fn main() {
         )),
     );
 
+    // `BENCH_CLIENTS=ct` (or `raw`, `mt`, `blocking`, comma-separated) runs only
+    // those clients in the pipelined and backlog rows, for profiling one of them.
+    let clients = std::env::var("BENCH_CLIENTS").ok();
+    let with = |c: &str| {
+        clients
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x == c))
+    };
+
     let server = ServerProcess::start();
     if run("pipelined") {
         for depth in [8usize, 64] {
             let (mut raw, mut ours_ct, mut ours_mt) = (vec![], vec![], vec![]);
-            // `BENCH_CLIENTS=ct` (or `raw`, `mt`, comma-separated) runs only those
-            // clients, for profiling one of them.
-            let clients = std::env::var("BENCH_CLIENTS").ok();
-            let with = |c: &str| {
-                clients
-                    .as_deref()
-                    .is_none_or(|o| o.split(',').any(|x| x == c))
-            };
             for _ in 0..s.rounds {
                 if with("raw") {
                     raw.push(raw_pipelined(&server.path, s.pipelined, depth));
@@ -646,12 +647,25 @@ fn main() {
             let (mut raw, mut ours_ct, mut ours_mt, mut ours_blocking) =
                 (vec![], vec![], vec![], vec![]);
             for _ in 0..s.rounds {
-                raw.push(raw_backlog(backlog(&qemu, s.backlog), s.backlog));
-                let sock = backlog(&qemu, s.backlog);
-                ours_ct.push(ct.block_on(ours_backlog(sock, s.backlog)));
-                let sock = backlog(&qemu, s.backlog);
-                ours_mt.push(mt.block_on(ours_backlog(sock, s.backlog)));
-                ours_blocking.push(blocking_backlog(backlog(&qemu, s.backlog), s.backlog));
+                if with("raw") {
+                    raw.push(raw_backlog(backlog(&qemu, s.backlog), s.backlog));
+                }
+                if with("ct") {
+                    let sock = backlog(&qemu, s.backlog);
+                    ours_ct.push(ct.block_on(ours_backlog(sock, s.backlog)));
+                }
+                if with("mt") {
+                    let sock = backlog(&qemu, s.backlog);
+                    ours_mt.push(mt.block_on(ours_backlog(sock, s.backlog)));
+                }
+                if with("blocking") {
+                    ours_blocking.push(blocking_backlog(backlog(&qemu, s.backlog), s.backlog));
+                }
+            }
+            for v in [&mut raw, &mut ours_ct, &mut ours_mt, &mut ours_blocking] {
+                if v.is_empty() {
+                    v.push(f64::NAN);
+                }
             }
             out.insert(
                 "backlog".into(),

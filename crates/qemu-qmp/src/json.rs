@@ -230,6 +230,11 @@ impl Formatter for Escaping {
         w: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
+        // Nearly every string QMP carries is plain ASCII: one vectorised check spares
+        // it the walk below.
+        if fragment.is_ascii() && !(self.qemu && fragment.as_bytes().contains(&0x7f)) {
+            return w.write_all(fragment.as_bytes());
+        }
         let mut plain = 0;
         for (i, ch) in fragment.char_indices() {
             // serde_json hands control characters to write_char_escape; DEL and

@@ -244,7 +244,7 @@ pub struct Timestamp {
 pub struct Event(Arc<EventInner>);
 
 struct EventInner {
-    name: Box<str>,
+    name: EventName,
     /// The `timestamp` member, when the event was read from the wire (else taken
     /// from the object).
     timestamp: Option<Timestamp>,
@@ -263,7 +263,27 @@ impl PartialEq for EventInner {
     }
 }
 
+/// Where an event's name is kept.
+enum EventName {
+    Owned(Box<str>),
+    /// A span of the event's text, which holds the name unescaped: an event read
+    /// from the wire needs no copy of it.
+    InText(std::ops::Range<usize>),
+}
+
 impl EventInner {
+    fn name(&self) -> &str {
+        match &self.name {
+            EventName::Owned(name) => name,
+            EventName::InText(span) => self
+                .text
+                .as_deref()
+                .and_then(|t| t.get(span.clone()))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default(),
+        }
+    }
+
     fn object(&self) -> &JsonObject {
         self.raw.get_or_init(|| {
             let text = self.text.as_deref().unwrap_or_default();
@@ -273,10 +293,10 @@ impl EventInner {
                 Err(e) => {
                     tracing::warn!(
                         "event {} could not be parsed ({e}); only its name is kept",
-                        self.name
+                        self.name()
                     );
                     let mut obj = JsonObject::new();
-                    obj.insert("event".into(), Value::String(self.name.to_string()));
+                    obj.insert("event".into(), Value::String(self.name().to_owned()));
                     obj
                 }
             }
@@ -297,7 +317,7 @@ impl Event {
         text: Option<Box<[u8]>>,
     ) -> Result<Event, JsonObject> {
         let name = match raw.get("event") {
-            Some(Value::String(s)) => s.as_str().into(),
+            Some(Value::String(s)) => EventName::Owned(s.as_str().into()),
             _ => return Err(raw),
         };
         Ok(Event(Arc::new(EventInner {
@@ -309,10 +329,14 @@ impl Event {
     }
 
     /// An event read from the wire: its text (one JSON object, valid UTF-8, whose
-    /// `event` member is `name`), parsed when first needed.
-    pub(crate) fn from_wire(name: String, timestamp: Option<Timestamp>, text: &[u8]) -> Event {
+    /// `event` member is the bytes `name` of it, unescaped), parsed when first needed.
+    pub(crate) fn from_wire(
+        name: std::ops::Range<usize>,
+        timestamp: Option<Timestamp>,
+        text: &[u8],
+    ) -> Event {
         Event(Arc::new(EventInner {
-            name: name.into_boxed_str(),
+            name: EventName::InText(name),
             timestamp,
             text: Some(Box::from(text)),
             raw: std::sync::OnceLock::new(),
@@ -335,7 +359,7 @@ impl Event {
             serde_json::json!({"seconds": now.as_secs(), "microseconds": now.subsec_micros()}),
         );
         Event(Arc::new(EventInner {
-            name: name.into_boxed_str(),
+            name: EventName::Owned(name.into_boxed_str()),
             timestamp: None,
             text: None,
             raw: std::sync::OnceLock::from(raw),
@@ -344,7 +368,7 @@ impl Event {
 
     /// The event name, e.g. `STOP`.
     pub fn name(&self) -> &str {
-        &self.0.name
+        self.0.name()
     }
 
     /// The `data` member (`Value::Null` when absent).
@@ -452,14 +476,14 @@ impl Message {
 /// Build a request object: `{"execute" | "exec-oob": cmd, "arguments"?: args, "id"?: id}`
 /// (Python: `QMPClient.make_execute_msg`).
 pub(crate) fn make_request(
-    cmd: &str,
+    cmd: impl Into<String>,
     arguments: Option<Value>,
     oob: bool,
     id: Option<Value>,
 ) -> JsonObject {
     let mut m = JsonObject::new();
     let key = if oob { "exec-oob" } else { "execute" };
-    m.insert(key.into(), Value::String(cmd.to_owned()));
+    m.insert(key.into(), Value::String(cmd.into()));
     if let Some(a) = arguments {
         m.insert("arguments".into(), a);
     }
@@ -484,6 +508,53 @@ pub fn request_command(req: &JsonObject) -> Option<&str> {
 /// unread data makes the kernel reset the connection.
 pub fn encode(obj: &JsonObject) -> Vec<u8> {
     crate::json::to_vec(obj, crate::json::Style::Compact)
+}
+
+/// Write the request `command` (`exec-oob` if `oob`) with `arguments` and the wire id
+/// `id`, as [`encode`] would write the object [`make_request`] builds from them, in
+/// the order a person writes them (`execute`, `arguments`, `id`), without building
+/// the object: the client's path for every command it sends.
+pub(crate) fn encode_command(
+    command: &str,
+    arguments: Option<&Value>,
+    oob: bool,
+    id: Option<u64>,
+) -> Vec<u8> {
+    use crate::json::{write, Style};
+    use std::io::Write;
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(if oob {
+        b"{\"exec-oob\":"
+    } else {
+        b"{\"execute\":"
+    });
+    write(&mut out, command, Style::Compact);
+    if let Some(arguments) = arguments {
+        out.extend_from_slice(b",\"arguments\":");
+        write(&mut out, arguments, Style::Compact);
+    }
+    if let Some(n) = id {
+        let _ = write!(out, ",\"id\":{n}");
+    }
+    out.push(b'}');
+    out
+}
+
+/// [`encode`] a request with the wire id `id` (if any) as its last member, without
+/// adding it to the object: the client's request path, which keeps the caller's
+/// object as given.
+pub(crate) fn encode_request(obj: &JsonObject, id: Option<u64>) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = encode(obj);
+    if let Some(n) = id {
+        // `{...}` becomes `{...,"id":n}`.
+        out.pop();
+        if !obj.is_empty() {
+            out.push(b',');
+        }
+        let _ = write!(out, "\"id\":{n}}}");
+    }
+    out
 }
 
 /// Serialise a message like [`encode`], followed by CRLF (the test server writes
@@ -576,5 +647,35 @@ mod tests {
             std::str::from_utf8(&bytes).unwrap(),
             "{\"arguments\":{\"s\":\"\\u00e9\\ud83d\\ude00\"},\"execute\":\"x\",\"id\":\"id\"}"
         );
+    }
+
+    /// The request path writes what `encode` writes of the same request, members in
+    /// the order a person writes them.
+    #[test]
+    fn requests_from_parts_are_what_encode_writes() {
+        let args = json!({"s": "é😀\u{7f}", "n": 1});
+        for (oob, id) in [(false, None), (true, Some(7)), (false, Some(u64::MAX))] {
+            let bytes = encode_command("q", Some(&args), oob, id);
+            let text = std::str::from_utf8(&bytes).unwrap();
+            let key = if oob { "exec-oob" } else { "execute" };
+            assert!(
+                text.starts_with(&format!("{{\"{key}\":\"q\",\"arguments\":")),
+                "{text}"
+            );
+            let want = make_request("q", Some(args.clone()), oob, id.map(Value::from));
+            let back: JsonObject = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(back, want);
+            assert!(bytes.is_ascii());
+            // The object path, with the id appended, writes the same members.
+            let plain = make_request("q", Some(args.clone()), oob, None);
+            let back: JsonObject = serde_json::from_slice(&encode_request(&plain, id)).unwrap();
+            assert_eq!(back, want);
+        }
+        assert_eq!(
+            encode_command("q", None, false, None),
+            b"{\"execute\":\"q\"}"
+        );
+        assert_eq!(encode_request(&JsonObject::new(), Some(3)), b"{\"id\":3}");
+        assert_eq!(encode_request(&JsonObject::new(), None), b"{}");
     }
 }

@@ -511,7 +511,7 @@ impl Client {
     /// How many commands are waiting for replies (late replies to abandoned commands
     /// included).
     pub fn pending_commands(&self) -> usize {
-        self.session().map(|s| s.pending().map.len()).unwrap_or(0)
+        self.session().map(|s| s.pending().len()).unwrap_or(0)
     }
 }
 
