@@ -63,6 +63,7 @@ pub mod matching;
 mod process;
 pub mod qtest;
 mod qtest_machine;
+mod reaper;
 mod sweep;
 
 pub use builder::{
