@@ -9,7 +9,8 @@
 //! `QemuMachine::launch()` futures on the tokio runtime until every one is ready;
 //! then all are shut down (`launch100_ms` is to all ready, `launch100_total_ms`
 //! to all exited and reaped). Alternating rounds (`MANY_ROUNDS`, default 5), medians
-//! and min-max. The bare variant is as fast as a plain program can be: `BARE_THREADS`
+//! and min-max; the ratios are the medians of each round's ratio to the bare round
+//! run just before it (listed in `launch100_round_ratios`). The bare variant is as fast as a plain program can be: `BARE_THREADS`
 //! (default 2, one per core of the machine the figures come from) threads each start
 //! their share with `Command::spawn` (no `pre_exec` hook, so std uses `posix_spawn`,
 //! i.e. `clone(CLONE_VM | CLONE_VFORK)`, not a full fork) and then read the greeting
@@ -245,13 +246,31 @@ fn bare_many(qemu: &Path, n: usize, threads: usize) -> (Duration, Duration) {
     (ready, start.elapsed())
 }
 
-/// `ours / limit` as JSON: `null` without figures for both.
-fn ratio(ours: f64, limit: f64) -> String {
-    if ours > 0.0 && limit > 0.0 {
-        format!("{:.3}", ours / limit)
-    } else {
-        "null".to_owned()
+/// The median of `ours[i] / limit[i]`, each pair of rounds run back to back (so
+/// that load from others on a shared machine, which drifts over seconds, weighs on
+/// both alike), and those ratios; `null` and `[]` without figures for both.
+fn paired_ratio(ours: &[Duration], limit: &[Duration]) -> (String, String) {
+    let mut ratios: Vec<f64> = ours
+        .iter()
+        .zip(limit)
+        .map(|(o, l)| o.as_secs_f64() / l.as_secs_f64())
+        .collect();
+    let each = ratios
+        .iter()
+        .map(|r| format!("{r:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ratios.is_empty() {
+        return ("null".to_owned(), "[]".to_owned());
     }
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    let median = if n % 2 == 1 {
+        ratios[n / 2]
+    } else {
+        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+    };
+    (format!("{median:.3}"), format!("[{each}]"))
 }
 
 /// `n` machines launched at once: (time to all ready, time to all shut down).
@@ -349,17 +368,17 @@ fn main() {
     let (b_med, b_min, b_max) = spread(&bm_ready);
     let (mt_med, mt_min, mt_max) = spread(&mm_total);
     let (bt_med, bt_min, bt_max) = spread(&bm_total);
+    let (ratio, ratios) = paired_ratio(&mm_ready, &bm_ready);
+    let (total_ratio, _) = paired_ratio(&mm_total, &bm_total);
     let n = many;
     let many_row = format!(
         "\"many\": {n}, \"many_rounds\": {rounds}, \"bare_threads\": {threads}, \
          \"launch{n}_ms\": {m_med:.0}, \"launch{n}_min_max_ms\": [{m_min:.0}, {m_max:.0}], \
          \"bare{n}_ms\": {b_med:.0}, \"bare{n}_min_max_ms\": [{b_min:.0}, {b_max:.0}], \
-         \"launch{n}_ratio\": {}, \
+         \"launch{n}_ratio\": {ratio}, \"launch{n}_round_ratios\": {ratios}, \
          \"launch{n}_total_ms\": {mt_med:.0}, \"launch{n}_total_min_max_ms\": [{mt_min:.0}, {mt_max:.0}], \
          \"bare{n}_total_ms\": {bt_med:.0}, \"bare{n}_total_min_max_ms\": [{bt_min:.0}, {bt_max:.0}], \
-         \"launch{n}_total_ratio\": {}",
-        ratio(m_med, b_med),
-        ratio(mt_med, bt_med),
+         \"launch{n}_total_ratio\": {total_ratio}",
     );
     println!(
         "{{\"runs\": {runs}, \"machine_ready_ms\": {:.2}, \"bare_ready_ms\": {:.2}, \"ready_ratio\": {:.3}, \
