@@ -183,29 +183,33 @@ mod tests {
     use super::*;
 
     /// A directory as a process that died would leave it (pid above any pid_max,
-    /// our pid namespace).
-    fn stale_dir(base: &Path, n: u32) -> PathBuf {
+    /// our pid namespace), made in `staging` (on the same file system) and renamed
+    /// into `base`: a sweep running meanwhile may remove it, but not while it is
+    /// being filled.
+    fn stale_dir(base: &Path, staging: &Path, n: u32) -> PathBuf {
         let me = process::owner_tag().unwrap();
         let ns = me.rsplit('.').next().unwrap();
-        let dir = base.join(format!("{TEMP_DIR_PREFIX}999999999.1.{ns}-stale{n}"));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("file"), b"x").unwrap();
-        dir
+        let name = format!("{TEMP_DIR_PREFIX}999999999.1.{ns}-stale{n}");
+        std::fs::create_dir(staging.join(&name)).unwrap();
+        std::fs::write(staging.join(&name).join("file"), b"x").unwrap();
+        std::fs::rename(staging.join(&name), base.join(&name)).unwrap();
+        base.join(name)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_caller_waits_for_a_sweep_that_started_after_it_asked() {
         let base = tempfile::tempdir().unwrap();
+        let staging = tempfile::tempdir().unwrap();
         let mine = base.path().join(format!(
             "{TEMP_DIR_PREFIX}{}-x",
             process::owner_tag().unwrap()
         ));
         std::fs::create_dir(&mine).unwrap();
         for round in 0..20 {
-            let first = stale_dir(base.path(), 2 * round);
+            let first = stale_dir(base.path(), staging.path(), 2 * round);
             let a = sweep(base.path());
             // Made after the first call: only a later sweep can see it.
-            let second = stale_dir(base.path(), 2 * round + 1);
+            let second = stale_dir(base.path(), staging.path(), 2 * round + 1);
             let waiting: Vec<_> = (0..10).map(|_| tokio::spawn(sweep(base.path()))).collect();
             a.await;
             assert!(!first.exists(), "round {round}");
