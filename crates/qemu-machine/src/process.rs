@@ -83,8 +83,8 @@ use crate::reaper::{self, Watch};
 /// Start `command` on the spawner thread of [`qemu_process`] as the leader of a new
 /// process group, with `inherit` open in the child under the same numbers (they
 /// must be above 2; see [`above_stdio`]), `PR_SET_PDEATHSIG` set to SIGKILL, a
-/// pidfd that the reaper watches, and, with `watchdog` (for a wrapper that may fork QEMU), a
-/// watchdog that kills the group if this process dies (see the module
+/// pidfd that the reaper watches, and, with `watchdog` (for a wrapper that may fork
+/// QEMU), a watchdog that kills the group if this process dies (see the module
 /// documentation). Our copies of `inherit` are closed once the child has been
 /// forked.
 ///

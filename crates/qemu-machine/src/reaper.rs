@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -87,11 +88,12 @@ fn run(reaper: &Reaper) {
         }
         for event in &events {
             let key = event.data.u64();
-            // Not under the lock: `exited` may drop the last reference, whose drop
-            // calls `unwatch`.
+            // Not under the lock: `exited` takes the child's reap lock, which a
+            // `Process` being dropped holds before its `Watch` takes this one.
             let target = reaper.lock().remove(&key);
             if let Some(target) = target.and_then(|t| t.upgrade()) {
-                target.exited();
+                // A panic must not end this thread: no later exit would be noticed.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| target.exited()));
             }
         }
     }
