@@ -73,8 +73,13 @@ fn sweeps_of(base: &Path) -> Arc<Sweeps> {
 }
 
 /// Make sure that a sweep of `base` starts from now on, and return a future that
-/// resolves once it has finished (or after [`SWEEP_WAIT`]). Must be called within a
-/// tokio runtime (the sweep runs on its blocking pool).
+/// resolves once it has finished (or after [`SWEEP_WAIT`], or at once if no thread
+/// could be started for it).
+///
+/// The sweep runs on a thread of its own, not on tokio's blocking pool: a runtime
+/// that shuts down drops the blocking tasks that have not started, and one dropped
+/// here would leave the sweeps of `base` marked as running for good, for the
+/// launches of every other runtime.
 pub(crate) fn sweep(base: &Path) -> impl std::future::Future<Output = ()> + Send + 'static {
     let sweeps = sweeps_of(base);
     let mut finished = sweeps.finished.subscribe();
@@ -84,14 +89,27 @@ pub(crate) fn sweep(base: &Path) -> impl std::future::Future<Output = ()> + Send
         let target = state.started + 1;
         state.wanted = state.wanted.max(target);
         if !state.running {
-            state.running = true;
-            state.started = target;
-            let (sweeps, base) = (sweeps.clone(), base.to_owned());
-            tokio::task::spawn_blocking(move || run(&sweeps, &base));
+            let (sweeps2, base2) = (sweeps.clone(), base.to_owned());
+            let started = std::thread::Builder::new()
+                .name("qemu-machine-sweep".into())
+                .stack_size(256 * 1024)
+                .spawn(move || run(&sweeps2, &base2));
+            match started {
+                Ok(_) => {
+                    state.running = true;
+                    state.started = target;
+                }
+                Err(e) => {
+                    debug!("cannot start a thread to sweep stale machine directories: {e}");
+                    state.wanted = state.started;
+                }
+            }
         }
-        target
+        // Nothing to wait for if no sweep runs (its thread could not start).
+        state.running.then_some(target)
     };
     async move {
+        let Some(target) = target else { return };
         let done = tokio::time::timeout(SWEEP_WAIT, finished.wait_for(|&n| n >= target)).await;
         if !matches!(done, Ok(Ok(_))) {
             debug!("the sweep for stale machine directories did not finish in time");
