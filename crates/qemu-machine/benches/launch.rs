@@ -10,16 +10,19 @@
 //! then all are shut down (`launch100_ms` is to all ready, `launch100_total_ms`
 //! to all exited and reaped). Alternating rounds (`MANY_ROUNDS`, default 5), medians
 //! and min-max; the ratios are the medians of each round's ratio to the bare round
-//! run just before it (listed in `launch100_round_ratios`). The bare variant is as fast as a plain program can be: `BARE_THREADS`
-//! (default 2, one per core of the machine the figures come from) threads each start
-//! their share with `Command::spawn` (no `pre_exec` hook, so std uses `posix_spawn`,
-//! i.e. `clone(CLONE_VM | CLONE_VFORK)`, not a full fork) and then read the greeting
-//! and negotiate on each of their sockets in turn (blocking, one after the other:
-//! every QEMU is already starting while the thread waits for the first); shutdown is
-//! `quit` on every socket, then `waitpid` on every child. Its sockets are not
-//! close-on-exec (so that the child inherits its end without a hook), so a QEMU may
-//! also inherit another's end started at the same moment by the other thread: that
-//! only delays end-of-file, which bare does not wait for.
+//! run just before it (listed in `launch100_round_ratios`).
+//!
+//! The bare variant is as fast as a plain program can be: `BARE_THREADS` (default 2,
+//! one per core of the machine the figures come from; 1, 2 and 4 were within noise
+//! of each other there) threads each start their share with `Command::spawn` (no
+//! `pre_exec` hook, so std uses `posix_spawn`, i.e. `clone(CLONE_VM | CLONE_VFORK)`,
+//! not a full fork) and then read the greeting and negotiate on each of their
+//! sockets in turn (blocking, one after the other: every QEMU is already starting
+//! while the thread waits for the first); shutdown is `quit` on every socket, then
+//! `waitpid` on every child. QEMU's end of each socketpair is not close-on-exec (so
+//! that the child inherits it without a hook); our end is made so right after the
+//! socketpair is created. A QEMU started by the other thread in between may inherit
+//! one of them too: that only delays end-of-file, which bare does not wait for.
 //!
 //! ```text
 //! cargo bench -p qemu-machine --bench launch            # 20 runs each, 5 rounds of 100
@@ -168,8 +171,8 @@ struct BareQemu {
     writer: UnixStream,
 }
 
-/// Start a bare QEMU with a socketpair for QMP (not close-on-exec: see the module
-/// documentation).
+/// Start a bare QEMU with a socketpair for QMP (QEMU's end not close-on-exec: see
+/// the module documentation).
 fn bare_start(qemu: &Path) -> BareQemu {
     let (ours, theirs): (OwnedFd, OwnedFd) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
@@ -178,6 +181,8 @@ fn bare_start(qemu: &Path) -> BareQemu {
         None,
     )
     .expect("socketpair");
+    // Not for the QEMUs started after this one.
+    rustix::io::fcntl_setfd(&ours, rustix::io::FdFlags::CLOEXEC).expect("fcntl");
     let ours = UnixStream::from(ours);
     let child = Command::new(qemu)
         .args(["-display", "none", "-vga", "none", "-chardev"])
