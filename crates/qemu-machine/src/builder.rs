@@ -20,6 +20,7 @@ use crate::error::{LaunchCause, MachineError, Result, VmLaunchFailure};
 use crate::events::{EventQueue, EVENT_CAPACITY};
 use crate::machine::{MachineParts, QemuMachine};
 use crate::process::{self, above_stdio, Process};
+use crate::sweep::{self, TEMP_DIR_PREFIX};
 
 /// The default for [`MachineBuilder::accept_timeout`].
 pub const DEFAULT_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -564,57 +565,6 @@ impl MachineBuilder {
     }
 }
 
-/// How the names of machines' temporary directories start. The rest is
-/// `<owner>-<random>`, the owner being [`process::owner_tag`] of the process that
-/// launched the machine.
-const TEMP_DIR_PREFIX: &str = "qemu-machine-";
-
-/// Remove the temporary directories under `base` whose owner process has died
-/// (e.g. by SIGKILL, when nothing of ours could run): named
-/// `qemu-machine-<owner>-<random>`, a real directory (not a symlink) of our user, and
-/// an owner that no longer runs (see [`process::owner_state`]). A directory whose
-/// owner is alive, unknown (another pid namespace) or not in its name (made by an
-/// older version) is left alone. Errors are only logged: this is housekeeping.
-fn remove_stale_dirs(base: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let entries = match std::fs::read_dir(base) {
-        Ok(e) => e,
-        Err(e) => {
-            debug!(
-                "cannot look for stale machine directories in {}: {e}",
-                base.display()
-            );
-            return;
-        }
-    };
-    let uid = rustix::process::geteuid().as_raw();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(owner) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(TEMP_DIR_PREFIX))
-            .and_then(|rest| rest.rsplit_once('-'))
-            .map(|(owner, _random)| owner)
-        else {
-            continue;
-        };
-        if process::owner_state(owner) != process::Owner::Dead {
-            continue;
-        }
-        let path = entry.path();
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() && m.uid() == uid => {}
-            _ => continue,
-        }
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => debug!("removed {}, left by a process that died", path.display()),
-            // Another launch removed it first.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => debug!("cannot remove the stale {}: {e}", path.display()),
-        }
-    }
-}
-
 /// Builds a unique machine name.
 fn unique_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -713,11 +663,9 @@ impl Launch {
             .clone()
             .unwrap_or_else(std::env::temp_dir);
         // Directories left by machines of processes that died (SIGKILL) are removed
-        // meanwhile; awaited before the launch succeeds.
-        let sweep = {
-            let base = base.clone();
-            tokio::task::spawn_blocking(move || remove_stale_dirs(&base))
-        };
+        // meanwhile (by a sweep shared with concurrent launches: see `sweep`);
+        // awaited before the launch succeeds.
+        let sweep = sweep::sweep(&base);
         let temp_dir = process::owner_tag()
             .and_then(|owner| {
                 tempfile::Builder::new()
@@ -859,7 +807,7 @@ impl Launch {
             }
         }
         // Long done by now (it ran while QEMU started); it cannot fail the launch.
-        let _ = sweep.await;
+        sweep.await;
 
         Ok(QemuMachine::new(MachineParts {
             name: self.name,

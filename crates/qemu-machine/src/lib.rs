@@ -63,6 +63,8 @@ pub mod matching;
 mod process;
 pub mod qtest;
 mod qtest_machine;
+mod reaper;
+mod sweep;
 
 pub use builder::{
     MachineBuilder, QmpAddress, DEFAULT_ACCEPT_TIMEOUT, DEFAULT_CONSOLE_BUFFER,

@@ -46,14 +46,14 @@
 //!
 //! # Waiting for exit
 //!
-//! Right after the fork the spawner opens a pidfd for the child. A small waiter
-//! thread per child blocks in `waitid(P_PIDFD, WEXITED | WNOWAIT)` until the child
-//! exits, then kills the rest of its group and reaps it (and the watchdog), and
-//! publishes the status on a watch channel, which tasks await; nothing polls, and it
-//! works whichever runtime (if any) is running. The waiter does not reap while it
-//! waits, so the pid cannot be recycled under us; and signals to the child alone go
-//! through the pidfd anyway. Dropping a [`Process`] that is still running sends
-//! SIGKILL to its group and reaps it synchronously.
+//! Right after the fork the spawner opens a pidfd for the child and hands it to the
+//! [reaper](crate::reaper): one thread for all children, blocked in `epoll_wait` on
+//! their pidfds. When the child exits, the reaper kills the rest of its group and
+//! reaps it (and the watchdog), and publishes the status on a watch channel, which
+//! tasks await; nothing polls, and it works whichever runtime (if any) is running.
+//! Nothing reaps the child before that, so its pid cannot be recycled under us; and
+//! signals to the child alone go through the pidfd anyway. Dropping a [`Process`]
+//! that is still running sends SIGKILL to its group and reaps it synchronously.
 //!
 //! # Inherited descriptors
 //!
@@ -78,11 +78,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::reaper::{self, Watch};
+
 /// Start `command` on the spawner thread of [`qemu_process`] as the leader of a new
 /// process group, with `inherit` open in the child under the same numbers (they
 /// must be above 2; see [`above_stdio`]), `PR_SET_PDEATHSIG` set to SIGKILL, a
-/// pidfd to watch it, and, with `watchdog` (for a wrapper that may fork QEMU), a
-/// watchdog that kills the group if this process dies (see the module
+/// pidfd that the reaper watches, and, with `watchdog` (for a wrapper that may fork
+/// QEMU), a watchdog that kills the group if this process dies (see the module
 /// documentation). Our copies of `inherit` are closed once the child has been
 /// forked.
 ///
@@ -310,6 +312,8 @@ impl Watchdog {
 pub(crate) struct Process {
     pid: u32,
     shared: Arc<Shared>,
+    /// The reaper's watch on the pidfd (which `shared` keeps open).
+    _watch: Watch,
 }
 
 #[derive(Debug)]
@@ -332,7 +336,7 @@ struct Shared {
 
 impl Process {
     /// Take over a child just spawned (as a group leader, not reaped by anyone): open
-    /// its pidfd, start its watchdog (if asked for) and its waiter thread. On
+    /// its pidfd, start its watchdog (if asked for) and have the reaper watch it. On
     /// failure the group is killed and the child reaped.
     fn adopt(
         mut child: Child,
@@ -376,19 +380,18 @@ impl Process {
             label,
             command,
         });
-        let s = shared.clone();
-        let waiter = std::thread::Builder::new()
-            .name("qemu-waiter".into())
-            .stack_size(256 * 1024)
-            .spawn(move || s.wait_then_reap());
-        if let Err(e) = waiter {
-            let _ = shared.kill_and_reap();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("cannot start a thread to wait for QEMU: {e}"),
-            ));
-        }
-        Ok(Process { pid, shared })
+        let watch = match reaper::watch(shared.pidfd.as_fd(), reaper::weak(&shared)) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = shared.kill_and_reap();
+                return Err(e);
+            }
+        };
+        Ok(Process {
+            pid,
+            shared,
+            _watch: watch,
+        })
     }
 
     /// The child's pid. Only meaningful while [`status`](Self::status) is `None`:
@@ -465,30 +468,17 @@ impl Drop for Process {
     }
 }
 
+impl reaper::Exited for Shared {
+    /// On the reaper thread, once the child has exited: kill what is left of its
+    /// group and reap it.
+    fn exited(&self) {
+        let _ = self.finish(false);
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Option<Watchdog>> {
         self.reap_lock.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The waiter thread: block until the child exits (without reaping it, so that
-    /// its pid and group id stay reserved and `kill_and_reap` can run concurrently),
-    /// then kill what is left of its group and reap it.
-    fn wait_then_reap(&self) {
-        loop {
-            let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
-            match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options) {
-                Ok(_) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                // Already reaped by something else: `finish` tells.
-                Err(rustix::io::Errno::CHILD) => break,
-                Err(e) => {
-                    // Leave it to `kill_and_reap` (on drop at the latest).
-                    warn!(name = %self.label, "cannot wait for QEMU: {e}");
-                    return;
-                }
-            }
-        }
-        let _ = self.finish(false);
     }
 
     fn kill_and_reap(&self) -> ExitStatus {

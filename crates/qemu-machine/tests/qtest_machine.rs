@@ -376,8 +376,8 @@ async fn nothing_leaks_on_any_path() {
     let base = tempdir();
     // Warm up process-global state (the spawner thread, the probe cache).
     let _ = QtestMachine::has_qtest_accel(&qemu).await;
-    // Machines of tests that just ended are reaped, but their waiter threads may
-    // hold their pidfds for a moment longer.
+    // Machines of tests that just ended are reaped, but the reaper thread may hold
+    // their pidfds for a moment longer (while it publishes an exit).
     let deadline = Instant::now() + T;
     let before = loop {
         let fds = open_fds();
