@@ -40,9 +40,9 @@ pub(crate) use registry::Registry;
 /// the one default of every [`EventListener`], [`EventQueue`], the blocking client's
 /// event queue and `QemuMachine`'s kept events.
 ///
-/// Why 16,384: a queued event costs about 240 bytes (an event keeps the text it
+/// Why 16,384: a queued event costs about 220 bytes (an event keeps the text it
 /// arrived as and is parsed only when asked, see [`Event`](crate::Event); measured
-/// with `benches/limits.rs`, 236 bytes for a 95-byte event, where a parsed one cost
+/// with `benches/limits.rs`, 221 bytes for a 95-byte event, where a parsed one cost
 /// 2 KiB), so a full queue holds about 4 MiB, and listeners that lag on the same
 /// events share them (events are reference-counted). That is small beside any QEMU,
 /// and far more than QEMU emits between two reads in practice: a block job's whole
