@@ -80,44 +80,18 @@ fn read_reply(r: &mut impl BufRead) -> String {
 /// The bare binary: (time to QMP ready, time to exit).
 fn bare(qemu: &Path) -> (Duration, Duration) {
     let start = Instant::now();
-    // Without SOCK_CLOEXEC, so that QEMU inherits its end with no pre_exec hook.
-    // (Fine here: nothing else spawns concurrently.)
-    let (ours, theirs): (OwnedFd, OwnedFd) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::STREAM,
-        rustix::net::SocketFlags::empty(),
-        None,
-    )
-    .expect("socketpair");
-    let ours = UnixStream::from(ours);
-    let mut child = Command::new(qemu)
-        .args(["-display", "none", "-vga", "none", "-chardev"])
-        .arg(format!("socket,id=mon,fd={}", theirs.as_raw_fd()))
-        .args(["-mon", "chardev=mon,mode=control"])
-        .args(ARGS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn QEMU");
-    drop(theirs);
-    let mut reader = BufReader::new(ours.try_clone().expect("dup"));
-    let mut writer = ours;
-    let greeting = read_reply(&mut reader);
-    assert!(greeting.contains("\"QMP\""), "{greeting}");
-    writer
-        .write_all(b"{\"execute\": \"qmp_capabilities\"}\n")
-        .expect("write");
-    let reply = read_reply(&mut reader);
-    assert!(reply.contains("\"return\""), "{reply}");
+    let mut q = bare_start(qemu);
+    q.ready();
     let ready = start.elapsed();
-    writer
-        .write_all(b"{\"execute\": \"quit\"}\n")
-        .expect("write");
+    q.quit();
     let mut rest = String::new();
-    while reader.read_line(&mut rest).map(|n| n > 0).unwrap_or(false) {}
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "{status}");
+    while q
+        .reader
+        .read_line(&mut rest)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {}
+    q.reap();
     (ready, start.elapsed())
 }
 
@@ -213,6 +187,19 @@ impl BareQemu {
         let reply = read_reply(&mut self.reader);
         assert!(reply.contains("\"return\""), "{reply}");
     }
+
+    /// Ask QEMU to quit.
+    fn quit(&mut self) {
+        self.writer
+            .write_all(b"{\"execute\": \"quit\"}\n")
+            .expect("write");
+    }
+
+    /// Wait for QEMU to exit, successfully.
+    fn reap(&mut self) {
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "{status}");
+    }
 }
 
 /// `n` bare QEMUs at once from `threads` threads: (time to all ready, time to all
@@ -239,15 +226,8 @@ fn bare_many(qemu: &Path, n: usize, threads: usize) -> (Duration, Duration) {
             .collect()
     });
     let ready = start.elapsed();
-    for q in &mut all {
-        q.writer
-            .write_all(b"{\"execute\": \"quit\"}\n")
-            .expect("write");
-    }
-    for q in &mut all {
-        let status = q.child.wait().expect("wait");
-        assert!(status.success(), "{status}");
-    }
+    all.iter_mut().for_each(BareQemu::quit);
+    all.iter_mut().for_each(BareQemu::reap);
     (ready, start.elapsed())
 }
 
