@@ -45,7 +45,7 @@ struct State {
     started: u64,
     /// The highest sweep number a launch waits for.
     wanted: u64,
-    /// Whether a sweep runs (on a blocking thread).
+    /// Whether a sweep runs (on a thread of its own).
     running: bool,
 }
 
