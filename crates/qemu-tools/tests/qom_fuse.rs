@@ -134,6 +134,13 @@ impl Fixture {
         if !poll_until(T, || is_mounted(&mnt)) {
             panic!("qom-fuse did not mount:\n{}", tool.log());
         }
+        // The mount is listed as soon as mount(2) returns, before the tool has
+        // answered the kernel's first request (FUSE_INIT): a request made now waits
+        // for that answer, so the file system serves when it returns. (Unmounting
+        // before then ends the handshake, which the tool reports as a failed mount.)
+        if let Err(e) = fs::metadata(&mnt) {
+            panic!("qom-fuse does not serve: {e}\n{}", tool.log());
+        }
         self.tool = Some(tool);
     }
 
