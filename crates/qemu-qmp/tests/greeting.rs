@@ -8,7 +8,6 @@
 //! `STOP`/`RESUME` from another monitor, ...) goes out ahead of the greeting. The
 //! client must take it as an event and go on waiting for the greeting.
 
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -227,33 +226,9 @@ async fn qemu_events_racing_the_greeting_do_not_fail_connect() {
             .try_init()
             .is_ok()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let a_path = dir.path().join("a.sock");
-    let b_path = dir.path().join("b.sock");
-    let a = std::os::unix::net::UnixListener::bind(&a_path).unwrap();
-    let b = std::os::unix::net::UnixListener::bind(&b_path).unwrap();
-    let chardev_a = format!("socket,id=a,fd={},server=on,wait=off", a.as_raw_fd());
-    let chardev_b = format!("socket,id=b,fd={},server=on,wait=off", b.as_raw_fd());
-    let qemu = qemu_testkit::QemuProcess::spawn(
-        &qemu_testkit::qemu_system().unwrap(),
-        &[
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-chardev",
-            &chardev_a,
-            "-mon",
-            "chardev=a,mode=control",
-            "-chardev",
-            &chardev_b,
-            "-mon",
-            "chardev=b,mode=control",
-        ],
-        &[a.as_fd(), b.as_fd()],
-    );
-    drop((a, b));
+    // Monitor 1 for the connects, monitor 2 for the events.
+    let qemu = qemu_testkit::QemuProcess::system_with_monitors(2, &[]);
+    let (a_path, b_path) = (qemu.qmp_path().to_owned(), qemu.monitor_path(2));
 
     let spammer = Client::builder()
         .connect_timeout(T)

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use qemu_qmp::{json, Client, Error, ListenOptions, RecvTimeoutError, Runstate};
-use qemu_testkit::QemuProcess;
+use qemu_testkit::{MonitorsReady, QemuProcess};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -385,24 +385,31 @@ async fn pretty_monitor_and_a_large_reply() {
     qemu_testkit::require_qemu_system!();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("qmp.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let listener = qemu_testkit::bind_for_qemu(&sock);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let chardev = format!("socket,id=qmp,fd={fd},server=on,wait=off");
+    let ready = MonitorsReady::new();
+    let mut args: Vec<String> = [
+        "-machine",
+        "none",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-chardev",
+        &chardev,
+        "-mon",
+        "chardev=qmp,mode=control,pretty=on",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(ready.system_args());
     let qemu = QemuProcess::spawn(
         &qemu_testkit::qemu_system().unwrap(),
-        &[
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-chardev",
-            &chardev,
-            "-mon",
-            "chardev=qmp,mode=control,pretty=on",
-        ],
-        &[listener.as_fd()],
+        &args,
+        &[listener.as_fd(), ready.fd()],
     );
+    drop(listener);
+    ready.wait(&qemu);
     let qmp = Client::builder()
         .connect_timeout(T)
         .connect(&sock)
@@ -481,23 +488,31 @@ async fn connects_over_tcp() {
     qemu_testkit::require_qemu_system!();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let listener = qemu_testkit::listener_for_qemu(listener);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let chardev = format!("socket,id=qmp,fd={fd},server=on,wait=off");
+    let ready = MonitorsReady::new();
+    let mut args: Vec<String> = [
+        "-machine",
+        "none",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-chardev",
+        &chardev,
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(ready.system_args());
     let qemu = QemuProcess::spawn(
         &qemu_testkit::qemu_system().unwrap(),
-        &[
-            "-machine",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-chardev",
-            &chardev,
-            "-mon",
-            "chardev=qmp,mode=control",
-        ],
-        &[listener.as_fd()],
+        &args,
+        &[listener.as_fd(), ready.fd()],
     );
+    drop(listener);
+    ready.wait(&qemu);
     let qmp = Client::connect(format!("127.0.0.1:{port}"))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", qemu.log()));

@@ -48,7 +48,10 @@
 //!   [`qemu_img`], [`find_binary`], [`locate_binary`], [`find_in_path`], [`has_qtest_accel`], [`require_qemu_system!`],
 //!   [`require_storage_daemon!`]; saying so: [`loud`], [`test_name`];
 //! - [`QemuProcess`]: a child with inherited descriptors, a log, and kill and
-//!   reap on drop; [`above_stdio`];
+//!   reap on drop; [`above_stdio`]; listeners to hand QEMU:
+//!   [`bind_for_qemu`], [`listener_for_qemu`], and [`MonitorsReady`] to wait
+//!   until QEMU's monitors are set up before connecting to one (QEMU can
+//!   mishandle a connection that comes earlier);
 //! - [`guest`]: a Linux guest image (Debian's kernel, busybox, `qemu-ga`)
 //!   built from packages and cached, for tests that need a running guest;
 //! - [`start_agent`]: a `qemu-ga` by socket activation, with every command that
@@ -73,6 +76,7 @@ pub mod guest;
 mod process;
 mod procfs;
 mod raw;
+mod ready;
 mod version;
 mod wait;
 
@@ -83,12 +87,13 @@ pub use binaries::{
     STORAGE_DAEMON_ENV,
 };
 pub use command::output_within;
-pub use process::{above_stdio, QemuProcess};
+pub use process::{above_stdio, bind_for_qemu, listener_for_qemu, QemuProcess};
 pub use procfs::{
     assert_gone_within, assert_no_qemu_children, children, gone, proc_stat, proc_state,
     qemu_children,
 };
 pub use raw::{is_event, RawQmp};
+pub use ready::{MonitorsReady, READY_MONITOR_ID};
 pub use version::{version_of, QemuVersion};
 pub use wait::{poll_until, wait_until};
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal};
 
 use crate::binaries::{require_binary, QEMU_SYSTEM_ENV, STORAGE_DAEMON_ENV};
+use crate::ready::MonitorsReady;
 
 /// Largest Unix socket path (`sun_path` is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -33,6 +34,37 @@ pub(crate) fn live() -> MutexGuard<'static, Vec<u32>> {
 /// must not collide with the child's stdio.
 pub fn above_stdio(fd: OwnedFd) -> OwnedFd {
     qemu_process::above_stdio(fd).expect("fcntl(F_DUPFD_CLOEXEC)")
+}
+
+/// Makes `listener` a listening socket fit to hand QEMU
+/// (`-chardev socket,fd=N,server=on`): non-blocking, and numbered 3 or higher
+/// (see [`above_stdio`]).
+///
+/// Non-blocking because QEMU's event loops should never wait in `accept(2)`:
+/// when two of its threads see the same connection (see
+/// [`MonitorsReady`](crate::MonitorsReady) for when), the second `accept` on a
+/// blocking listener waits for good, and when that is the main thread, QEMU
+/// stops. On a non-blocking one it fails with `EAGAIN`, which QEMU ignores. The
+/// flag belongs to the open file, so it is set here, before the fork.
+pub fn listener_for_qemu(listener: impl Into<OwnedFd>) -> OwnedFd {
+    let fd = above_stdio(listener.into());
+    rustix::io::ioctl_fionbio(&fd, true).expect("ioctl(FIONBIO)");
+    fd
+}
+
+/// Binds a Unix socket at `path` and returns it as [`listener_for_qemu`] does.
+/// Panics (saying which path) if it cannot be bound, or if `path` is too long
+/// for a Unix socket.
+pub fn bind_for_qemu(path: &Path) -> OwnedFd {
+    assert!(
+        path.as_os_str().len() <= MAX_SOCKET_PATH,
+        "socket path too long for a Unix socket ({} bytes): {}; set TMPDIR to a shorter directory",
+        path.as_os_str().len(),
+        path.display()
+    );
+    let listener =
+        UnixListener::bind(path).unwrap_or_else(|e| panic!("cannot bind {}: {e}", path.display()));
+    listener_for_qemu(listener)
 }
 
 /// QEMU option values separate sub-options by ','; a literal ',' is ",,".
@@ -171,25 +203,19 @@ impl QemuProcess {
     fn listener_in_tempdir() -> (tempfile::TempDir, PathBuf, OwnedFd) {
         let dir = new_tempdir();
         let path = dir.path().join("qmp.sock");
-        assert!(
-            path.as_os_str().len() <= MAX_SOCKET_PATH,
-            "socket path too long for a Unix socket ({} bytes): {}; set TMPDIR to a shorter directory",
-            path.as_os_str().len(),
-            path.display()
-        );
-        let listener = UnixListener::bind(&path)
-            .unwrap_or_else(|e| panic!("cannot bind {}: {e}", path.display()));
-        (dir, path, above_stdio(OwnedFd::from(listener)))
+        let listener = bind_for_qemu(&path);
+        (dir, path, listener)
     }
 
     /// `qemu-system-x86_64` whose QMP monitor listens on [`Self::qmp_path`].
     ///
     /// The harness binds the socket before QEMU starts and hands QEMU the
     /// listening fd (`-chardev socket,id=qmp,fd=N,server=on,wait=off -mon
-    /// chardev=qmp,mode=control`), so a client may connect right away: the
-    /// connection waits in the backlog until QEMU accepts it. No polling.
-    /// Adds `-machine none -nodefaults -display none` (no `-machine none` if
-    /// `extra_args` has `-machine`/`-M`); `extra_args` come last.
+    /// chardev=qmp,mode=control`; see [`bind_for_qemu`]), then returns once
+    /// QEMU has set up its monitors (see [`MonitorsReady`]), so a client may
+    /// connect right away. No polling. Adds `-machine none -nodefaults -display
+    /// none` (no `-machine none` if `extra_args` has `-machine`/`-M`);
+    /// `extra_args` come next, and the [`MonitorsReady`] monitor last.
     ///
     /// The harness keeps no copy of the listener, so once QEMU is dead,
     /// connecting fails with `ECONNREFUSED` instead of hanging.
@@ -206,10 +232,7 @@ impl QemuProcess {
         let (dir, path, first) = Self::listener_in_tempdir();
         let mut listeners = vec![first];
         for n in 2..=count {
-            let path = dir.path().join(monitor_file(n));
-            let l = UnixListener::bind(&path)
-                .unwrap_or_else(|e| panic!("cannot bind {}: {e}", path.display()));
-            listeners.push(above_stdio(OwnedFd::from(l)));
+            listeners.push(bind_for_qemu(&dir.path().join(monitor_file(n))));
         }
         let mut args = system_base_args(extra_args);
         for (i, l) in listeners.iter().enumerate() {
@@ -226,11 +249,16 @@ impl QemuProcess {
             args.extend(["-mon".to_owned(), format!("chardev={id},mode=control")]);
         }
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        let fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
+        let ready = MonitorsReady::new();
+        args.extend(ready.system_args());
+        let mut fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
+        fds.push(ready.fd());
         let mut qemu = Self::spawn_in(dir, &binary, &args, &fds);
         qemu.qmp_path = Some(path);
+        // QEMU holds the only copies of the listeners from here.
+        drop(listeners);
+        ready.wait(&qemu);
         qemu
-        // The listeners are closed here: QEMU holds the only copies.
     }
 
     /// The socket of QMP monitor `n` (1-based) of [`Self::system_with_monitors`]:
@@ -253,8 +281,12 @@ impl QemuProcess {
             "chardev=qmp".to_owned(),
         ];
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        let mut qemu = Self::spawn_in(dir, &binary, &args, &[listener.as_fd()]);
+        let ready = MonitorsReady::new();
+        args.extend(ready.storage_daemon_args());
+        let mut qemu = Self::spawn_in(dir, &binary, &args, &[listener.as_fd(), ready.fd()]);
         qemu.qmp_path = Some(path);
+        drop(listener);
+        ready.wait(&qemu);
         qemu
     }
 

@@ -7,8 +7,6 @@
 //! `CI=true`. Every run of the binary and every wait has a deadline.
 
 use std::io::{self, BufRead, BufReader, Read as _};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -35,29 +33,9 @@ struct Qemu {
 }
 
 fn start_qemu() -> Option<Qemu> {
-    let binary = qemu_testkit::qemu_system()?;
-    let dir = qemu_testkit::tempdir("qemu-jobs-");
-    let qmp = dir.path().join("qmp.sock");
-    let qmp2 = dir.path().join("qmp2.sock");
-    let l1 = UnixListener::bind(&qmp).expect("bind qmp.sock");
-    let l2 = UnixListener::bind(&qmp2).expect("bind qmp2.sock");
-    let args = [
-        "-machine".to_owned(),
-        "none".to_owned(),
-        "-nodefaults".to_owned(),
-        "-display".to_owned(),
-        "none".to_owned(),
-        "-chardev".to_owned(),
-        format!("socket,id=qmp,fd={},server=on,wait=off", l1.as_raw_fd()),
-        "-mon".to_owned(),
-        "chardev=qmp,mode=control".to_owned(),
-        "-chardev".to_owned(),
-        format!("socket,id=qmp2,fd={},server=on,wait=off", l2.as_raw_fd()),
-        "-mon".to_owned(),
-        "chardev=qmp2,mode=control".to_owned(),
-    ];
-    let process = QemuProcess::spawn_in(dir, &binary, &args, &[l1.as_fd(), l2.as_fd()]);
-    // Our listeners close here: QEMU holds the only copies.
+    qemu_testkit::qemu_system()?;
+    let process = QemuProcess::system_with_monitors(2, &[]);
+    let (qmp, qmp2) = (process.qmp_path().to_owned(), process.monitor_path(2));
     Some(Qemu {
         _process: process,
         qmp,

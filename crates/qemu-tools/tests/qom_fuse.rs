@@ -92,10 +92,9 @@ impl Fixture {
             "-mon",
             "chardev=qmp3,mode=control",
         ]);
-        // QEMU creates these sockets while it starts.
-        wait_until(T, "QEMU's other QMP sockets", || {
-            qmp2.exists() && qmp3.exists()
-        });
+        // QEMU created these sockets before it set up its monitors, which the
+        // harness waits for (and QEMU mishandles a connection made earlier).
+        assert!(qmp2.exists() && qmp3.exists(), "{}", qemu.log());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -14,7 +14,6 @@
 
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -47,8 +46,7 @@ struct Qemu {
 
 fn bind(path: &Path) -> OwnedFd {
     let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path).unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
-    qemu_testkit::above_stdio(OwnedFd::from(l))
+    qemu_testkit::bind_for_qemu(path)
 }
 
 fn start_qemu(dir: &Path) -> Option<Qemu> {
@@ -68,7 +66,11 @@ fn start_qemu(dir: &Path) -> Option<Qemu> {
         args.push("-mon".into());
         args.push(format!("chardev={id},mode=control"));
     }
-    let process = QemuProcess::spawn(&binary, &args, &[l1.as_fd(), l2.as_fd()]);
+    let ready = qemu_testkit::MonitorsReady::new();
+    args.extend(ready.system_args());
+    let process = QemuProcess::spawn(&binary, &args, &[l1.as_fd(), l2.as_fd(), ready.fd()]);
+    drop((l1, l2));
+    ready.wait(&process);
     Some(Qemu { process, qmp, qmp2 })
 }
 
