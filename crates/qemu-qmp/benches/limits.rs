@@ -24,7 +24,8 @@
 //!   100,000 events of a flood (default queue), beside the async client doing the same,
 //!   and the cost of a queued event (a flood left queued, divided by the events kept);
 //! - `listeners`: against a real QEMU, `stop` + `cont` latency with one listener, with
-//!   10,000 `listen_all` listeners (and the memory they take), and with 10,000 idle
+//!   10,000 `listen_all` listeners (and the memory they take when made, and once the
+//!   events of those rounds are queued for all of them), and with 10,000 idle
 //!   listeners for another event; the time to drop 1,000 and 10,000 listeners;
 //! - `consumer_loss`: events lost by a consumer on the multi-thread runtime reading a
 //!   100,000-event flood with the default queue.
@@ -486,6 +487,7 @@ struct ListenerRows {
     one_us: f64,
     all_us: f64,
     all_mib: f64,
+    all_after_mib: f64,
     idle_us: f64,
     drop_1k_ms: f64,
     drop_n_ms: f64,
@@ -498,6 +500,8 @@ async fn listeners(path: &Path, n: usize, rounds: usize) -> ListenerRows {
     let all: Vec<_> = (0..n).map(|_| qmp.listen_all()).collect();
     let all_mib = status_kib("VmRSS:").saturating_sub(before) as f64 / 1024.0;
     let with_all = stop_cont(&qmp, rounds).await;
+    // With the events of those rounds queued for every listener (none reads).
+    let all_after_mib = status_kib("VmRSS:").saturating_sub(before) as f64 / 1024.0;
     drop(all);
     let idle: Vec<_> = (0..n).map(|_| qmp.listen(["BLOCK_JOB_READY"])).collect();
     let with_idle = stop_cont(&qmp, rounds).await;
@@ -515,6 +519,7 @@ async fn listeners(path: &Path, n: usize, rounds: usize) -> ListenerRows {
         one_us: one.as_secs_f64() * 1e6,
         all_us: with_all.as_secs_f64() * 1e6,
         all_mib,
+        all_after_mib,
         idle_us: with_idle.as_secs_f64() * 1e6,
         drop_1k_ms,
         drop_n_ms,
@@ -704,6 +709,7 @@ fn main() {
                     "stop_cont_us_one": round(l.one_us),
                     "stop_cont_us_all": round(l.all_us),
                     "all_added_mib": round(l.all_mib),
+                    "all_after_rounds_mib": round(l.all_after_mib),
                     "stop_cont_us_idle": round(l.idle_us),
                     "drop_1000_ms": round(l.drop_1k_ms),
                     "drop_all_ms": round(l.drop_n_ms),

@@ -91,6 +91,11 @@ impl ListenOptions {
         &self.names
     }
 
+    /// No names and no filter: every event.
+    pub(super) fn takes_everything(&self) -> bool {
+        self.names.is_empty() && self.filter.is_none()
+    }
+
     pub(super) fn capacity_value(&self) -> usize {
         self.capacity
     }
@@ -177,7 +182,7 @@ pub struct EventListener {
 
 impl fmt::Debug for EventListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.core.lock();
+        let st = self.core.lock_synced();
         f.debug_struct("EventListener")
             .field("names", &self.core.options.names)
             .field("pending", &st.events.len())
@@ -204,16 +209,29 @@ impl EventListener {
         &self.core
     }
 
+    /// Stop reading the client's log, if this listener does (see the `log` module).
+    pub(super) fn leave_log(&self) {
+        match self.registry.upgrade() {
+            Some(r) => r.make_ordinary(&self.core),
+            None => self.core.leave_log(),
+        }
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event, RecvError>> {
-        let mut st = self.core.lock();
-        match take(&mut st) {
-            Err(TryRecvError::Empty) => {
-                st.consumer = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            Ok(e) => Poll::Ready(Ok(e)),
-            Err(TryRecvError::Lagged(n)) => Poll::Ready(Err(RecvError::Lagged(n))),
-            Err(TryRecvError::Closed(c)) => Poll::Ready(Err(RecvError::Closed(c))),
+        loop {
+            let mut st = self.core.lock_synced();
+            return match take(&mut st) {
+                Err(TryRecvError::Empty) => {
+                    st.consumer = Some(cx.waker().clone());
+                    if !self.core.park(&mut st) {
+                        continue;
+                    }
+                    Poll::Pending
+                }
+                Ok(e) => Poll::Ready(Ok(e)),
+                Err(TryRecvError::Lagged(n)) => Poll::Ready(Err(RecvError::Lagged(n))),
+                Err(TryRecvError::Closed(c)) => Poll::Ready(Err(RecvError::Closed(c))),
+            };
         }
     }
 
@@ -233,8 +251,8 @@ impl EventListener {
         buf: &mut Vec<Event>,
         limit: usize,
     ) -> Result<usize, RecvError> {
-        std::future::poll_fn(|cx| {
-            let mut st = self.core.lock();
+        std::future::poll_fn(|cx| loop {
+            let mut st = self.core.lock_synced();
             if st.lost > 0 {
                 let n = std::mem::take(&mut st.lost);
                 return Poll::Ready(Err(RecvError::Lagged(n)));
@@ -244,13 +262,16 @@ impl EventListener {
                 buf.extend(st.events.drain(..n).map(|q| q.event));
                 return Poll::Ready(Ok(n));
             }
-            match &st.closed {
+            return match &st.closed {
                 Closed::Open => {
                     st.consumer = Some(cx.waker().clone());
+                    if !self.core.park(&mut st) {
+                        continue;
+                    }
                     Poll::Pending
                 }
                 Closed::Closed(c) => Poll::Ready(Err(RecvError::Closed(c.clone()))),
-            }
+            };
         })
         .await
     }
@@ -265,19 +286,19 @@ impl EventListener {
 
     /// The next event if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Result<Event, TryRecvError> {
-        take(&mut self.core.lock())
+        take(&mut self.core.lock_synced())
     }
 
     /// Remove and return every queued event (Python: `EventListener.clear()`).
     pub fn clear(&mut self) -> Vec<Event> {
-        let mut st = self.core.lock();
+        let mut st = self.core.lock_synced();
         st.lost = 0;
         st.events.drain(..).map(|q| q.event).collect()
     }
 
     /// How many events are queued.
     pub fn pending(&self) -> usize {
-        self.core.lock().events.len()
+        self.core.lock_synced().events.len()
     }
 
     /// True if no event is queued (Python: `empty()`).
@@ -287,7 +308,7 @@ impl EventListener {
 
     /// How many events this listener has lost in all because it fell behind.
     pub fn total_lost(&self) -> u64 {
-        self.core.lock().total_lost
+        self.core.lock_synced().total_lost
     }
 
     /// True once the session this listener watched has ended.
@@ -514,5 +535,187 @@ mod tests {
         assert_eq!(left, [json!(2), json!(3)]);
         drop(q);
         assert_eq!(reg.len(), 0);
+    }
+
+    fn n(item: Result<Event, TryRecvError>) -> i64 {
+        match item {
+            Ok(e) => e.data()["n"].as_i64().unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn readers_share_one_log_and_each_keeps_its_own_bound() {
+        let reg = Arc::new(Registry::default());
+        let mut small = reg.register(ListenOptions::new().capacity(2));
+        let mut large = reg.register(ListenOptions::new().capacity(5));
+        for i in 0..6 {
+            reg.dispatch(&ev("E", i));
+        }
+        // One copy, at most the largest capacity.
+        assert_eq!(reg.log_state(), (5, 2));
+        assert!(matches!(small.try_recv(), Err(TryRecvError::Lagged(4))));
+        assert_eq!(n(small.try_recv()), 4);
+        assert_eq!(n(small.try_recv()), 5);
+        assert!(matches!(small.try_recv(), Err(TryRecvError::Empty)));
+        assert!(matches!(large.try_recv(), Err(TryRecvError::Lagged(1))));
+        for want in 1..6 {
+            assert_eq!(n(large.try_recv()), want);
+        }
+        assert_eq!((small.total_lost(), large.total_lost()), (4, 1));
+        // Both have taken everything: the log keeps nothing.
+        assert_eq!(reg.log_state(), (0, 2));
+    }
+
+    #[tokio::test]
+    async fn a_reader_sees_the_events_after_it_was_made() {
+        let reg = Arc::new(Registry::default());
+        let mut first = reg.register(ListenOptions::new());
+        reg.dispatch(&ev("E", 0));
+        let mut second = reg.register(ListenOptions::new());
+        reg.dispatch(&ev("E", 1));
+        assert_eq!(first.pending(), 2);
+        assert_eq!(n(second.try_recv()), 1);
+        assert!(second.is_empty());
+        assert_eq!(n(first.try_recv()), 0);
+    }
+
+    #[tokio::test]
+    async fn readers_leave_the_log_when_dropped_closed_or_shared() {
+        let reg = Arc::new(Registry::default());
+        let mut kept = reg.register(ListenOptions::new());
+        let dropped = reg.register(ListenOptions::new());
+        let shared = reg.register(ListenOptions::new());
+        reg.dispatch(&ev("E", 0));
+        drop(dropped);
+        assert_eq!(reg.log_state(), (1, 2));
+        // A reader turned queue keeps what it had not taken, then gets events as
+        // an ordinary listener.
+        let q = crate::EventQueue::from(shared);
+        assert_eq!(reg.log_state(), (1, 1));
+        reg.dispatch(&ev("E", 1));
+        assert_eq!(q.take_all().len(), 2);
+        assert_eq!(reg.len(), 2);
+        // The end of the session: what was not taken stays readable.
+        reg.close_all(None);
+        assert_eq!(reg.log_state(), (0, 0));
+        assert_eq!(n(kept.try_recv()), 0);
+        assert_eq!(n(kept.try_recv()), 1);
+        assert!(matches!(kept.try_recv(), Err(TryRecvError::Closed(None))));
+    }
+
+    /// The consumer parks and the reader appends on other threads: no wake-up is
+    /// missed between a consumer finding nothing and waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_reader_misses_no_wake_up() {
+        const N: i64 = 20_000;
+        let reg = Arc::new(Registry::default());
+        let mut l = reg.register(ListenOptions::new().capacity(N as usize));
+        let consumer = tokio::spawn(async move {
+            let mut next = 0;
+            while next < N {
+                let e = l.recv().await.unwrap();
+                assert_eq!(e.data()["n"], next);
+                next += 1;
+            }
+        });
+        let r2 = reg.clone();
+        std::thread::spawn(move || {
+            for i in 0..N {
+                r2.dispatch(&ev("E", i));
+                r2.wake();
+            }
+        })
+        .join()
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), consumer)
+            .await
+            .expect("the consumer was not woken")
+            .unwrap();
+    }
+
+    mod equivalence {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Dispatch(u8),
+            TryRecv,
+            Clear,
+            Pending,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (1u8..6).prop_map(Op::Dispatch),
+                3 => Just(Op::TryRecv),
+                1 => Just(Op::Clear),
+                1 => Just(Op::Pending),
+            ]
+        }
+
+        fn item(r: Result<Event, TryRecvError>) -> String {
+            match r {
+                Ok(e) => format!("event {}", e.data()["n"]),
+                Err(TryRecvError::Lagged(n)) => format!("lagged {n}"),
+                Err(e) => format!("{e}"),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            /// A reader of the log and an ordinary listener with the same capacity
+            /// (a filter that takes everything keeps it off the log) see the same
+            /// events and the same losses, whatever the order of reads and events,
+            /// with other readers of other capacities beside them.
+            #[test]
+            fn a_reader_behaves_as_a_listener_of_its_own(
+                capacity in 1usize..8,
+                other in 1usize..8,
+                ops in proptest::collection::vec(op(), 0..80),
+                close in any::<bool>(),
+            ) {
+                let reg = Arc::new(Registry::default());
+                let mut reader = reg.register(ListenOptions::new().capacity(capacity));
+                let mut own = reg.register(ListenOptions::new().capacity(capacity).filter(|_| true));
+                let mut other = reg.register(ListenOptions::new().capacity(other));
+                let mut n = 0i64;
+                for op in ops {
+                    match op {
+                        Op::Dispatch(k) => {
+                            for _ in 0..k {
+                                reg.dispatch(&ev("E", n));
+                                n += 1;
+                            }
+                        }
+                        Op::TryRecv => {
+                            prop_assert_eq!(item(reader.try_recv()), item(own.try_recv()));
+                            let _ = other.try_recv();
+                        }
+                        Op::Clear => {
+                            let a: Vec<_> = reader.clear().iter().map(|e| e.data()["n"].clone()).collect();
+                            let b: Vec<_> = own.clear().iter().map(|e| e.data()["n"].clone()).collect();
+                            prop_assert_eq!(a, b);
+                        }
+                        Op::Pending => {
+                            prop_assert_eq!(reader.pending(), own.pending());
+                            prop_assert_eq!(reader.total_lost(), own.total_lost());
+                        }
+                    }
+                }
+                if close {
+                    reg.close_all(None);
+                }
+                loop {
+                    let (a, b) = (item(reader.try_recv()), item(own.try_recv()));
+                    prop_assert_eq!(&a, &b);
+                    if !a.starts_with("event") && !a.starts_with("lagged") {
+                        break;
+                    }
+                }
+                prop_assert_eq!(reader.total_lost(), own.total_lost());
+            }
+        }
     }
 }

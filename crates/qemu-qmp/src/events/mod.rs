@@ -24,9 +24,11 @@
 //!
 //! The module is split by concern: `listener` (what a listener wants, how it is
 //! read), `queue` (the bounded queue and its waiters, shared by both kinds of
-//! reader), `registry` (a client's listeners, fed by its reader).
+//! reader), `registry` (a client's listeners, fed by its reader), `log` (the one
+//! copy of the events that listeners for every event read from).
 
 mod listener;
+mod log;
 mod queue;
 mod registry;
 

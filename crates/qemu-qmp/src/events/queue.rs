@@ -3,12 +3,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use tracing::{debug, warn};
 
 use super::listener::{EventListener, ListenOptions};
+use super::log::Log;
 use crate::error::Error;
 use crate::message::Event;
 
@@ -61,6 +63,9 @@ pub(super) struct State {
     held: Vec<Held>,
     /// A shared queue warns about losses; a listener says them in-band (`Lagged`).
     warn_on_loss: bool,
+    /// For a reader of the client's log: the sequence number of the next event in
+    /// the log it has not taken.
+    cursor: Option<u64>,
 }
 
 impl State {
@@ -119,9 +124,18 @@ impl State {
     fn bound(&mut self) {
         if self.events.len() > self.capacity {
             self.events.pop_front();
-            self.lost += 1;
-            self.total_lost += 1;
-            if self.lost == 1 {
+            self.lose(1);
+        }
+    }
+
+    /// Count `n` events lost (dropped, or never queued because newer ones filled the
+    /// queue), and say so when losses start.
+    fn lose(&mut self, n: u64) {
+        if n > 0 {
+            let first = self.lost == 0;
+            self.lost += n;
+            self.total_lost += n;
+            if first {
                 if self.warn_on_loss {
                     warn!(
                         capacity = self.capacity,
@@ -187,15 +201,39 @@ pub(crate) struct Core {
     pub(super) options: ListenOptions,
     state: Mutex<State>,
     /// In the registry's list of consumers to wake at the end of the batch.
-    pub(super) wake_pending: std::sync::atomic::AtomicBool,
+    pub(super) wake_pending: AtomicBool,
+    /// The client's log, for a reader of it (see the `log` module).
+    log: Option<Arc<Mutex<Log>>>,
+    /// In the log's list of readers to wake at the next event (changed under the
+    /// log's lock).
+    pub(super) parked: AtomicBool,
+}
+
+/// Lock the log, through a poisoning (its state stays consistent: no step of it
+/// can panic half-way).
+pub(super) fn lock_log(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Core {
     pub(super) fn new(options: ListenOptions) -> Core {
+        Self::with_log(options, None)
+    }
+
+    /// A reader of `log`, which takes events from sequence number `cursor` on.
+    pub(super) fn reader(options: ListenOptions, log: Arc<Mutex<Log>>, cursor: u64) -> Core {
+        let core = Self::with_log(options, Some(log));
+        core.lock().cursor = Some(cursor);
+        core
+    }
+
+    fn with_log(options: ListenOptions, log: Option<Arc<Mutex<Log>>>) -> Core {
         let capacity = options.capacity_value();
         Core {
             options,
-            wake_pending: std::sync::atomic::AtomicBool::new(false),
+            wake_pending: AtomicBool::new(false),
+            log,
+            parked: AtomicBool::new(false),
             state: Mutex::new(State {
                 events: VecDeque::new(),
                 capacity,
@@ -208,12 +246,91 @@ impl Core {
                 next_waiter: 0,
                 held: Vec::new(),
                 warn_on_loss: false,
+                cursor: None,
             }),
         }
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`lock`](Self::lock), with the events a reader has not taken from the log
+    /// moved into its queue: what every read of a listener looks at.
+    pub(super) fn lock_synced(&self) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        self.sync(&mut st);
+        st
+    }
+
+    /// For a reader: move the events of the log it has not taken into its queue,
+    /// keeping at most its capacity, and counting those it lost as a queue of its
+    /// own would have (the log dropped them, or newer ones would have pushed them
+    /// out).
+    fn sync(&self, st: &mut State) {
+        if let (Some(log), Some(_)) = (&self.log, st.cursor) {
+            Self::sync_from(st, &mut lock_log(log));
+        }
+    }
+
+    fn sync_from(st: &mut State, log: &mut Log) {
+        let Some(cursor) = st.cursor else {
+            return;
+        };
+        if !log.has_news(cursor) {
+            return;
+        }
+        let head = log.head();
+        let (dropped, events) = log.take_from(cursor);
+        let skip = events.len().saturating_sub(st.capacity);
+        st.lose(dropped + skip as u64);
+        for event in events.skip(skip) {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.events.push_back(Queued {
+                seq,
+                event: event.clone(),
+            });
+            st.bound();
+        }
+        st.cursor = Some(head);
+        // Events every reader has now taken go.
+        log.trim();
+    }
+
+    /// For a reader whose consumer is about to wait (its waker set): ask the log to
+    /// wake it at the next event. False if events arrived since the last
+    /// [`sync`](Self::sync): the consumer must look again instead of waiting.
+    pub(super) fn park(self: &Arc<Self>, st: &mut State) -> bool {
+        let (Some(log), Some(cursor)) = (&self.log, st.cursor) else {
+            return true;
+        };
+        let mut log = lock_log(log);
+        if log.has_news(cursor) {
+            return false;
+        }
+        if !self.parked.swap(true, Ordering::AcqRel) {
+            log.park(self.clone());
+        }
+        true
+    }
+
+    /// Stop reading the log (the listener was dropped, its session ended, or it
+    /// became an [`EventQueue`]), after taking what it holds for this reader.
+    pub(super) fn leave_log(&self) {
+        let mut st = self.lock();
+        self.leave_log_locked(&mut st);
+    }
+
+    fn leave_log_locked(&self, st: &mut State) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        let mut log = lock_log(log);
+        Self::sync_from(st, &mut log);
+        if let Some(cursor) = st.cursor.take() {
+            log.detach(cursor, st.capacity);
+        }
     }
 
     /// Offer an event; called by the reader (or [`EventQueue::push`]). Waiters it is
@@ -239,7 +356,7 @@ impl Core {
 
     /// Wake the consumer if it waits and something is queued for it.
     pub(super) fn wake_if_ready(&self) {
-        let mut st = self.lock();
+        let mut st = self.lock_synced();
         if st.events.is_empty() && st.lost == 0 {
             return;
         }
@@ -254,6 +371,8 @@ impl Core {
         let mut wake = Vec::new();
         {
             let mut st = self.lock();
+            // The events it had not taken stay readable, before the end.
+            self.leave_log_locked(&mut st);
             if matches!(st.closed, Closed::Open) {
                 st.closed = Closed::Closed(cause.map(|c| Box::new(c.clone())));
             }
@@ -416,6 +535,8 @@ impl From<EventListener> for EventQueue {
     /// Share a listener's queue: the events it chooses, with its capacity. Events it
     /// has queued stay queued.
     fn from(listener: EventListener) -> EventQueue {
+        // Waits are handed events as they arrive: not a reader of the log.
+        listener.leave_log();
         let core = listener.core().clone();
         core.lock().warn_on_loss = true;
         EventQueue {
