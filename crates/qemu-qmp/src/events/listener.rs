@@ -219,7 +219,7 @@ impl EventListener {
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event, RecvError>> {
         loop {
-            let mut st = self.core.lock_synced();
+            let mut st = self.core.lock_to_take();
             return match take(&mut st) {
                 Err(TryRecvError::Empty) => {
                     st.consumer = Some(cx.waker().clone());
@@ -286,7 +286,7 @@ impl EventListener {
 
     /// The next event if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Result<Event, TryRecvError> {
-        take(&mut self.core.lock_synced())
+        take(&mut self.core.lock_to_take())
     }
 
     /// Remove and return every queued event (Python: `EventListener.clear()`).
@@ -546,7 +546,7 @@ mod tests {
 
     #[tokio::test]
     async fn readers_share_one_log_and_each_keeps_its_own_bound() {
-        let reg = Arc::new(Registry::default());
+        let reg = Arc::new(Registry::with_direct_readers(0));
         let mut small = reg.register(ListenOptions::new().capacity(2));
         let mut large = reg.register(ListenOptions::new().capacity(5));
         for i in 0..6 {
@@ -582,7 +582,7 @@ mod tests {
 
     #[tokio::test]
     async fn readers_leave_the_log_when_dropped_closed_or_shared() {
-        let reg = Arc::new(Registry::default());
+        let reg = Arc::new(Registry::with_direct_readers(0));
         let mut kept = reg.register(ListenOptions::new());
         let dropped = reg.register(ListenOptions::new());
         let shared = reg.register(ListenOptions::new());
@@ -608,8 +608,15 @@ mod tests {
     /// missed between a consumer finding nothing and waiting.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_reader_misses_no_wake_up() {
+        // Through the log, and straight into the queue.
+        for direct in [0, 1] {
+            a_waiting_reader_misses_no_wake_up_with(direct).await;
+        }
+    }
+
+    async fn a_waiting_reader_misses_no_wake_up_with(direct: usize) {
         const N: i64 = 20_000;
-        let reg = Arc::new(Registry::default());
+        let reg = Arc::new(Registry::with_direct_readers(direct));
         let mut l = reg.register(ListenOptions::new().capacity(N as usize));
         let consumer = tokio::spawn(async move {
             let mut next = 0;
@@ -644,6 +651,10 @@ mod tests {
             TryRecv,
             Clear,
             Pending,
+            /// Add or drop a reader beside them (crossing the bound between the
+            /// log and direct delivery).
+            AddOther,
+            DropOther,
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -652,6 +663,8 @@ mod tests {
                 3 => Just(Op::TryRecv),
                 1 => Just(Op::Clear),
                 1 => Just(Op::Pending),
+                1 => Just(Op::AddOther),
+                1 => Just(Op::DropOther),
             ]
         }
 
@@ -672,14 +685,15 @@ mod tests {
             #[test]
             fn a_reader_behaves_as_a_listener_of_its_own(
                 capacity in 1usize..8,
-                other in 1usize..8,
+                other_capacity in 1usize..8,
+                direct in 0usize..4,
                 ops in proptest::collection::vec(op(), 0..80),
                 close in any::<bool>(),
             ) {
-                let reg = Arc::new(Registry::default());
+                let reg = Arc::new(Registry::with_direct_readers(direct));
                 let mut reader = reg.register(ListenOptions::new().capacity(capacity));
                 let mut own = reg.register(ListenOptions::new().capacity(capacity).filter(|_| true));
-                let mut other = reg.register(ListenOptions::new().capacity(other));
+                let mut others = vec![reg.register(ListenOptions::new().capacity(other_capacity))];
                 let mut n = 0i64;
                 for op in ops {
                     match op {
@@ -691,7 +705,15 @@ mod tests {
                         }
                         Op::TryRecv => {
                             prop_assert_eq!(item(reader.try_recv()), item(own.try_recv()));
-                            let _ = other.try_recv();
+                            if let Some(other) = others.first_mut() {
+                                let _ = other.try_recv();
+                            }
+                        }
+                        Op::AddOther => {
+                            others.push(reg.register(ListenOptions::new().capacity(other_capacity)));
+                        }
+                        Op::DropOther => {
+                            others.pop();
                         }
                         Op::Clear => {
                             let a: Vec<_> = reader.clear().iter().map(|e| e.data()["n"].clone()).collect();

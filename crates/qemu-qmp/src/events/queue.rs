@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 use tracing::{debug, warn};
 
 use super::listener::{EventListener, ListenOptions};
-use super::log::Log;
+use super::log::{Log, Shared};
 use crate::error::Error;
 use crate::message::Event;
 
@@ -203,16 +203,10 @@ pub(crate) struct Core {
     /// In the registry's list of consumers to wake at the end of the batch.
     pub(super) wake_pending: AtomicBool,
     /// The client's log, for a reader of it (see the `log` module).
-    log: Option<Arc<Mutex<Log>>>,
+    log: Option<Arc<Shared>>,
     /// In the log's list of readers to wake at the next event (changed under the
     /// log's lock).
     pub(super) parked: AtomicBool,
-}
-
-/// Lock the log, through a poisoning (its state stays consistent: no step of it
-/// can panic half-way).
-pub(super) fn lock_log(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
-    log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Core {
@@ -221,13 +215,13 @@ impl Core {
     }
 
     /// A reader of `log`, which takes events from sequence number `cursor` on.
-    pub(super) fn reader(options: ListenOptions, log: Arc<Mutex<Log>>, cursor: u64) -> Core {
+    pub(super) fn reader(options: ListenOptions, log: Arc<Shared>, cursor: u64) -> Core {
         let core = Self::with_log(options, Some(log));
         core.lock().cursor = Some(cursor);
         core
     }
 
-    fn with_log(options: ListenOptions, log: Option<Arc<Mutex<Log>>>) -> Core {
+    fn with_log(options: ListenOptions, log: Option<Arc<Shared>>) -> Core {
         let capacity = options.capacity_value();
         Core {
             options,
@@ -268,8 +262,12 @@ impl Core {
     /// own would have (the log dropped them, or newer ones would have pushed them
     /// out).
     fn sync(&self, st: &mut State) {
-        if let (Some(log), Some(_)) = (&self.log, st.cursor) {
-            Self::sync_from(st, &mut lock_log(log));
+        // The published head first: nothing new (the common case while a client
+        // has few readers) costs no lock.
+        if let (Some(log), Some(cursor)) = (&self.log, st.cursor) {
+            if log.head() > cursor {
+                Self::sync_from(st, &mut log.lock());
+            }
         }
     }
 
@@ -281,7 +279,7 @@ impl Core {
             return;
         }
         let head = log.head();
-        let (dropped, events) = log.take_from(cursor);
+        let (dropped, events) = log.from(cursor);
         let skip = events.len().saturating_sub(st.capacity);
         st.lose(dropped + skip as u64);
         for event in events.skip(skip) {
@@ -294,8 +292,32 @@ impl Core {
             st.bound();
         }
         st.cursor = Some(head);
-        // Events every reader has now taken go.
-        log.trim();
+        log.taken(cursor);
+    }
+
+    /// [`lock`](Self::lock), for taking the oldest event: a reader looks at the log
+    /// only when its own queue is empty, or when what the log holds for it would
+    /// push out events of its queue (so that what it takes is what a queue of its
+    /// own would hold). Checked against the log's published head, without its lock.
+    pub(super) fn lock_to_take(&self) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        if let (Some(log), Some(cursor)) = (&self.log, st.cursor) {
+            let news = log.head().saturating_sub(cursor);
+            if news > 0
+                && (st.events.is_empty() || st.events.len() as u64 + news > st.capacity as u64)
+            {
+                Self::sync_from(&mut st, &mut log.lock());
+            }
+        }
+        st
+    }
+
+    /// For a reader: whether the log holds events it has not taken.
+    fn log_has_news(&self, st: &State) -> bool {
+        match (&self.log, st.cursor) {
+            (Some(log), Some(cursor)) => log.lock().has_news(cursor),
+            _ => false,
+        }
     }
 
     /// For a reader whose consumer is about to wait (its waker set): ask the log to
@@ -305,7 +327,7 @@ impl Core {
         let (Some(log), Some(cursor)) = (&self.log, st.cursor) else {
             return true;
         };
-        let mut log = lock_log(log);
+        let mut log = log.lock();
         if log.has_news(cursor) {
             return false;
         }
@@ -326,11 +348,31 @@ impl Core {
         let Some(log) = &self.log else {
             return;
         };
-        let mut log = lock_log(log);
+        let mut log = log.lock();
         Self::sync_from(st, &mut log);
         if let Some(cursor) = st.cursor.take() {
             log.detach(cursor, st.capacity);
         }
+    }
+
+    /// Put an event straight into a reader's queue, as [`offer`](Self::offer) does
+    /// for other listeners: while a client has few readers, the log stays empty.
+    pub(super) fn offer_to_reader(&self, event: &Event) -> bool {
+        let mut st = self.lock();
+        if !matches!(st.closed, Closed::Open) {
+            return false;
+        }
+        // Events the log still holds for it (it had more readers until now) come
+        // first.
+        self.sync(&mut st);
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.events.push_back(Queued {
+            seq,
+            event: event.clone(),
+        });
+        st.bound();
+        st.consumer.is_some()
     }
 
     /// Offer an event; called by the reader (or [`EventQueue::push`]). Waiters it is
@@ -356,8 +398,10 @@ impl Core {
 
     /// Wake the consumer if it waits and something is queued for it.
     pub(super) fn wake_if_ready(&self) {
-        let mut st = self.lock_synced();
-        if st.events.is_empty() && st.lost == 0 {
+        // A reader's events stay in the log: its consumer moves them on its own
+        // thread, not the connection's reader.
+        let mut st = self.lock();
+        if st.events.is_empty() && st.lost == 0 && !self.log_has_news(&st) {
             return;
         }
         if let Some(w) = st.consumer.take() {

@@ -7,9 +7,9 @@
 //! listeners that could want it: listeners for other events cost an event nothing
 //! (with 10,000 of them, a `stop` + `cont` took 1,180 µs before, 432 µs after,
 //! against 331 µs with one listener). Listeners for every event with no filter are
-//! not offered events at all: they read the client's log (see the `log` module), so
-//! 10,000 of them cost a `stop` + `cont` what one does (0.3-0.5 ms, against
-//! 1.7-5.6 ms with a queue each). Each list is a vector of slots walked in
+//! not offered events at all once there are more than 8: they read the client's
+//! log (see the `log` module), so 10,000 of them cost a `stop` + `cont` what one
+//! does (0.3-0.5 ms, against 1.7-5.6 ms with a queue each). Each list is a vector of slots walked in
 //! order, with a map from a listener's address to its slot, so that dropping a
 //! listener costs the same whatever the number of others (a `Vec` and `retain` made
 //! dropping 10,000 listeners quadratic: 60 ms, now 1.5 ms). Consumers are woken once
@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::listener::{EventListener, ListenOptions};
-use super::log::Log;
-use super::queue::{lock_log, Core};
+use super::log::Shared;
+use super::queue::Core;
 use crate::error::Error;
 use crate::message::Event;
 
@@ -102,14 +102,32 @@ struct Listeners {
     to_wake: Vec<Arc<Core>>,
 }
 
+/// Up to this many readers, events go straight into their queues, as for other
+/// listeners, and the log stays empty: with one `listen_all` listener draining a
+/// backlog, the log cost the multi-thread client about a fifth of its rate (the
+/// reader appending and the consumer taking shared the log's lock and entries).
+const DIRECT_READERS: usize = 8;
+
 /// The listeners of one client.
-#[derive(Default)]
 pub(crate) struct Registry {
     listeners: Mutex<Listeners>,
-    /// What the readers read (taken after `listeners` when both are held).
-    log: Arc<Mutex<Log>>,
+    /// What the readers read (locked after `listeners` when both are held).
+    log: Arc<Shared>,
     /// Set by `dispatch`, cleared by `wake`.
     undelivered: AtomicBool,
+    /// [`DIRECT_READERS`], or another bound in tests.
+    direct_readers: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            listeners: Mutex::default(),
+            log: Arc::default(),
+            undelivered: AtomicBool::new(false),
+            direct_readers: DIRECT_READERS,
+        }
+    }
 }
 
 impl Registry {
@@ -122,7 +140,7 @@ impl Registry {
         if options.takes_everything() {
             // Under the listeners' lock, so that no event goes by between the
             // cursor's place and the registration.
-            let cursor = lock_log(&self.log).attach(options.capacity_value());
+            let cursor = self.log.lock().attach(options.capacity_value());
             let core = Arc::new(Core::reader(options, self.log.clone(), cursor));
             l.readers.insert(core.clone());
             drop(l);
@@ -167,12 +185,18 @@ impl Registry {
     pub(crate) fn dispatch(&self, event: &Event) {
         let mut guard = self.lock();
         let l = &mut *guard;
-        if !l.readers.is_empty() {
+        if l.readers.index.len() > self.direct_readers {
             // One append for every reader; only those that wait are woken.
-            let parked = lock_log(&self.log).push(event);
+            let parked = self.log.lock().push(event);
             for core in parked {
                 if !core.wake_pending.swap(true, Ordering::AcqRel) {
                     l.to_wake.push(core);
+                }
+            }
+        } else {
+            for core in l.readers.values() {
+                if core.offer_to_reader(event) && !core.wake_pending.swap(true, Ordering::AcqRel) {
+                    l.to_wake.push(core.clone());
                 }
             }
         }
@@ -251,10 +275,20 @@ impl Registry {
             .count()
     }
 
+    /// A registry that puts events straight into the queues of at most `n` readers
+    /// (tests).
+    #[cfg(test)]
+    pub(crate) fn with_direct_readers(n: usize) -> Registry {
+        Registry {
+            direct_readers: n,
+            ..Registry::default()
+        }
+    }
+
     /// How many events the log holds, and for how many readers (tests).
     #[cfg(test)]
     pub(crate) fn log_state(&self) -> (usize, usize) {
-        let log = lock_log(&self.log);
+        let log = self.log.lock();
         (log.len(), log.readers())
     }
 
