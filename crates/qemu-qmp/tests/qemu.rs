@@ -380,28 +380,20 @@ async fn sigkill_fails_pending_commands_at_once() {
     qemu.wait_exit(T);
 }
 
-#[tokio::test]
-async fn pretty_monitor_and_a_large_reply() {
-    qemu_testkit::require_qemu_system!();
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("qmp.sock");
-    let listener = qemu_testkit::bind_for_qemu(&sock);
+/// `qemu-system-x86_64 -machine none` with its QMP monitor (`-mon` options `mon`)
+/// on `listener`, returned once QEMU has set up its monitors.
+fn qemu_on_listener(listener: std::os::fd::OwnedFd, mon: &str) -> QemuProcess {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let chardev = format!("socket,id=qmp,fd={fd},server=on,wait=off");
     let ready = MonitorsReady::new();
-    let mut args: Vec<String> = [
-        "-machine",
-        "none",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-chardev",
-        &chardev,
-        "-mon",
-        "chardev=qmp,mode=control,pretty=on",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = ["-machine", "none", "-nodefaults", "-display", "none"]
+        .map(String::from)
+        .to_vec();
+    args.extend([
+        "-chardev".to_owned(),
+        format!("socket,id=qmp,fd={fd},server=on,wait=off"),
+        "-mon".to_owned(),
+        mon.to_owned(),
+    ]);
     args.extend(ready.system_args());
     let qemu = QemuProcess::spawn(
         &qemu_testkit::qemu_system().unwrap(),
@@ -410,6 +402,16 @@ async fn pretty_monitor_and_a_large_reply() {
     );
     drop(listener);
     ready.wait(&qemu);
+    qemu
+}
+
+#[tokio::test]
+async fn pretty_monitor_and_a_large_reply() {
+    qemu_testkit::require_qemu_system!();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qmp.sock");
+    let listener = qemu_testkit::bind_for_qemu(&sock);
+    let qemu = qemu_on_listener(listener, "chardev=qmp,mode=control,pretty=on");
     let qmp = Client::builder()
         .connect_timeout(T)
         .connect(&sock)
@@ -488,31 +490,10 @@ async fn connects_over_tcp() {
     qemu_testkit::require_qemu_system!();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let listener = qemu_testkit::listener_for_qemu(listener);
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let chardev = format!("socket,id=qmp,fd={fd},server=on,wait=off");
-    let ready = MonitorsReady::new();
-    let mut args: Vec<String> = [
-        "-machine",
-        "none",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-chardev",
-        &chardev,
-        "-mon",
+    let qemu = qemu_on_listener(
+        qemu_testkit::listener_for_qemu(listener),
         "chardev=qmp,mode=control",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(ready.system_args());
-    let qemu = QemuProcess::spawn(
-        &qemu_testkit::qemu_system().unwrap(),
-        &args,
-        &[listener.as_fd(), ready.fd()],
     );
-    drop(listener);
-    ready.wait(&qemu);
     let qmp = Client::connect(format!("127.0.0.1:{port}"))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", qemu.log()));

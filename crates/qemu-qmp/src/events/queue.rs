@@ -83,6 +83,15 @@ impl State {
         }
     }
 
+    /// Queue an arriving event for a listener without waiters (a reader of the
+    /// log): at the end, within the bound.
+    fn push_newest(&mut self, event: Event) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.events.push_back(Queued { seq, event });
+        self.bound();
+    }
+
     /// Hand `q` to every waiter still waiting whose matcher takes it; give it back if
     /// none does.
     fn deliver(&mut self, q: Queued, wake: &mut Vec<Waker>) -> Option<Queued> {
@@ -283,13 +292,7 @@ impl Core {
         let skip = events.len().saturating_sub(st.capacity);
         st.lose(dropped + skip as u64);
         for event in events.skip(skip) {
-            let seq = st.next_seq;
-            st.next_seq += 1;
-            st.events.push_back(Queued {
-                seq,
-                event: event.clone(),
-            });
-            st.bound();
+            st.push_newest(event.clone());
         }
         st.cursor = Some(head);
         log.taken(cursor);
@@ -365,13 +368,7 @@ impl Core {
         // Events the log still holds for it (it had more readers until now) come
         // first.
         self.sync(&mut st);
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.events.push_back(Queued {
-            seq,
-            event: event.clone(),
-        });
-        st.bound();
+        st.push_newest(event.clone());
         st.consumer.is_some()
     }
 
