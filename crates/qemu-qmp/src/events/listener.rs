@@ -604,6 +604,27 @@ mod tests {
         assert!(matches!(kept.try_recv(), Err(TryRecvError::Closed(None))));
     }
 
+    /// A reader that waited and was then served directly stays in the log's list
+    /// of waiting readers (only an append to the log empties it): it must leave it
+    /// when dropped, or a client making and dropping listeners would grow it.
+    #[tokio::test]
+    async fn dropped_readers_leave_the_list_of_waiting_ones() {
+        let reg = Arc::new(Registry::default());
+        for i in 0..100 {
+            let mut l = reg.register(ListenOptions::new());
+            assert!(matches!(
+                l.recv_timeout(Duration::from_millis(1)).await,
+                Err(RecvTimeoutError::Timeout(_))
+            ));
+            assert_eq!(reg.log_parked(), 1);
+            reg.dispatch(&ev("E", i));
+            reg.wake();
+            assert_eq!(n(l.try_recv()), i);
+            drop(l);
+            assert_eq!(reg.log_parked(), 0);
+        }
+    }
+
     /// The consumer parks and the reader appends on other threads: no wake-up is
     /// missed between a consumer finding nothing and waiting.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -194,6 +194,25 @@ impl Log {
         self.parked.push(core);
     }
 
+    /// Forget `core`, parked and now leaving: the list holds live readers only (it
+    /// is emptied only by events appended to the log, which direct delivery
+    /// skips).
+    pub(super) fn unpark(&mut self, core: &Core) {
+        if let Some(i) = self
+            .parked
+            .iter()
+            .position(|c| std::ptr::eq(Arc::as_ptr(c), core))
+        {
+            self.parked.swap_remove(i);
+        }
+    }
+
+    /// Readers waiting for the next event (tests).
+    #[cfg(test)]
+    pub(super) fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
     /// Readers (tests).
     #[cfg(test)]
     pub(super) fn readers(&self) -> usize {

@@ -356,6 +356,9 @@ impl Core {
         if let Some(cursor) = st.cursor.take() {
             log.detach(cursor, st.capacity);
         }
+        if self.parked.swap(false, Ordering::AcqRel) {
+            log.unpark(self);
+        }
     }
 
     /// Put an event straight into a reader's queue, as [`offer`](Self::offer) does

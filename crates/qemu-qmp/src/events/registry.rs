@@ -292,6 +292,12 @@ impl Registry {
         (log.len(), log.readers())
     }
 
+    /// How many readers wait in the log's list (tests).
+    #[cfg(test)]
+    pub(crate) fn log_parked(&self) -> usize {
+        self.log.lock().parked()
+    }
+
     /// How many listeners are registered (tests): a listener of several names is
     /// in several sets, and counts once.
     #[cfg(test)]
