@@ -9,12 +9,13 @@
 //! against 331 µs with one listener). Listeners for every event with no filter are
 //! not offered events at all once there are more than 8: they read the client's
 //! log (see the `log` module), so 10,000 of them cost a `stop` + `cont` what one
-//! does (0.3-0.5 ms, against 1.7-5.6 ms with a queue each). Each list is a vector of slots walked in
-//! order, with a map from a listener's address to its slot, so that dropping a
-//! listener costs the same whatever the number of others (a `Vec` and `retain` made
-//! dropping 10,000 listeners quadratic: 60 ms, now 1.5 ms). Consumers are woken once
-//! per batch of messages, and only those that wait and got something: the reader
-//! notes them while it offers (a flag on each keeps the note single).
+//! does (0.3-0.5 ms, against 1.7-5.6 ms with a queue each). Each list is a vector
+//! of slots walked in order, with a map from a listener's address to its slot, so
+//! that dropping a listener costs the same whatever the number of others (a `Vec`
+//! and `retain` made dropping 10,000 listeners quadratic: 60 ms, now 1.5 ms).
+//! Consumers are woken once per batch of messages, and only those that wait and got
+//! something: the reader notes them while it offers (a flag on each keeps the note
+//! single).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +76,10 @@ impl Set {
 
     fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
     }
 
     fn values(&self) -> impl Iterator<Item = &Arc<Core>> {
@@ -185,7 +190,7 @@ impl Registry {
     pub(crate) fn dispatch(&self, event: &Event) {
         let mut guard = self.lock();
         let l = &mut *guard;
-        if l.readers.index.len() > self.direct_readers {
+        if l.readers.len() > self.direct_readers {
             // One append for every reader; only those that wait are woken.
             let parked = self.log.lock().push(event);
             for core in parked {
