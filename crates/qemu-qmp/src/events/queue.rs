@@ -315,10 +315,12 @@ impl Core {
         st
     }
 
-    /// For a reader: whether the log holds events it has not taken.
+    /// For a reader: whether the log holds events it has not taken, by its
+    /// published head, as [`sync`](Self::sync) checks (exact on the connection's
+    /// reader, which published it).
     fn log_has_news(&self, st: &State) -> bool {
         match (&self.log, st.cursor) {
-            (Some(log), Some(cursor)) => log.lock().has_news(cursor),
+            (Some(log), Some(cursor)) => log.head() > cursor,
             _ => false,
         }
     }

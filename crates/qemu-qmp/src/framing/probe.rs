@@ -66,9 +66,10 @@ pub(super) fn probe_event(bytes: &[u8]) -> Option<ProbedEvent> {
 /// `{"timestamp": {"seconds": S, "microseconds": U}, "event": "NAME"}`, optionally
 /// with `, "data": ...` before the closing brace. Matching those bytes directly costs
 /// a twentieth of running the visitor (measured: 130 instructions an event against
-/// 2,700 for the visitor, which was a third of the reader's work per event). Anything that differs by a byte
-/// (other spacing, escapes in the name, numbers that are not plain digits, more
-/// members) is left to the visitor, so this only ever decides sooner.
+/// 2,700 for the visitor, which was a third of the reader's work per event).
+/// Anything that differs by a byte (other spacing, escapes in the name, numbers that
+/// are not plain digits, more members) is left to the visitor, so this only ever
+/// decides sooner.
 fn qemu_layout(bytes: &[u8]) -> Option<ProbedEvent> {
     let mut at = Cursor { bytes, pos: 0 };
     at.literal(b"{\"timestamp\": {\"seconds\": ")?;
